@@ -1,0 +1,119 @@
+//! The crate's one error type.
+//!
+//! Invariant: no variant carries key material, nonces or tags; an authentication failure
+//! names *where* (table, key, page, file), never *what* the secret was.
+//! Not here: KMS-specific detail, which lives in [`KmsError`] and is wrapped by
+//! [`Error::Kms`].
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::kms::KmsError;
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in tde.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Authenticated decryption failed: the bytes were modified, moved to another place,
+    /// or opened with the wrong key or associated data. No data is returned.
+    #[error(
+        "authentication failed for {location}: the data was modified, moved, or opened with the wrong key"
+    )]
+    Authentication {
+        /// What failed, e.g. `table "users", key 0x6b31` or `sealed value`.
+        location: String,
+    },
+
+    /// Bytes that should hold one of tde's formats are malformed, truncated, or of an
+    /// unknown version.
+    #[error("malformed {what}: {detail}")]
+    Format {
+        /// The format, e.g. `sealed value`.
+        what: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+
+    /// A caller passed an argument that can never work (empty associated data, a key of
+    /// the wrong length, an unknown suite name, ...). Retrying will not help.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// A key has sealed as many messages as is safe with random 96-bit nonces; it must be
+    /// rotated before it seals again.
+    #[error("key version {version} has reached its limit of {limit} seals; rotate it")]
+    KeyExhausted {
+        /// The exhausted key version.
+        version: u32,
+        /// The limit it reached.
+        limit: u64,
+    },
+
+    /// A KMS refused or failed a request. [`KmsError::is_retryable`] says whether a retry
+    /// can help.
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+
+    /// A file tde owns (keyring, KMS state, ...) failed its checksum or does not parse.
+    /// Nothing was modified.
+    #[error("{what} at {path} is corrupt: {detail}")]
+    Corrupt {
+        /// What the file is.
+        what: &'static str,
+        /// Where it is.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+
+    /// An I/O operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, e.g. `writing /data/kms/state.a`.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The operating system's random number generator failed.
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(String),
+}
+
+impl Error {
+    /// Whether the same call may succeed if retried later (KMS throttling or outage).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Kms(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+
+    /// Builds an [`Error::Io`] with a description of what was being done.
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Replaces the location of an [`Error::Authentication`]; other errors pass through.
+    #[must_use]
+    pub fn at(self, location: impl Into<String>) -> Self {
+        match self {
+            Error::Authentication { .. } => Error::Authentication {
+                location: location.into(),
+            },
+            other => other,
+        }
+    }
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+pub(crate) fn os_random(buf: &mut [u8]) -> Result<()> {
+    getrandom::fill(buf).map_err(|e| Error::Random(e.to_string()))
+}

@@ -1,0 +1,10 @@
+//! The crate's only `unsafe` code: calls into C.
+//!
+//! Invariant: every `unsafe` block here has a `// SAFETY:` paragraph; the rest of the crate
+//! is compiled under `#![deny(unsafe_code)]`.
+//! Not here: any cryptography or policy; these are thin, audited bridges.
+#![allow(unsafe_code)]
+
+mod fork;
+
+pub(crate) use fork::generation as fork_generation;

@@ -1,0 +1,60 @@
+//! # tde — transparent data encryption for storage engines
+//!
+//! A storage engine keeps reading and writing as before; underneath, every table has its
+//! own data key (DK), every byte that reaches disk is authenticated ciphertext, and the
+//! DKs are wrapped by master keys held in a key management service (KMS). A wrapped DK
+//! (EDK) is stored beside the data; the KMS unwraps it when the store is opened.
+//!
+//! ## Threat model, briefly
+//!
+//! - **Protected:** data files, backups and metadata at rest against anyone who can read
+//!   or modify them without the KMS: they see ciphertext, and any modification, swap or
+//!   replay of values between places is detected (AES-256-GCM or SM4-GCM with associated
+//!   data that binds each ciphertext to its place).
+//! - **Not protected:** a running process's memory, an attacker with the KMS's
+//!   credentials, and traffic analysis (sizes and access patterns are visible).
+//!
+//! ## Layers
+//!
+//! - [`cipher`]: suites, the sealed format, nonce policy.
+//! - [`kms`]: the KMS trait and the embedded [`kms::local::LocalKms`].
+//! - [`secret`]: key types that wipe themselves and never print.
+//!
+//! ## Example
+//!
+//! ```
+//! use tde::cipher::{AeadKey, Suite};
+//! use tde::kms::{DataKeySpec, EncryptionContext, Kms, local::LocalKms};
+//!
+//! # fn main() -> tde::Result<()> {
+//! let dir = tempfile::tempdir().map_err(|e| tde::Error::InvalidArgument(e.to_string()))?;
+//! let kms = LocalKms::create(dir.path().join("kms"))?;
+//! let context = EncryptionContext::new().with("table", "users");
+//! let dk = kms.generate_data_key("alias/acs/tde", DataKeySpec::Aes256, &context)?;
+//!
+//! let key = AeadKey::new(Suite::Aes256Gcm, 1, &dk.plaintext)?;
+//! let sealed = key.seal(b"users/42", b"alice")?;
+//! assert_eq!(key.open(b"users/42", &sealed)?, b"alice");
+//!
+//! // Later, only the wrapped key is stored; the KMS unwraps it at open.
+//! let again = kms.decrypt_data_key(&dk.wrapped, DataKeySpec::Aes256, &context)?;
+//! let key = AeadKey::new(Suite::Aes256Gcm, 1, &again)?;
+//! assert_eq!(key.open(b"users/42", &sealed)?, b"alice");
+//! # Ok(())
+//! # }
+//! ```
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cipher;
+pub mod clock;
+pub mod durable;
+mod error;
+mod ffi;
+pub mod hex;
+pub mod kms;
+pub mod secret;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::{Error, Result};

@@ -1,0 +1,296 @@
+//! Test doubles (feature `testing`): a KMS wrapper that injects latency, throttling,
+//! outages and counts calls, and a storage that simulates a crash after N operations.
+//!
+//! Not for production use: these exist so that tests of tde, and of applications that
+//! embed it, can prove behaviour under failure.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::durable::{DirLock, FsStorage, Storage};
+use crate::kms::{
+    DataKeySpec, EncryptionContext, GeneratedDataKey, KeyMetadata, Kms, KmsError, KmsErrorKind, KmsResult,
+};
+use crate::secret::SecretBytes;
+
+/// Wraps a KMS: counts calls per operation and injects faults.
+pub struct FaultyKms<K> {
+    inner: K,
+    latency: Mutex<Duration>,
+    outage: AtomicBool,
+    throttle_next: AtomicUsize,
+    denied_keys: Mutex<Vec<String>>,
+    calls: [AtomicU64; 5],
+}
+
+/// Which operation a call count is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KmsOp {
+    /// `generate_data_key`
+    GenerateDataKey = 0,
+    /// `encrypt`
+    Encrypt = 1,
+    /// `decrypt` (and `decrypt_data_key`)
+    Decrypt = 2,
+    /// `re_encrypt`
+    ReEncrypt = 3,
+    /// `describe_key`
+    DescribeKey = 4,
+}
+
+impl<K: Kms> FaultyKms<K> {
+    /// Wraps `inner` with no faults.
+    pub fn new(inner: K) -> FaultyKms<K> {
+        FaultyKms {
+            inner,
+            latency: Mutex::new(Duration::ZERO),
+            outage: AtomicBool::new(false),
+            throttle_next: AtomicUsize::new(0),
+            denied_keys: Mutex::new(Vec::new()),
+            calls: Default::default(),
+        }
+    }
+
+    /// The wrapped KMS.
+    pub fn inner(&self) -> &K {
+        &self.inner
+    }
+
+    /// Adds `latency` to every call.
+    pub fn set_latency(&self, latency: Duration) {
+        *self.latency.lock() = latency;
+    }
+
+    /// While on, every call fails with `Unavailable`.
+    pub fn set_outage(&self, on: bool) {
+        self.outage.store(on, Ordering::SeqCst);
+    }
+
+    /// The next `n` calls fail with `Throttled`.
+    pub fn throttle_next(&self, n: usize) {
+        self.throttle_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Calls naming `key_id` (directly or through a blob) fail with `AccessDenied`, as if
+    /// the caller's permission were revoked.
+    pub fn deny_key(&self, key_id: &str) {
+        self.denied_keys.lock().push(key_id.to_owned());
+    }
+
+    /// Calls of `op` so far (including failed ones).
+    pub fn calls(&self, op: KmsOp) -> u64 {
+        self.calls[op as usize].load(Ordering::SeqCst)
+    }
+
+    /// Calls of every operation so far.
+    pub fn total_calls(&self) -> u64 {
+        self.calls.iter().map(|c| c.load(Ordering::SeqCst)).sum()
+    }
+
+    /// Resets the call counts.
+    pub fn reset_calls(&self) {
+        for c in &self.calls {
+            c.store(0, Ordering::SeqCst);
+        }
+    }
+
+    fn enter(&self, op: KmsOp, key: Option<&str>) -> KmsResult<()> {
+        self.calls[op as usize].fetch_add(1, Ordering::SeqCst);
+        let latency = *self.latency.lock();
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
+        }
+        if self.outage.load(Ordering::SeqCst) {
+            return Err(KmsError::new(KmsErrorKind::Unavailable, "injected outage"));
+        }
+        let throttled = self
+            .throttle_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if throttled {
+            return Err(KmsError::new(KmsErrorKind::Throttled, "injected throttling"));
+        }
+        if let Some(key) = key
+            && self.denied_keys.lock().iter().any(|k| k == key)
+        {
+            return Err(
+                KmsError::new(KmsErrorKind::AccessDenied, "injected permission revocation").with_key(key),
+            );
+        }
+        Ok(())
+    }
+
+    fn blob_key(&self, ciphertext: &[u8]) -> Option<String> {
+        // Blobs of the local KMS name their key; other KMSs' blobs are opaque here.
+        let denied = self.denied_keys.lock();
+        denied
+            .iter()
+            .find(|k| ciphertext.windows(k.len()).any(|w| w == k.as_bytes()))
+            .cloned()
+    }
+}
+
+impl<K: Kms> Kms for FaultyKms<K> {
+    fn describe(&self) -> String {
+        format!("faulty({})", self.inner.describe())
+    }
+
+    fn generate_data_key(
+        &self,
+        key: &str,
+        spec: DataKeySpec,
+        context: &EncryptionContext,
+    ) -> KmsResult<GeneratedDataKey> {
+        self.enter(KmsOp::GenerateDataKey, Some(key))?;
+        self.inner.generate_data_key(key, spec, context)
+    }
+
+    fn encrypt(&self, key: &str, plaintext: &[u8], context: &EncryptionContext) -> KmsResult<Vec<u8>> {
+        self.enter(KmsOp::Encrypt, Some(key))?;
+        self.inner.encrypt(key, plaintext, context)
+    }
+
+    fn decrypt(&self, ciphertext: &[u8], context: &EncryptionContext) -> KmsResult<SecretBytes> {
+        self.enter(KmsOp::Decrypt, self.blob_key(ciphertext).as_deref())?;
+        self.inner.decrypt(ciphertext, context)
+    }
+
+    fn re_encrypt(
+        &self,
+        ciphertext: &[u8],
+        source_context: &EncryptionContext,
+        destination_key: &str,
+        destination_context: &EncryptionContext,
+    ) -> KmsResult<Vec<u8>> {
+        self.enter(KmsOp::ReEncrypt, self.blob_key(ciphertext).as_deref())?;
+        self.enter_key(destination_key)?;
+        self.inner
+            .re_encrypt(ciphertext, source_context, destination_key, destination_context)
+    }
+
+    fn describe_key(&self, key: &str) -> KmsResult<KeyMetadata> {
+        self.enter(KmsOp::DescribeKey, Some(key))?;
+        self.inner.describe_key(key)
+    }
+}
+
+impl<K: Kms> FaultyKms<K> {
+    fn enter_key(&self, key: &str) -> KmsResult<()> {
+        if self.denied_keys.lock().iter().any(|k| k == key) {
+            return Err(
+                KmsError::new(KmsErrorKind::AccessDenied, "injected permission revocation").with_key(key),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A directory whose mutating operations stop at a chosen point, as if the process had
+/// crashed there: the operation at the cut point is not done (a file write is torn:
+/// half its bytes reach the file), and every later operation fails.
+#[derive(Debug)]
+pub struct CrashStorage {
+    fs: FsStorage,
+    remaining: AtomicUsize,
+    crashed: AtomicBool,
+    torn: bool,
+}
+
+impl CrashStorage {
+    /// Crashes at the `ops`-th mutating operation (0 = the first). With `torn`, a write at
+    /// the cut point leaves half of its bytes behind.
+    pub fn new(dir: impl Into<PathBuf>, ops: usize, torn: bool) -> Arc<CrashStorage> {
+        Arc::new(CrashStorage {
+            fs: FsStorage::new(dir),
+            remaining: AtomicUsize::new(ops),
+            crashed: AtomicBool::new(false),
+            torn,
+        })
+    }
+
+    /// Whether the simulated crash has happened.
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
+    fn crash_error() -> io::Error {
+        io::Error::other("simulated crash")
+    }
+
+    /// `Ok(true)`: do the operation; `Ok(false)`: this is the cut point.
+    fn step(&self) -> io::Result<bool> {
+        if self.crashed() {
+            return Err(Self::crash_error());
+        }
+        let before = self
+            .remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if before.is_err() {
+            self.crashed.store(true, Ordering::SeqCst);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn alive(&self) -> io::Result<()> {
+        if self.crashed() {
+            Err(Self::crash_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Storage for CrashStorage {
+    fn path(&self, name: &str) -> PathBuf {
+        self.fs.path(name)
+    }
+    fn exists(&self, name: &str) -> io::Result<bool> {
+        self.alive()?;
+        self.fs.exists(name)
+    }
+    fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        self.alive()?;
+        self.fs.read(name)
+    }
+    fn read_prefix(&self, name: &str, len: usize) -> io::Result<Option<Vec<u8>>> {
+        self.alive()?;
+        self.fs.read_prefix(name, len)
+    }
+    fn write_synced(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        if self.step()? {
+            return self.fs.write_synced(name, bytes);
+        }
+        if self.torn {
+            std::fs::write(self.fs.path(name), &bytes[..bytes.len() / 2])?;
+        }
+        Err(Self::crash_error())
+    }
+    fn create_private(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        if self.step()? {
+            return self.fs.create_private(name, bytes);
+        }
+        Err(Self::crash_error())
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        if self.step()? {
+            return self.fs.rename(from, to);
+        }
+        Err(Self::crash_error())
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        if self.step()? {
+            return self.fs.sync_dir();
+        }
+        Err(Self::crash_error())
+    }
+    fn lock(&self) -> io::Result<DirLock> {
+        self.alive()?;
+        self.fs.lock()
+    }
+}
