@@ -107,3 +107,104 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hex::decode;
+
+    struct Vector {
+        suite: Suite,
+        key: &'static str,
+        nonce: &'static str,
+        aad: &'static str,
+        plaintext: &'static str,
+        ciphertext: &'static str,
+        tag: &'static str,
+    }
+
+    /// AES-256-GCM: test cases 14 and 16 of McGrew & Viega, "The Galois/Counter Mode of
+    /// Operation" (the NIST submission). SM4-GCM: RFC 8998, appendix A.1.
+    const VECTORS: &[Vector] = &[
+        Vector {
+            suite: Suite::Aes256Gcm,
+            key: "0000000000000000000000000000000000000000000000000000000000000000",
+            nonce: "000000000000000000000000",
+            aad: "",
+            plaintext: "00000000000000000000000000000000",
+            ciphertext: "cea7403d4d606b6e074ec5d3baf39d18",
+            tag: "d0d1c8a799996bf0265b98b5d48ab919",
+        },
+        Vector {
+            suite: Suite::Aes256Gcm,
+            key: "feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308",
+            nonce: "cafebabefacedbaddecaf888",
+            aad: "feedfacedeadbeeffeedfacedeadbeefabaddad2",
+            plaintext: "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72\
+                        1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39",
+            ciphertext: "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa\
+                         8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662",
+            tag: "76fc6ece0f4e1768cddf8853bb2d551b",
+        },
+        Vector {
+            suite: Suite::Sm4Gcm,
+            key: "0123456789abcdeffedcba9876543210",
+            nonce: "00001234567800000000abcd",
+            aad: "feedfacedeadbeeffeedfacedeadbeefabaddad2",
+            plaintext: "aaaaaaaaaaaaaaaabbbbbbbbbbbbbbbbccccccccccccccccdddddddddddddddd\
+                        eeeeeeeeeeeeeeeeffffffffffffffffeeeeeeeeeeeeeeeeaaaaaaaaaaaaaaaa",
+            ciphertext: "17f399f08c67d5ee19d0dc9969c4bb7d5fd46fd3756489069157b282bb200735\
+                         d82710ca5c22f0ccfa7cbf93d496ac15a56834cbcf98c397b4024a2691233b8d",
+            tag: "83de3541e4c2b58177e065a9bf7b62ec",
+        },
+    ];
+
+    fn backends() -> Vec<Backend> {
+        #[allow(unused_mut)]
+        let mut all = vec![Backend::RustCrypto];
+        #[cfg(feature = "aws-lc")]
+        all.push(Backend::AwsLc);
+        all
+    }
+
+    #[test]
+    fn known_answers_seal_and_open() {
+        for backend in backends() {
+            for v in VECTORS {
+                let engine = Engine::new(v.suite, backend, &decode(v.key).unwrap()).unwrap();
+                let nonce: [u8; NONCE_LEN] = decode(v.nonce).unwrap().try_into().unwrap();
+                let aad = decode(v.aad).unwrap();
+                let mut buf = decode(v.plaintext).unwrap();
+                let tag = engine.seal(&nonce, &aad, &mut buf).unwrap();
+                assert_eq!(crate::hex::encode(&buf), v.ciphertext, "{} {backend:?}", v.suite);
+                assert_eq!(crate::hex::encode(&tag), v.tag, "{} {backend:?}", v.suite);
+                engine.open(&nonce, &aad, &mut buf, &tag).unwrap();
+                assert_eq!(crate::hex::encode(&buf), v.plaintext);
+            }
+        }
+    }
+
+    #[test]
+    fn failed_open_zeroes_the_buffer() {
+        for backend in backends() {
+            let v = &VECTORS[1];
+            let engine = Engine::new(v.suite, backend, &decode(v.key).unwrap()).unwrap();
+            let nonce: [u8; NONCE_LEN] = decode(v.nonce).unwrap().try_into().unwrap();
+            let mut buf = decode(v.ciphertext).unwrap();
+            let mut tag: [u8; TAG_LEN] = decode(v.tag).unwrap().try_into().unwrap();
+            tag[0] ^= 1;
+            assert!(
+                engine
+                    .open(&nonce, &decode(v.aad).unwrap(), &mut buf, &tag)
+                    .is_err()
+            );
+            assert!(buf.iter().all(|&b| b == 0), "{backend:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_key_length_is_an_error() {
+        assert!(Engine::new(Suite::Aes256Gcm, Backend::RustCrypto, &[0u8; 16]).is_err());
+        assert!(Engine::new(Suite::Sm4Gcm, Backend::RustCrypto, &[0u8; 32]).is_err());
+    }
+}

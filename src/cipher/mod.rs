@@ -364,3 +364,103 @@ fn require_aad(aad: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(suite: Suite, version: u32) -> AeadKey {
+        AeadKey::new(suite, version, &DataKey::generate(suite.key_len()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn seal_limit_is_enforced_and_reported() {
+        let k = key(Suite::Aes256Gcm, 1).with_seal_limit(8);
+        for _ in 0..5 {
+            k.seal(b"ad", b"x").unwrap();
+        }
+        assert_eq!(k.usage(), KeyUsage::Fresh);
+        k.seal(b"ad", b"x").unwrap();
+        assert_eq!(k.usage(), KeyUsage::RotateSoon);
+        k.seal(b"ad", b"x").unwrap();
+        k.seal(b"ad", b"x").unwrap();
+        assert_eq!(k.usage(), KeyUsage::Exhausted);
+        assert!(matches!(
+            k.seal(b"ad", b"x"),
+            Err(Error::KeyExhausted { version: 1, limit: 8 })
+        ));
+        let mut buf = [0u8; 4];
+        assert!(matches!(
+            k.seal_detached(b"ad", &mut buf),
+            Err(Error::KeyExhausted { .. })
+        ));
+        assert_eq!(k.seals(), 8);
+        let restarted = key(Suite::Aes256Gcm, 1).with_prior_seals(RANDOM_NONCE_LIMIT);
+        assert!(matches!(
+            restarted.seal(b"ad", b"x"),
+            Err(Error::KeyExhausted { .. })
+        ));
+        assert_eq!(key(Suite::Sm4Gcm, 1).seal_limit(), RANDOM_NONCE_LIMIT);
+    }
+
+    #[test]
+    fn detached_round_trip_and_tamper() {
+        for suite in Suite::ALL {
+            let k = key(suite, 3);
+            let mut page = vec![7u8; 4096];
+            let d = k.seal_detached(b"page 9", &mut page).unwrap();
+            assert_ne!(page, vec![7u8; 4096]);
+            let mut copy = page.clone();
+            k.open_detached(b"page 9", &d, &mut copy).unwrap();
+            assert_eq!(copy, vec![7u8; 4096]);
+            let mut moved = page.clone();
+            assert!(k.open_detached(b"page 8", &d, &mut moved).is_err());
+            let mut flipped = page.clone();
+            flipped[100] ^= 0x80;
+            assert!(matches!(
+                k.open_detached(b"page 9", &d, &mut flipped),
+                Err(Error::Authentication { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn suite_names_and_ids_round_trip() {
+        for suite in Suite::ALL {
+            assert_eq!(Suite::from_id(suite.id()).unwrap(), suite);
+            assert_eq!(suite.name().parse::<Suite>().unwrap(), suite);
+        }
+        assert!(Suite::from_id(0).is_err());
+        assert!("des".parse::<Suite>().is_err());
+    }
+
+    #[test]
+    fn debug_shows_no_key_bytes() {
+        let dk = DataKey::from_slice(&[0x5a; 32]);
+        let k = AeadKey::new(Suite::Aes256Gcm, 1, &dk).unwrap();
+        let shown = format!("{k:?}");
+        assert!(
+            !shown.contains("90") && !shown.to_lowercase().contains("5a"),
+            "{shown}"
+        );
+    }
+
+    #[cfg(feature = "aws-lc")]
+    #[test]
+    fn backends_produce_the_same_bytes_both_ways() {
+        let dk = DataKey::generate(32).unwrap();
+        let rust = AeadKey::with_backend(Suite::Aes256Gcm, 1, &dk, Backend::RustCrypto).unwrap();
+        let aws = AeadKey::with_backend(Suite::Aes256Gcm, 1, &dk, Backend::AwsLc).unwrap();
+        for len in [0usize, 1, 15, 16, 17, 4096, 16384 + 3] {
+            let plain: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let a = rust.seal(b"cross", &plain).unwrap();
+            assert_eq!(aws.open(b"cross", &a).unwrap(), plain);
+            let b = aws.seal(b"cross", &plain).unwrap();
+            assert_eq!(rust.open(b"cross", &b).unwrap(), plain);
+            let mut page = plain.clone();
+            let d = aws.seal_detached(b"page", &mut page).unwrap();
+            rust.open_detached(b"page", &d, &mut page).unwrap();
+            assert_eq!(page, plain);
+        }
+    }
+}

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 use tde::kms::local::{CreateKeyOptions, LocalKms, PASSPHRASE_ENV};
-use tde::kms::{EncryptionContext, KeyMetadata, KeySpec, Kms, KmsUri, MAX_DIRECT_PLAINTEXT, Origin, Timestamp};
+use tde::kms::{
+    EncryptionContext, KeyMetadata, KeySpec, Kms, KmsUri, MAX_DIRECT_PLAINTEXT, Origin, Timestamp,
+};
 use tde::secret::SecretBytes;
 
 use crate::CliResult;
@@ -144,7 +146,9 @@ pub(crate) fn kms_dir(uri: Option<&str>) -> CliResult<PathBuf> {
         Some(text) => match KmsUri::parse(text)? {
             KmsUri::Local(dir) => Ok(dir),
             #[allow(unreachable_patterns)]
-            other => Err(format!("`tde kms` manages local KMSs only; {other} is managed by its provider").into()),
+            other => {
+                Err(format!("`tde kms` manages local KMSs only; {other} is managed by its provider").into())
+            }
         },
         None => Ok(tde::kms::default_local_dir()?),
     }
@@ -167,7 +171,10 @@ fn state_line(meta: &KeyMetadata) -> String {
 
 fn read_stdin(limit: usize) -> CliResult<Vec<u8>> {
     let mut buf = Vec::new();
-    std::io::stdin().lock().take(limit as u64 + 1).read_to_end(&mut buf)?;
+    std::io::stdin()
+        .lock()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut buf)?;
     Ok(buf)
 }
 
@@ -230,14 +237,21 @@ pub(crate) fn run(uri: Option<&str>, cmd: KmsCommand) -> CliResult {
             if json {
                 return print_json(&keys);
             }
-            println!("{:<36}  {:<15}  {:<7}  {:<8}  {:>7}  ALIASES", "KEY ID", "STATE", "SPEC", "ORIGIN", "VERSION");
+            println!(
+                "{:<36}  {:<15}  {:<7}  {:<8}  {:>7}  ALIASES",
+                "KEY ID", "STATE", "SPEC", "ORIGIN", "VERSION"
+            );
             for k in keys {
                 println!(
                     "{:<36}  {:<15}  {:<7}  {:<8}  {:>7}  {}",
                     k.key_id,
                     k.state.to_string(),
                     k.spec.to_string(),
-                    if k.origin == Origin::Kms { "kms" } else { "external" },
+                    if k.origin == Origin::Kms {
+                        "kms"
+                    } else {
+                        "external"
+                    },
                     k.primary_version,
                     k.aliases.join(",")
                 );
@@ -248,15 +262,23 @@ pub(crate) fn run(uri: Option<&str>, cmd: KmsCommand) -> CliResult {
         KmsCommand::Disable { key } => println!("{}", state_line(&open(uri)?.disable_key(&key)?)),
         KmsCommand::Rotate { key } => {
             let meta = open(uri)?.rotate_key(&key)?;
-            println!("key {} rotated: primary version {}", meta.key_id, meta.primary_version);
+            println!(
+                "key {} rotated: primary version {}",
+                meta.key_id, meta.primary_version
+            );
         }
         KmsCommand::ScheduleDeletion { key, days } => {
             let meta = open(uri)?.schedule_key_deletion(&key, Some(days))?;
             let at = meta.deletion_date.map(|t| t.to_string()).unwrap_or_default();
             println!("key {} will be destroyed on {at}", meta.key_id);
-            eprintln!("until then it is unusable; undo with: tde kms cancel-deletion {}", meta.key_id);
+            eprintln!(
+                "until then it is unusable; undo with: tde kms cancel-deletion {}",
+                meta.key_id
+            );
         }
-        KmsCommand::CancelDeletion { key } => println!("{}", state_line(&open(uri)?.cancel_key_deletion(&key)?)),
+        KmsCommand::CancelDeletion { key } => {
+            println!("{}", state_line(&open(uri)?.cancel_key_deletion(&key)?))
+        }
         KmsCommand::Alias { alias, key } => {
             let meta = open(uri)?.set_alias(&alias, &key)?;
             println!("{alias} -> {}", meta.key_id);
@@ -298,7 +320,8 @@ pub(crate) fn run(uri: Option<&str>, cmd: KmsCommand) -> CliResult {
             expires,
         } => {
             let expires = expires.as_deref().map(Timestamp::parse_rfc3339).transpose()?;
-            let wrapped = std::fs::read(&material).map_err(|e| format!("reading {}: {e}", material.display()))?;
+            let wrapped =
+                std::fs::read(&material).map_err(|e| format!("reading {}: {e}", material.display()))?;
             let token = std::fs::read(&token).map_err(|e| format!("reading {}: {e}", token.display()))?;
             let meta = open(uri)?.import_key_material(&key, &wrapped, &token, expires)?;
             println!("{}", state_line(&meta));
