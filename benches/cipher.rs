@@ -1,1 +1,107 @@
-fn main() {}
+//! Seal and open throughput per suite and backend, 4 KiB and 16 KiB buffers.
+//!
+//! Each group also runs the bare primitive (`raw/...`: the AEAD crate called directly,
+//! in place, fixed nonce) beside tde's sealed format (fresh nonce, header, copy into the
+//! output buffer), so the cost of tde's layer is a ratio from one run, independent of how
+//! fast this machine happens to be today.
+//!
+//! `cargo bench --bench cipher` (default backend) and
+//! `cargo bench --bench cipher --features aws-lc` (adds the aws-lc-rs backend).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tde::cipher::{AeadKey, Backend, Suite};
+use tde::secret::DataKey;
+
+const SIZES: [usize; 2] = [4 * 1024, 16 * 1024];
+
+fn variants() -> Vec<(&'static str, Suite, Backend)> {
+    #[allow(unused_mut)]
+    let mut v = vec![
+        ("aes-256-gcm/rustcrypto", Suite::Aes256Gcm, Backend::RustCrypto),
+        ("sm4-gcm/rustcrypto", Suite::Sm4Gcm, Backend::RustCrypto),
+    ];
+    #[cfg(feature = "aws-lc")]
+    v.insert(1, ("aes-256-gcm/aws-lc", Suite::Aes256Gcm, Backend::AwsLc));
+    v
+}
+
+fn bench(c: &mut Criterion) {
+    let aad = b"store=s1 table=users key=0000000000000042";
+    for (op, sealing) in [("seal", true), ("open", false)] {
+        let mut group = c.benchmark_group(op);
+        group.measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+        for (name, suite, backend) in variants() {
+            let dk = DataKey::generate(suite.key_len()).expect("key");
+            let key = AeadKey::with_backend(suite, 1, &dk, backend).expect("key");
+            for size in SIZES {
+                let plain = vec![0x5au8; size];
+                let sealed = key.seal(aad, &plain).expect("seal");
+                let mut out = Vec::with_capacity(size + tde::cipher::OVERHEAD);
+                group.throughput(Throughput::Bytes(size as u64));
+                group.bench_function(format!("{name}/{}KiB", size / 1024), |b| {
+                    b.iter(|| {
+                        out.clear();
+                        if sealing {
+                            key.seal_into(aad, black_box(&plain), &mut out).expect("seal");
+                        } else {
+                            key.open_into(aad, black_box(&sealed), &mut out).expect("open");
+                        }
+                        black_box(out.len())
+                    })
+                });
+            }
+        }
+        raw(&mut group, sealing);
+        group.finish();
+    }
+}
+
+/// The primitives alone, for the ratio.
+fn raw(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, sealing: bool) {
+    use aes_gcm::{AeadInOut, Aes256Gcm, KeyInit, Nonce};
+    let aad = b"store=s1 table=users key=0000000000000042";
+    let cipher = Aes256Gcm::new_from_slice(&[7u8; 32]).expect("key");
+    let nonce = Nonce::from([1u8; 12]);
+    for size in SIZES {
+        let mut buf = vec![0x5au8; size];
+        let tag = cipher.encrypt_inout_detached(&nonce, aad, (&mut buf[..]).into()).expect("seal");
+        let sealed = buf.clone();
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_function(format!("raw/aes-256-gcm/rustcrypto/{}KiB", size / 1024), |b| {
+            b.iter(|| {
+                if sealing {
+                    black_box(cipher.encrypt_inout_detached(&nonce, aad, (&mut buf[..]).into()).expect("seal"));
+                } else {
+                    buf.copy_from_slice(&sealed);
+                    cipher.decrypt_inout_detached(&nonce, aad, (&mut buf[..]).into(), &tag).expect("open");
+                }
+            })
+        });
+        #[cfg(feature = "aws-lc")]
+        {
+            use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce as AwsNonce, UnboundKey};
+            let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).expect("key"));
+            let tag = key
+                .seal_in_place_separate_tag(AwsNonce::assume_unique_for_key([1u8; 12]), Aad::from(aad), &mut buf)
+                .expect("seal");
+            let sealed = buf.clone();
+            group.bench_function(format!("raw/aes-256-gcm/aws-lc/{}KiB", size / 1024), |b| {
+                b.iter(|| {
+                    let n = AwsNonce::assume_unique_for_key([1u8; 12]);
+                    if sealing {
+                        black_box(key.seal_in_place_separate_tag(n, Aad::from(aad), &mut buf).expect("seal"));
+                    } else {
+                        buf.copy_from_slice(&sealed);
+                        key.open_in_place_separate_tag(n, Aad::from(aad), tag.as_ref(), &mut buf).expect("open");
+                    }
+                })
+            });
+        }
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
