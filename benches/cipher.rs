@@ -32,7 +32,9 @@ fn bench(c: &mut Criterion) {
     let aad = b"store=s1 table=users key=0000000000000042";
     for (op, sealing) in [("seal", true), ("open", false)] {
         let mut group = c.benchmark_group(op);
-        group.measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+        group
+            .measurement_time(Duration::from_secs(2))
+            .warm_up_time(Duration::from_millis(500));
         for (name, suite, backend) in variants() {
             let dk = DataKey::generate(suite.key_len()).expect("key");
             let key = AeadKey::with_backend(suite, 1, &dk, backend).expect("key");
@@ -67,16 +69,24 @@ fn raw(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTim
     let nonce = Nonce::from([1u8; 12]);
     for size in SIZES {
         let mut buf = vec![0x5au8; size];
-        let tag = cipher.encrypt_inout_detached(&nonce, aad, (&mut buf[..]).into()).expect("seal");
+        let tag = cipher
+            .encrypt_inout_detached(&nonce, aad, (&mut buf[..]).into())
+            .expect("seal");
         let sealed = buf.clone();
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(format!("raw/aes-256-gcm/rustcrypto/{}KiB", size / 1024), |b| {
             b.iter(|| {
                 if sealing {
-                    black_box(cipher.encrypt_inout_detached(&nonce, aad, (&mut buf[..]).into()).expect("seal"));
+                    let _tag = black_box(
+                        cipher
+                            .encrypt_inout_detached(&nonce, aad, (&mut buf[..]).into())
+                            .expect("seal"),
+                    );
                 } else {
                     buf.copy_from_slice(&sealed);
-                    cipher.decrypt_inout_detached(&nonce, aad, (&mut buf[..]).into(), &tag).expect("open");
+                    cipher
+                        .decrypt_inout_detached(&nonce, aad, (&mut buf[..]).into(), &tag)
+                        .expect("open");
                 }
             })
         });
@@ -85,17 +95,25 @@ fn raw(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTim
             use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce as AwsNonce, UnboundKey};
             let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).expect("key"));
             let tag = key
-                .seal_in_place_separate_tag(AwsNonce::assume_unique_for_key([1u8; 12]), Aad::from(aad), &mut buf)
+                .seal_in_place_separate_tag(
+                    AwsNonce::assume_unique_for_key([1u8; 12]),
+                    Aad::from(aad),
+                    &mut buf,
+                )
                 .expect("seal");
             let sealed = buf.clone();
             group.bench_function(format!("raw/aes-256-gcm/aws-lc/{}KiB", size / 1024), |b| {
                 b.iter(|| {
                     let n = AwsNonce::assume_unique_for_key([1u8; 12]);
                     if sealing {
-                        black_box(key.seal_in_place_separate_tag(n, Aad::from(aad), &mut buf).expect("seal"));
+                        let _tag = black_box(
+                            key.seal_in_place_separate_tag(n, Aad::from(aad), &mut buf)
+                                .expect("seal"),
+                        );
                     } else {
                         buf.copy_from_slice(&sealed);
-                        key.open_in_place_separate_tag(n, Aad::from(aad), tag.as_ref(), &mut buf).expect("open");
+                        key.open_in_place_separate_tag(n, Aad::from(aad), tag.as_ref(), &mut buf)
+                            .expect("open");
                     }
                 })
             });

@@ -19,7 +19,7 @@ pub fn encode(bytes: &[u8]) -> String {
 /// [`Error::Format`] for odd length or a non-hex character.
 pub fn decode(text: &str) -> Result<Vec<u8>> {
     let text = text.as_bytes();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(Error::Format {
             what: "hex string",
             detail: "odd number of digits".into(),

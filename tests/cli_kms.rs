@@ -48,7 +48,11 @@ impl Cli {
     /// Runs and expects success; returns stdout.
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args, b"");
-        assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -100,11 +104,21 @@ fn init_create_list_describe() {
     let err = cli.fails(&["kms", "init"], b"");
     assert!(err.contains("already exists"), "{err}");
 
-    let key = cli.create_key(&["--alias", "alias/app", "--description", "app data", "--rotation-days", "90"]);
+    let key = cli.create_key(&[
+        "--alias",
+        "alias/app",
+        "--description",
+        "app data",
+        "--rotation-days",
+        "90",
+    ]);
     assert_eq!(key.len(), 36, "{key}");
     let sm4 = cli.create_key(&["--spec", "sm4"]);
     let list = cli.ok(&["kms", "list"]);
-    assert!(list.contains(&key) && list.contains(&sm4) && list.contains("alias/app"), "{list}");
+    assert!(
+        list.contains(&key) && list.contains(&sm4) && list.contains("alias/app"),
+        "{list}"
+    );
     let json: serde_json::Value = serde_json::from_str(&cli.ok(&["kms", "list", "--json"])).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 2);
 
@@ -139,9 +153,13 @@ fn encrypt_decrypt_context_rotation_and_the_6_kib_limit() {
     cli.ok(&["kms", "rotate", &key]);
     let rotated = cli.ok(&["kms", "rotate", &key]);
     assert!(rotated.contains("primary version 3"), "{rotated}");
-    assert_eq!(cli.decrypt(&blob, &["app=billing", "env=prod"]).stdout, b"db password");
+    assert_eq!(
+        cli.decrypt(&blob, &["app=billing", "env=prod"]).stdout,
+        b"db password"
+    );
 
-    assert_eq!(cli.encrypt(&key, &vec![b'a'; 6144], &[]).is_empty(), false);
+    let max = cli.encrypt(&key, &vec![b'a'; 6144], &[]);
+    assert_eq!(cli.decrypt(&max, &[]).stdout, vec![b'a'; 6144]);
     let err = cli.fails(&["kms", "encrypt", &key], &vec![b'a'; 6145]);
     assert!(err.contains("6144"), "{err}");
     let err = cli.fails(&["kms", "encrypt", &key, "--context", "novalue"], b"x");
@@ -200,7 +218,8 @@ fn import_works_and_expires() {
     let material = cli.tmp.path().join("material.wrapped");
     std::fs::write(&material, wrapped).unwrap();
 
-    let expires = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + std::time::Duration::from_secs(3));
+    let expires =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + std::time::Duration::from_secs(3));
     let token = params.join("import-token.bin");
     let out = cli.ok(&[
         "kms",
@@ -220,13 +239,38 @@ fn import_works_and_expires() {
     std::thread::sleep(std::time::Duration::from_secs(4));
     let out = cli.decrypt(&blob, &[]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expired"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expired"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(describe(&cli, &key)["material_expired"], true);
 
-    let err = cli.fails(&["kms", "import", &key, "--material", "/nonexistent", "--token", token.to_str().unwrap()], b"");
+    let err = cli.fails(
+        &[
+            "kms",
+            "import",
+            &key,
+            "--material",
+            "/nonexistent",
+            "--token",
+            token.to_str().unwrap(),
+        ],
+        b"",
+    );
     assert!(err.contains("/nonexistent"), "{err}");
     let err = cli.fails(
-        &["kms", "import", &key, "--material", material.to_str().unwrap(), "--token", token.to_str().unwrap(), "--expires", "tomorrow"],
+        &[
+            "kms",
+            "import",
+            &key,
+            "--material",
+            material.to_str().unwrap(),
+            "--token",
+            token.to_str().unwrap(),
+            "--expires",
+            "tomorrow",
+        ],
         b"",
     );
     assert!(err.contains("RFC 3339"), "{err}");
@@ -249,11 +293,21 @@ fn kms_is_chosen_by_flag_env_or_default_and_must_exist() {
     assert!(listed.contains("alias/x"), "{listed}");
 
     // Without --kms and TDE_KMS: the default under the user's data directory.
-    let out = cli.cmd().env_remove("TDE_KMS").args(["kms", "init"]).output().unwrap();
+    let out = cli
+        .cmd()
+        .env_remove("TDE_KMS")
+        .args(["kms", "init"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let default = cli.tmp.path().join("home/.local/share/tde/kms");
     assert!(default.join("kms-state.a").exists());
-    let out = cli.cmd().env_remove("TDE_KMS").args(["kms", "list"]).output().unwrap();
+    let out = cli
+        .cmd()
+        .env_remove("TDE_KMS")
+        .args(["kms", "list"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
 
     let err = cli.fails(&["--kms", "aws-kms://eu-west-1", "kms", "list"], b"");
@@ -264,11 +318,19 @@ fn kms_is_chosen_by_flag_env_or_default_and_must_exist() {
 fn passphrase_from_the_environment() {
     let cli = Cli::new();
     let with_pass = |args: &[&str], pass: &str| {
-        cli.cmd().env("TDE_KMS_PASSPHRASE", pass).args(args).output().unwrap()
+        cli.cmd()
+            .env("TDE_KMS_PASSPHRASE", pass)
+            .args(args)
+            .output()
+            .unwrap()
     };
     assert!(with_pass(&["kms", "init"], "s3cret passphrase").status.success());
     assert!(!cli.kms_dir().join("root.key").exists());
-    assert!(with_pass(&["kms", "create-key"], "s3cret passphrase").status.success());
+    assert!(
+        with_pass(&["kms", "create-key"], "s3cret passphrase")
+            .status
+            .success()
+    );
     let out = with_pass(&["kms", "list"], "wrong");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));

@@ -94,13 +94,13 @@ pub trait Kms: Send + Sync {
         context: &EncryptionContext,
     ) -> KmsResult<DataKey> {
         let plain = self.decrypt(wrapped.as_bytes(), context)?;
-        if plain.len() != spec.len() {
+        if plain.len() != spec.key_len() {
             return Err(KmsError::new(
                 KmsErrorKind::InvalidCiphertext,
                 format!(
                     "wrapped key holds {} bytes, expected a {}-byte data key",
                     plain.len(),
-                    spec.len()
+                    spec.key_len()
                 ),
             ));
         }

@@ -88,7 +88,7 @@ pub enum DataKeySpec {
 
 impl DataKeySpec {
     /// Key length in bytes.
-    pub fn len(self) -> usize {
+    pub fn key_len(self) -> usize {
         match self {
             DataKeySpec::Aes256 => 32,
             DataKeySpec::Sm4 => 16,

@@ -709,7 +709,9 @@ impl LocalKms {
     /// the KMS or pending deletion.
     pub fn import_parameters(&self, key: &str) -> KmsResult<ImportParameters> {
         let wrapping = import::new_wrapping_key()?;
-        let token_id = crate::hex::encode(&DataKey::generate(16).map_err(root::internal)?.expose()[..]);
+        let mut token_id = [0u8; 16];
+        crate::error::os_random(&mut token_id).map_err(root::internal)?;
+        let token_id = crate::hex::encode(&token_id);
         let (key_id, expires_at) = self.change_key_raw(key, |k, now| {
             refuse_service(k, "imported into")?;
             if k.origin != Origin::External {
@@ -882,7 +884,7 @@ impl Kms for LocalKms {
         context: &EncryptionContext,
     ) -> KmsResult<GeneratedDataKey> {
         self.ensure_service_key(key)?;
-        let plaintext = DataKey::generate(spec.len()).map_err(root::internal)?;
+        let plaintext = DataKey::generate(spec.key_len()).map_err(root::internal)?;
         self.read(|s| {
             let k = s.resolve(key)?;
             k.require_usable()?;
