@@ -79,6 +79,22 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// Data keys of a store could not be unwrapped at open; each failure names the
+    /// table, the data key version and the master key. Nothing was written.
+    #[error("cannot open the store: {} data key(s) could not be unwrapped: {}", failures.len(), join(failures))]
+    KeysUnavailable {
+        /// What failed.
+        failures: Vec<crate::keyring::KeyFailure>,
+    },
+
+    /// A table name that the store does not have.
+    #[error("no table named {0:?}")]
+    NoSuchTable(String),
+
+    /// The storage engine reported an error (RocksDB's status text).
+    #[error("storage engine: {0}")]
+    Engine(String),
+
     /// The operating system's random number generator failed.
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),
@@ -89,6 +105,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Kms(e) => e.is_retryable(),
+            Error::KeysUnavailable { failures } => failures.iter().all(|f| f.error.is_retryable()),
             _ => false,
         }
     }
@@ -111,6 +128,14 @@ impl Error {
             other => other,
         }
     }
+}
+
+fn join(failures: &[crate::keyring::KeyFailure]) -> String {
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Fills `buf` from the operating system's CSPRNG.

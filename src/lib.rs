@@ -52,7 +52,9 @@ pub mod durable;
 mod error;
 mod ffi;
 pub mod hex;
+pub mod keyring;
 pub mod kms;
+pub mod kv;
 pub mod secret;
 #[cfg(feature = "testing")]
 pub mod testing;

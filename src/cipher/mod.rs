@@ -10,8 +10,10 @@
 //! decrypts before verifying has its output zeroed.
 
 mod engine;
+pub(crate) mod kdf;
 mod nonce;
 mod sealed;
+mod stream;
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use engine::Engine;
 pub use nonce::NONCE_LEN;
 pub use sealed::{FORMAT_VERSION, HEADER_LEN, OVERHEAD, Sealed};
+pub use stream::{FileStream, STREAM_IV_LEN};
 
 use crate::error::{Error, Result};
 use crate::secret::DataKey;

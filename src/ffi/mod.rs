@@ -6,5 +6,6 @@
 #![allow(unsafe_code)]
 
 mod fork;
+pub(crate) mod rocksdb;
 
 pub(crate) use fork::generation as fork_generation;

@@ -64,3 +64,50 @@ pub fn files_below(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A store directory with its own local KMS, wrapped in a fault-injecting, call-counting
+/// KMS.
+pub struct TestStore {
+    pub tmp: tempfile::TempDir,
+    pub kms: Arc<tde::testing::FaultyKms<Arc<LocalKms>>>,
+}
+
+impl TestStore {
+    pub fn new() -> TestStore {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let local = Arc::new(LocalKms::create(tmp.path().join("kms")).expect("kms"));
+        TestStore {
+            kms: Arc::new(tde::testing::FaultyKms::new(local)),
+            tmp,
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.tmp.path().join("store")
+    }
+
+    pub fn local(&self) -> &LocalKms {
+        self.kms.inner()
+    }
+
+    pub fn options(&self) -> tde::kv::StoreOptions {
+        tde::kv::StoreOptions::new(self.kms.clone())
+    }
+
+    pub fn create(&self) -> tde::kv::Store {
+        tde::kv::Store::create(self.path(), self.options()).expect("create store")
+    }
+
+    pub fn open(&self) -> tde::Result<tde::kv::Store> {
+        tde::kv::Store::open(self.path(), self.options())
+    }
+}
+
+/// A snapshot of every file's bytes below `dir`, to prove that a failed open changed
+/// nothing.
+pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = files_below(dir);
+    files.retain(|(p, _)| !p.ends_with("LOCK"));
+    files.sort();
+    files
+}

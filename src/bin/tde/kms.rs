@@ -140,9 +140,10 @@ fn context(pairs: Vec<(String, String)>) -> EncryptionContext {
         .fold(EncryptionContext::new(), |ctx, (k, v)| ctx.with(k, v))
 }
 
-/// The local KMS directory named by `--kms` / `TDE_KMS`, or the default.
-pub(crate) fn kms_dir(uri: Option<&str>) -> CliResult<PathBuf> {
-    match uri {
+/// The local KMS directory named by `--kms`, else `TDE_KMS`, else the default.
+pub(crate) fn kms_dir(flag: Option<&str>) -> CliResult<PathBuf> {
+    let env = std::env::var("TDE_KMS").ok().filter(|v| !v.is_empty());
+    match flag.map(str::to_owned).or(env).as_deref() {
         Some(text) => match KmsUri::parse(text)? {
             KmsUri::Local(dir) => Ok(dir),
             #[allow(unreachable_patterns)]

@@ -2,6 +2,8 @@
 //!
 //! Only calls the library; every rule lives there.
 
+mod bench;
+mod db;
 mod kms;
 
 use std::process::ExitCode;
@@ -12,10 +14,11 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "tde", version, about, long_about = None)]
 struct Cli {
-    /// The KMS: `local:DIR` or a bare path for the embedded local KMS. Default: a local
-    /// KMS under the user's data directory ($TDE_HOME/kms, $XDG_DATA_HOME/tde/kms or
-    /// ~/.local/share/tde/kms).
-    #[arg(long, global = true, env = "TDE_KMS", value_name = "URI")]
+    /// The KMS: `local:DIR` or a bare path for the embedded local KMS. Default: the
+    /// TDE_KMS environment variable; for a store, the KMS it was created with; else a
+    /// local KMS under the user's data directory ($TDE_HOME/kms, $XDG_DATA_HOME/tde/kms
+    /// or ~/.local/share/tde/kms).
+    #[arg(long, global = true, value_name = "URI")]
     kms: Option<String>,
 
     #[command(subcommand)]
@@ -27,12 +30,71 @@ enum Command {
     /// Manage master keys in the local KMS.
     #[command(subcommand)]
     Kms(kms::KmsCommand),
+    /// Create an encrypted store.
+    #[command(subcommand)]
+    Db(db::DbCommand),
+    /// Create and list tables of a store.
+    #[command(subcommand)]
+    Table(db::TableCommand),
+    /// Write a record.
+    Put {
+        #[command(flatten)]
+        target: db::Target,
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Print a record's value (a missing key is an error).
+    Get {
+        #[command(flatten)]
+        target: db::Target,
+        /// Key.
+        key: String,
+    },
+    /// Delete a record.
+    Del {
+        #[command(flatten)]
+        target: db::Target,
+        /// Key.
+        key: String,
+    },
+    /// Print records as KEY<TAB>VALUE lines.
+    Scan {
+        #[command(flatten)]
+        target: db::Target,
+        /// Only keys starting with P.
+        #[arg(long, value_name = "P")]
+        prefix: Option<String>,
+    },
+    /// Read KEY<TAB>VALUE lines from stdin and write them in batches.
+    Load {
+        #[command(flatten)]
+        target: db::Target,
+    },
+    /// Benchmarks: plain vs encrypted, side by side.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Read and authenticate every record of every table.
+    Verify {
+        /// Directory of the store.
+        path: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Kms(cmd) => kms::run(cli.kms.as_deref(), cmd),
+        Command::Db(cmd) => db::run_db(cli.kms.as_deref(), cmd),
+        Command::Table(cmd) => db::run_table(cli.kms.as_deref(), cmd),
+        Command::Put { target, key, value } => db::put(cli.kms.as_deref(), &target, &key, &value),
+        Command::Get { target, key } => db::get(cli.kms.as_deref(), &target, &key),
+        Command::Del { target, key } => db::del(cli.kms.as_deref(), &target, &key),
+        Command::Scan { target, prefix } => db::scan(cli.kms.as_deref(), &target, prefix),
+        Command::Load { target } => db::load(cli.kms.as_deref(), &target),
+        Command::Verify { path } => db::verify(cli.kms.as_deref(), &path),
+        Command::Bench(cmd) => bench::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,307 @@
+//! `tde bench kv`: the same workloads on plain RocksDB and on a tde store, side by side
+//! and interleaved in one process, so the ratio (tde / plain) is meaningful on a noisy
+//! machine. Each round builds both databases afresh; medians over rounds are reported.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use rocksdb::{DBWithThreadMode, MultiThreaded};
+use serde_json::json;
+use tde::kms::local::LocalKms;
+use tde::kv::{Store, StoreOptions, Table, TableOptions};
+
+use crate::CliResult;
+
+type Plain = DBWithThreadMode<MultiThreaded>;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Plain RocksDB vs the tde store.
+    Kv(KvArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KvArgs {
+    /// A short run (under a minute): fewer keys and rounds.
+    #[arg(long)]
+    quick: bool,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+    /// Keys to load (default 1,000,000; 200,000 with --quick).
+    #[arg(long)]
+    keys: Option<u64>,
+    /// Rounds (default 5; 3 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
+}
+
+const VALUE_LEN: usize = 100;
+const CACHE_BYTES: usize = 512 << 20;
+const WORKLOADS: [&str; 4] = ["fillrandom", "readrandom_cached", "readrandom_uncached", "scan"];
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The i-th key: a bijection of i, so loading 0..n writes n distinct keys in random order.
+fn key(i: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&splitmix(i).to_be_bytes());
+    k[8..].copy_from_slice(&i.to_be_bytes());
+    k
+}
+
+fn value(i: u64) -> [u8; VALUE_LEN] {
+    let mut v = [0u8; VALUE_LEN];
+    for (n, chunk) in v.chunks_mut(8).enumerate() {
+        let r = splitmix(i ^ ((n as u64) << 40)).to_le_bytes();
+        chunk.copy_from_slice(&r[..chunk.len()]);
+    }
+    v
+}
+
+/// The two systems under test, behind one interface.
+enum Db {
+    Plain(Plain),
+    Tde(Store, Table),
+}
+
+impl Db {
+    fn put(&self, k: &[u8], v: &[u8]) -> CliResult {
+        match self {
+            Db::Plain(db) => db.put(k, v)?,
+            Db::Tde(_, t) => t.put(k, v)?,
+        }
+        Ok(())
+    }
+
+    fn get(&self, k: &[u8]) -> CliResult<bool> {
+        Ok(match self {
+            Db::Plain(db) => db.get_pinned(k)?.is_some(),
+            Db::Tde(_, t) => t.get(k)?.is_some(),
+        })
+    }
+
+    fn scan(&self) -> CliResult<u64> {
+        let mut n = 0;
+        match self {
+            Db::Plain(db) => {
+                let mut it = db.raw_iterator();
+                it.seek_to_first();
+                while it.valid() {
+                    std::hint::black_box(it.value());
+                    n += 1;
+                    it.next();
+                }
+                it.status()?;
+            }
+            Db::Tde(_, t) => {
+                for item in t.iter()? {
+                    std::hint::black_box(item?);
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn settle(&self) -> CliResult {
+        match self {
+            Db::Plain(db) => {
+                db.flush()?;
+                db.compact_range(None::<&[u8]>, None::<&[u8]>);
+            }
+            Db::Tde(store, _) => {
+                store.flush()?;
+                store.compact()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_plain(dir: &Path, cache: Option<usize>) -> CliResult<Db> {
+    let mut opts = StoreOptions::rocksdb_options(cache, true);
+    opts.create_if_missing(true);
+    Ok(Db::Plain(Plain::open(&opts, dir)?))
+}
+
+fn open_tde(dir: &Path, kms: &Arc<LocalKms>, cache: Option<usize>) -> CliResult<Db> {
+    let options = StoreOptions::new(kms.clone()).block_cache_bytes(cache);
+    let store = if dir.exists() {
+        Store::open(dir, options)?
+    } else {
+        let store = Store::create(dir, options)?;
+        store.create_table("bench", &TableOptions::default())?;
+        store
+    };
+    let table = store.table("bench")?;
+    Ok(Db::Tde(store, table))
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "sst"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn timed(ops: u64, f: impl FnOnce() -> CliResult) -> CliResult<f64> {
+    let start = Instant::now();
+    f()?;
+    Ok(ops as f64 / start.elapsed().as_secs_f64())
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// One round: both systems, every workload, alternating which goes first.
+fn round(
+    root: &Path,
+    kms: &Arc<LocalKms>,
+    keys: u64,
+    plain_first: bool,
+) -> CliResult<([[f64; 2]; 4], [u64; 2])> {
+    let dirs = [root.join("plain"), root.join("tde")];
+    for d in &dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let order: [usize; 2] = if plain_first { [0, 1] } else { [1, 0] };
+    let open = |which: usize, cache: Option<usize>| -> CliResult<Db> {
+        if which == 0 {
+            open_plain(&dirs[0], cache)
+        } else {
+            open_tde(&dirs[1], kms, cache)
+        }
+    };
+    let mut results = [[0.0; 2]; 4];
+    let reads = keys;
+    // fillrandom
+    for &w in &order {
+        let db = open(w, Some(CACHE_BYTES))?;
+        results[0][w] = timed(keys, || {
+            for i in 0..keys {
+                db.put(&key(i), &value(i))?;
+            }
+            Ok(())
+        })?;
+        db.settle()?;
+    }
+    // readrandom with a large block cache, warmed by a scan.
+    for &w in &order {
+        let db = open(w, Some(CACHE_BYTES))?;
+        db.scan()?;
+        results[1][w] = timed(reads, || {
+            for i in 0..reads {
+                std::hint::black_box(db.get(&key(splitmix(i ^ 0x5eed) % keys))?);
+            }
+            Ok(())
+        })?;
+        results[3][w] = timed(keys, || db.scan().map(|_| ()))?;
+    }
+    // readrandom with the block cache disabled: every read decrypts its block.
+    for &w in &order {
+        let db = open(w, Some(0))?;
+        results[2][w] = timed(reads, || {
+            for i in 0..reads {
+                std::hint::black_box(db.get(&key(splitmix(i ^ 0xcafe) % keys))?);
+            }
+            Ok(())
+        })?;
+    }
+    Ok((results, [dir_size(&dirs[0]), dir_size(&dirs[1])]))
+}
+
+pub(crate) fn run(cmd: BenchCommand) -> CliResult {
+    let BenchCommand::Kv(args) = cmd;
+    let keys = args.keys.unwrap_or(if args.quick { 200_000 } else { 1_000_000 });
+    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 5 }).max(1);
+    let tmp = tempfile::tempdir()?;
+    let kms = Arc::new(LocalKms::create(tmp.path().join("kms"))?);
+    let backend = if cfg!(feature = "aws-lc") {
+        "aws-lc"
+    } else {
+        "rustcrypto"
+    };
+    eprintln!("tde bench kv: {keys} keys, {VALUE_LEN}-byte values, {rounds} rounds, AES-256-GCM ({backend})");
+
+    let mut per_round: Vec<([[f64; 2]; 4], [u64; 2])> = Vec::new();
+    for r in 0..rounds {
+        let out = round(tmp.path(), &kms, keys, r % 2 == 0)?;
+        eprintln!(
+            "  round {}: {}",
+            r + 1,
+            WORKLOADS
+                .iter()
+                .enumerate()
+                .map(|(i, w)| format!("{w} {:.3}", out.0[i][1] / out.0[i][0]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        per_round.push(out);
+    }
+
+    println!(
+        "{:<22} {:>14} {:>14} {:>8}",
+        "workload", "plain ops/s", "tde ops/s", "ratio"
+    );
+    let mut ratios = serde_json::Map::new();
+    let mut workloads = serde_json::Map::new();
+    for (i, w) in WORKLOADS.iter().enumerate() {
+        let plain = median(per_round.iter().map(|r| r.0[i][0]).collect());
+        let tde = median(per_round.iter().map(|r| r.0[i][1]).collect());
+        let ratio = median(per_round.iter().map(|r| r.0[i][1] / r.0[i][0]).collect());
+        println!("{w:<22} {plain:>14.0} {tde:>14.0} {ratio:>8.3}");
+        ratios.insert((*w).to_owned(), json!((ratio * 1000.0).round() / 1000.0));
+        workloads.insert(
+            (*w).to_owned(),
+            json!({"plain_ops_per_sec": plain.round(), "tde_ops_per_sec": tde.round()}),
+        );
+    }
+    let sizes = per_round.last().map(|r| r.1).unwrap_or_default();
+    let size_ratio = if sizes[0] > 0 {
+        sizes[1] as f64 / sizes[0] as f64
+    } else {
+        0.0
+    };
+    println!(
+        "on-disk size (SST): plain {} bytes, tde {} bytes, ratio {size_ratio:.3}",
+        sizes[0], sizes[1]
+    );
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "keys": keys,
+                "rounds": rounds,
+                "value_bytes": VALUE_LEN,
+                "backend": backend,
+                "workloads": workloads,
+                "ratios": ratios,
+                "size_ratio": (size_ratio * 1000.0).round() / 1000.0,
+            })
+        );
+    }
+    Ok(())
+}

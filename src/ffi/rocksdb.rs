@@ -1,0 +1,288 @@
+//! The Rust side of the RocksDB bridge (`rocksdb_shim.cc`): creating the encrypted Env,
+//! attaching the SST listener, checking private layouts, and the callbacks the shim
+//! makes into Rust.
+//!
+//! Invariant: no panic unwinds into C++ (every callback runs under `catch_unwind`), and a
+//! context pointer handed to C++ is a leaked `Box<Arc<dyn FileCrypto>>` that C++ returns
+//! exactly once through `tde_rs_context_release`.
+
+use std::ffi::{c_char, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use librocksdb_sys::{rocksdb_env_t, rocksdb_options_t};
+use rocksdb::AsRawPtr;
+
+use crate::error::{Error, Result};
+
+/// Status codes the callbacks return to C++.
+pub(crate) const CORRUPTION: i32 = 1;
+pub(crate) const IO_ERROR: i32 = 3;
+
+/// What the shim asks of Rust: file prefixes, cipher streams, and which column family a
+/// new SST belongs to.
+pub(crate) trait FileCrypto: Send + Sync {
+    /// Fills the prefix (header) of a new file.
+    fn new_prefix(&self, fname: &str, prefix: &mut [u8]) -> std::result::Result<(), (i32, String)>;
+    /// A cipher stream for a file with this prefix.
+    fn open_stream(
+        &self,
+        fname: &str,
+        prefix: &[u8],
+    ) -> std::result::Result<crate::cipher::FileStream, (i32, String)>;
+    /// RocksDB is about to create SST `path` for column family `cf`.
+    fn table_file_started(&self, cf: &str, path: &str);
+}
+
+type Ctx = Arc<dyn FileCrypto>;
+
+unsafe extern "C" {
+    fn tde_shim_env_create(ctx: *mut c_void) -> *mut rocksdb_env_t;
+    fn tde_shim_options_add_listener(opts: *mut rocksdb_options_t, ctx: *mut c_void) -> i32;
+    fn tde_shim_options_max_open_files(opts: *const rocksdb_options_t) -> i32;
+    fn tde_shim_options_env_is(opts: *const rocksdb_options_t, env: *const rocksdb_env_t) -> i32;
+    fn tde_shim_env_is_default(env: *const rocksdb_env_t) -> i32;
+    fn tde_shim_prefix_length() -> usize;
+}
+
+fn leak(ctx: &Ctx) -> *mut c_void {
+    Box::into_raw(Box::new(Arc::clone(ctx))).cast()
+}
+
+/// Length of the prefix the shim reserves at the start of every file.
+pub(crate) fn prefix_length() -> usize {
+    // SAFETY: a pure function of the shim that returns a constant.
+    unsafe { tde_shim_prefix_length() }
+}
+
+/// An Env whose every file is encrypted through `crypto`, including the info LOG.
+pub(crate) fn encrypted_env(crypto: &Ctx) -> Result<rocksdb::Env> {
+    let ctx = leak(crypto);
+    // SAFETY: `ctx` is a valid leaked Box<Ctx>; on success the shim takes ownership of it
+    // (released through `tde_rs_context_release` when the Env is destroyed).
+    let raw = unsafe { tde_shim_env_create(ctx) };
+    if raw.is_null() {
+        // SAFETY: the shim failed before taking ownership; reclaim the box exactly once.
+        drop(unsafe { Box::from_raw(ctx.cast::<Ctx>()) });
+        return Err(Error::InvalidArgument(
+            "RocksDB refused the encrypted environment".into(),
+        ));
+    }
+    // SAFETY: `raw` is a fresh `rocksdb_env_t` allocated by the shim with `new`, exactly as
+    // RocksDB's C API allocates one, so `rocksdb_env_destroy` may free it. Ownership moves
+    // to the returned Env.
+    Ok(unsafe { rocksdb::Env::from_raw(raw) })
+}
+
+/// Adds the listener that routes new SST files to their column family's key.
+pub(crate) fn add_sst_listener(options: &mut rocksdb::Options, crypto: &Ctx) -> Result<()> {
+    let ctx = leak(crypto);
+    // SAFETY: `as_raw_ptr` returns the live `rocksdb_options_t` owned by `options`; the
+    // shim only appends to its listener vector. `ctx` ownership moves to the listener.
+    let rc = unsafe { tde_shim_options_add_listener(options.as_raw_ptr(), ctx) };
+    if rc != 0 {
+        // SAFETY: the shim did not take ownership on failure.
+        drop(unsafe { Box::from_raw(ctx.cast::<Ctx>()) });
+        return Err(Error::InvalidArgument("RocksDB refused the SST listener".into()));
+    }
+    Ok(())
+}
+
+/// Verifies that the private layouts the shim re-declares match this RocksDB build: a
+/// mismatch would corrupt memory, so it is checked before any store opens.
+pub(crate) fn layout_check() -> Result<()> {
+    let mismatch = |what: &str| {
+        Err(Error::InvalidArgument(format!(
+            "the RocksDB build does not match the layouts tde's shim was written for ({what}); \
+             rebuild with the pinned rocksdb version"
+        )))
+    };
+    let mut options = rocksdb::Options::default();
+    for value in [12_345, -1, 777] {
+        options.set_max_open_files(value);
+        // SAFETY: reads one field of the live options object through the shim.
+        if unsafe { tde_shim_options_max_open_files(options.as_raw_ptr()) } != value {
+            return mismatch("rocksdb_options_t");
+        }
+    }
+    let env = rocksdb::Env::new().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    options.set_env(&env);
+    // SAFETY: both pointers are live (owned by `options` and `env`); the shim compares the
+    // Env pointer stored in the options with the one inside the env object.
+    let same = unsafe { tde_shim_options_env_is(options.as_raw_ptr(), env.as_raw_ptr()) };
+    // SAFETY: reads the `is_default` flag of a live env created by the C API.
+    let is_default = unsafe { tde_shim_env_is_default(env.as_raw_ptr()) };
+    if same != 1 || is_default != 1 {
+        return mismatch("rocksdb_env_t");
+    }
+    Ok(())
+}
+
+/// Copies `msg` into the C buffer `err` of capacity `cap`, NUL-terminated.
+///
+/// # Safety
+/// `err` must be valid for `cap` bytes.
+unsafe fn write_err(err: *mut c_char, cap: usize, msg: &str) {
+    if err.is_null() || cap == 0 {
+        return;
+    }
+    let n = msg.len().min(cap - 1);
+    // SAFETY: the caller guarantees `err` has `cap` bytes; we write `n + 1 <= cap`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(msg.as_ptr(), err.cast::<u8>(), n);
+        *err.add(n) = 0;
+    }
+}
+
+/// # Safety
+/// `ptr` must be valid for `len` bytes (or `len` must be 0).
+unsafe fn str_from<'a>(ptr: *const c_char, len: usize) -> &'a str {
+    if len == 0 {
+        return "";
+    }
+    // SAFETY: guaranteed by the caller; file and column family names are UTF-8 here (tde
+    // names them), anything else maps to "" and is treated as unknown.
+    std::str::from_utf8(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) }).unwrap_or("")
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn tde_rs_new_prefix(
+    ctx: *mut c_void,
+    fname: *const c_char,
+    fname_len: usize,
+    prefix: *mut c_char,
+    prefix_len: usize,
+    err: *mut c_char,
+    err_cap: usize,
+) -> i32 {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `ctx` is a leaked Box<Ctx> kept alive by the shim; the buffers come from
+        // RocksDB with the lengths given.
+        let (crypto, name, buf) = unsafe {
+            (
+                &*ctx.cast::<Ctx>(),
+                str_from(fname, fname_len),
+                std::slice::from_raw_parts_mut(prefix.cast::<u8>(), prefix_len),
+            )
+        };
+        match crypto.new_prefix(name, buf) {
+            Ok(()) => 0,
+            Err((code, msg)) => {
+                // SAFETY: `err` has `err_cap` bytes (shim contract).
+                unsafe { write_err(err, err_cap, &msg) };
+                code
+            }
+        }
+    }))
+    .unwrap_or(IO_ERROR)
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn tde_rs_open_stream(
+    ctx: *mut c_void,
+    fname: *const c_char,
+    fname_len: usize,
+    prefix: *const c_char,
+    prefix_len: usize,
+    stream: *mut *mut c_void,
+    err: *mut c_char,
+    err_cap: usize,
+) -> i32 {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: as in `tde_rs_new_prefix`; `prefix` is read-only here.
+        let (crypto, name, bytes) = unsafe {
+            (
+                &*ctx.cast::<Ctx>(),
+                str_from(fname, fname_len),
+                std::slice::from_raw_parts(prefix.cast::<u8>(), prefix_len),
+            )
+        };
+        match crypto.open_stream(name, bytes) {
+            Ok(s) => {
+                // SAFETY: `stream` is a valid out-pointer; C++ frees it through
+                // `tde_rs_stream_free` exactly once.
+                unsafe { *stream = Box::into_raw(Box::new(s)).cast() };
+                0
+            }
+            Err((code, msg)) => {
+                // SAFETY: `err` has `err_cap` bytes.
+                unsafe { write_err(err, err_cap, &msg) };
+                code
+            }
+        }
+    }))
+    .unwrap_or(IO_ERROR)
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn tde_rs_stream_apply(stream: *mut c_void, offset: u64, data: *mut c_char, len: usize) -> i32 {
+    catch_unwind(AssertUnwindSafe(|| {
+        if len == 0 {
+            return 0;
+        }
+        // SAFETY: `stream` was produced by `tde_rs_open_stream` and is not yet freed;
+        // `FileStream::apply` takes `&self`, so concurrent calls are sound. `data` is a
+        // RocksDB buffer of `len` bytes.
+        let (s, buf) = unsafe {
+            (
+                &*stream.cast::<crate::cipher::FileStream>(),
+                std::slice::from_raw_parts_mut(data.cast::<u8>(), len),
+            )
+        };
+        s.apply(offset, buf);
+        0
+    }))
+    .unwrap_or(IO_ERROR)
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn tde_rs_stream_free(stream: *mut c_void) {
+    if stream.is_null() {
+        return;
+    }
+    // SAFETY: called once per stream by the C++ destructor.
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        drop(unsafe { Box::from_raw(stream.cast::<crate::cipher::FileStream>()) })
+    }));
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn tde_rs_table_file_started(
+    ctx: *mut c_void,
+    cf: *const c_char,
+    cf_len: usize,
+    path: *const c_char,
+    path_len: usize,
+) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `ctx` is alive (held by the listener); the strings come from RocksDB.
+        let (crypto, cf, path) = unsafe {
+            (
+                &*ctx.cast::<Ctx>(),
+                str_from(cf, cf_len),
+                str_from(path, path_len),
+            )
+        };
+        crypto.table_file_started(cf, path);
+    }));
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn tde_rs_context_release(ctx: *mut c_void) {
+    if ctx.is_null() {
+        return;
+    }
+    // SAFETY: each leaked context is released exactly once by the C++ owner.
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        drop(unsafe { Box::from_raw(ctx.cast::<Ctx>()) })
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn private_layouts_match_this_rocksdb_build() {
+        super::layout_check().expect("the shim's view of rocksdb_options_t / rocksdb_env_t is wrong");
+        assert_eq!(super::prefix_length(), crate::kv::PREFIX_LEN);
+    }
+}

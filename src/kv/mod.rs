@@ -1,0 +1,740 @@
+//! The encrypted key-value store on RocksDB: a column family per table, a data key per
+//! table, every file ciphertext, values sealed with AEAD.
+//!
+//! Invariant: data keys are unwrapped once, at open (or when a table is created); reads,
+//! writes, iteration, flush and compaction never call the KMS. A table's EDK is durable
+//! in the keyring before the table's first write.
+//! Not here: the file header and routing (`files.rs`), the keyring (`keyring`), the
+//! RocksDB bridge (`ffi::rocksdb`).
+//!
+//! Security notes: with value sealing on (the default), a value is bound to its store,
+//! table and key: a flipped byte, or a value moved to another key or table, is an
+//! authentication error. With it off, values are protected by file encryption only
+//! (confidentiality, no integrity), and RocksDB's compression becomes effective again.
+
+mod files;
+mod table;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Mutex, RwLock};
+use rocksdb::{ColumnFamilyDescriptor, DBWithThreadMode, MultiThreaded};
+
+pub use files::PREFIX_LEN;
+use files::{FileKey, StoreFiles};
+use table::TableState;
+pub use table::{ScanOptions, Snapshot, Table, TableIter, WriteBatch};
+
+use crate::cipher::Suite;
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::keyring::{
+    self, Envelope, Keyring, KeyringData, RetryPolicy, STORE_TABLE_ID, TableEntry, UnwrapRequest, unwrap_all,
+};
+use crate::kms::Kms;
+use crate::secret::DataKey;
+
+type Db = DBWithThreadMode<MultiThreaded>;
+
+/// The service key used when neither the store nor the table names a master key.
+pub const DEFAULT_MASTER_KEY: &str = "alias/acs/tde";
+
+/// How to create or open a store.
+#[derive(Clone)]
+pub struct StoreOptions {
+    kms: Arc<dyn Kms>,
+    kms_uri: Option<String>,
+    default_key: Option<String>,
+    suite: Suite,
+    unwrap_parallelism: usize,
+    retry: RetryPolicy,
+    block_cache_bytes: Option<usize>,
+    compression: bool,
+    sync_writes: bool,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("kms", &self.kms.describe())
+            .field("default_key", &self.default_key)
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreOptions {
+    /// Options with `kms` and defaults for everything else.
+    pub fn new(kms: Arc<dyn Kms>) -> StoreOptions {
+        StoreOptions {
+            kms,
+            kms_uri: None,
+            default_key: None,
+            suite: Suite::Aes256Gcm,
+            unwrap_parallelism: 32,
+            retry: RetryPolicy::default(),
+            block_cache_bytes: None,
+            compression: true,
+            sync_writes: false,
+        }
+    }
+
+    /// The KMS URI to record in the store (the CLI reopens with it). Default: the KMS's
+    /// own description.
+    #[must_use]
+    pub fn kms_uri(mut self, uri: impl Into<String>) -> StoreOptions {
+        self.kms_uri = Some(uri.into());
+        self
+    }
+
+    /// The master key for the store-level key and for tables that do not choose one.
+    /// Default: the service key `alias/acs/tde`. Only used when creating a store.
+    #[must_use]
+    pub fn default_key(mut self, key: impl Into<String>) -> StoreOptions {
+        self.default_key = Some(key.into());
+        self
+    }
+
+    /// Suite of the store-level key and default for tables. Default: AES-256-GCM.
+    #[must_use]
+    pub fn suite(mut self, suite: Suite) -> StoreOptions {
+        self.suite = suite;
+        self
+    }
+
+    /// Most KMS calls in flight while unwrapping keys at open. Default: 32.
+    #[must_use]
+    pub fn unwrap_parallelism(mut self, n: usize) -> StoreOptions {
+        self.unwrap_parallelism = n.max(1);
+        self
+    }
+
+    /// Retries of throttled or unavailable KMS calls at open. Default: [`RetryPolicy::default`].
+    #[must_use]
+    pub fn retry(mut self, retry: RetryPolicy) -> StoreOptions {
+        self.retry = retry;
+        self
+    }
+
+    /// RocksDB block cache size; `Some(0)` disables the block cache. Default: RocksDB's
+    /// (32 MiB).
+    #[must_use]
+    pub fn block_cache_bytes(mut self, bytes: Option<usize>) -> StoreOptions {
+        self.block_cache_bytes = bytes;
+        self
+    }
+
+    /// LZ4 compression of SST blocks (effective only for tables without value sealing,
+    /// since sealed values do not compress). Default: on.
+    #[must_use]
+    pub fn compression(mut self, on: bool) -> StoreOptions {
+        self.compression = on;
+        self
+    }
+
+    /// fsync the WAL on every write. Default: off (as RocksDB).
+    #[must_use]
+    pub fn sync_writes(mut self, on: bool) -> StoreOptions {
+        self.sync_writes = on;
+        self
+    }
+
+    /// The RocksDB options for this store: the encrypted Env, the SST listener, the
+    /// cache and compression settings. Shared with benchmarks so that plain and encrypted
+    /// runs are configured the same way.
+    pub fn rocksdb_options(block_cache_bytes: Option<usize>, compression: bool) -> rocksdb::Options {
+        let mut opts = rocksdb::Options::default();
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(if compression {
+            rocksdb::DBCompressionType::Lz4
+        } else {
+            rocksdb::DBCompressionType::None
+        });
+        opts.set_max_background_jobs(2);
+        // A damaged record anywhere but a torn tail (a crash mid-write) is an error at
+        // open, not silently dropped data.
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
+        opts.set_bytes_per_sync(1 << 20);
+        let mut block = rocksdb::BlockBasedOptions::default();
+        match block_cache_bytes {
+            Some(0) => block.disable_cache(),
+            Some(bytes) => block.set_block_cache(&rocksdb::Cache::new_lru_cache(bytes)),
+            None => {}
+        }
+        opts.set_block_based_table_factory(&block);
+        opts
+    }
+}
+
+/// Facts about a table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TableInfo {
+    /// Name.
+    pub name: String,
+    /// Internal id (its column family is `t<id>`).
+    pub id: u32,
+    /// Master key as configured.
+    pub master_key: String,
+    /// Suite.
+    pub suite: Suite,
+    /// Whether values are sealed with AEAD.
+    pub value_seal: bool,
+    /// Current data key version.
+    pub data_key_version: u32,
+}
+
+/// Options for a new table.
+#[derive(Debug, Clone)]
+pub struct TableOptions {
+    /// Master key. Default: the store's default key.
+    pub master_key: Option<String>,
+    /// Suite. Default: the store's suite.
+    pub suite: Option<Suite>,
+    /// Seal values with AEAD. Default: on.
+    pub value_seal: bool,
+}
+
+impl Default for TableOptions {
+    fn default() -> TableOptions {
+        TableOptions {
+            master_key: None,
+            suite: None,
+            value_seal: true,
+        }
+    }
+}
+
+pub(crate) struct StoreInner {
+    path: PathBuf,
+    pub(crate) db: Db,
+    files: Arc<StoreFiles>,
+    keyring: Mutex<Keyring>,
+    tables: RwLock<BTreeMap<String, Arc<TableState>>>,
+    kms: Arc<dyn Kms>,
+    pub(crate) store_id: [u8; 16],
+    suite: Suite,
+    clock: SystemClock,
+    pub(crate) write_options: rocksdb::WriteOptions,
+}
+
+/// An encrypted key-value store. Cheap to clone (a handle); safe to share between
+/// threads.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn engine(e: rocksdb::Error) -> Error {
+    Error::Engine(e.into_string())
+}
+
+fn cf_name(id: u32) -> String {
+    format!("t{id}")
+}
+
+fn parse_store_id(hex: &str) -> Result<[u8; 16]> {
+    crate::hex::decode(hex)?.try_into().map_err(|_| Error::Format {
+        what: "store id",
+        detail: "not 16 bytes".into(),
+    })
+}
+
+fn value_key(
+    suite: Suite,
+    dk: &DataKey,
+    store_id: &[u8; 16],
+    table_id: u32,
+    version: u32,
+) -> Result<crate::cipher::AeadKey> {
+    let mut info = b"tde kv value key\0".to_vec();
+    info.extend_from_slice(&table_id.to_le_bytes());
+    info.extend_from_slice(&version.to_le_bytes());
+    let key = crate::cipher::kdf::derive_key(dk, store_id, &info, suite.key_len());
+    crate::cipher::AeadKey::new(suite, version, &key)
+}
+
+fn check_layouts() -> Result<()> {
+    static CHECKED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    CHECKED
+        .get_or_init(|| crate::ffi::rocksdb::layout_check().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(Error::InvalidArgument)?;
+    if crate::ffi::rocksdb::prefix_length() != PREFIX_LEN {
+        return Err(Error::InvalidArgument(
+            "the shim's file prefix length changed".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Creates a new store in `path` (which must not exist, or be an empty directory).
+    /// Calls the KMS once, for the store-level data key.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `path` holds anything; [`Error::Kms`] if the default
+    /// master key cannot be used; [`Error::Io`], [`Error::Engine`].
+    pub fn create(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        check_layouts()?;
+        let path = path.as_ref();
+        if path.exists() {
+            let mut entries =
+                std::fs::read_dir(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            if entries.next().is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} already exists and is not empty; a store is created in a new directory",
+                    path.display()
+                )));
+            }
+        }
+        std::fs::create_dir_all(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        let mut store_id = [0u8; 16];
+        crate::error::os_random(&mut store_id)?;
+        let store_hex = crate::hex::encode(&store_id);
+        let default_key = options
+            .default_key
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MASTER_KEY.to_owned());
+        let now = SystemClock.now();
+        let (version, _generated) = keyring::generate(
+            &*options.kms,
+            &store_hex,
+            STORE_TABLE_ID,
+            1,
+            &default_key,
+            options.suite,
+            now,
+        )?;
+        Keyring::create(
+            path,
+            KeyringData {
+                format: 1,
+                store_id: store_hex,
+                kms: options.kms_uri.clone().unwrap_or_else(|| options.kms.describe()),
+                default_key: default_key.clone(),
+                store_key: Envelope {
+                    table_id: STORE_TABLE_ID,
+                    cmk: default_key,
+                    suite: options.suite,
+                    versions: vec![version],
+                    current: 1,
+                },
+                tables: Vec::new(),
+                next_table_id: 1,
+            },
+        )?;
+        Store::open_inner(path, options, true)
+    }
+
+    /// Opens an existing store: reads the keyring and unwraps every data key once, with
+    /// bounded parallelism and retries.
+    ///
+    /// # Errors
+    /// [`Error::KeysUnavailable`] naming every table and key that could not be unwrapped
+    /// (nothing on disk changes); [`Error::InvalidArgument`] if `path` is not a store;
+    /// [`Error::Corrupt`] for a damaged keyring; [`Error::Engine`] if RocksDB refuses
+    /// the files (e.g. they belong to another store).
+    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        check_layouts()?;
+        Store::open_inner(path.as_ref(), options, false)
+    }
+
+    fn open_inner(path: &Path, options: StoreOptions, create: bool) -> Result<Store> {
+        let keyring = Keyring::open(path)?;
+        let data = keyring.data().clone();
+        let store_id = parse_store_id(&data.store_id)?;
+
+        // Unwrap every data key once.
+        let mut requests = Vec::new();
+        let mut owners = Vec::new();
+        let envelopes = std::iter::once(("(store)", &data.store_key))
+            .chain(data.tables.iter().map(|t| (t.name.as_str(), &t.envelope)));
+        for (name, envelope) in envelopes {
+            for v in &envelope.versions {
+                requests.push(UnwrapRequest {
+                    table: name.to_owned(),
+                    version: v.version,
+                    cmk: envelope.cmk.clone(),
+                    suite: envelope.suite,
+                    edk: v.edk.clone(),
+                    context: keyring::context(&data.store_id, envelope.table_id, v.version),
+                });
+                owners.push((envelope.table_id, v.version, envelope.suite));
+            }
+        }
+        let keys = unwrap_all(
+            &*options.kms,
+            &requests,
+            options.unwrap_parallelism,
+            &options.retry,
+        )?;
+
+        let files = Arc::new(StoreFiles::new(store_id, data.store_key.current));
+        let mut by_table: BTreeMap<u32, Vec<(u32, Suite, &DataKey)>> = BTreeMap::new();
+        for ((table_id, version, suite), key) in owners.iter().zip(&keys) {
+            files.add_key(
+                *table_id,
+                *version,
+                FileKey::derive(*suite, key, &store_id, *table_id, *version),
+            );
+            by_table
+                .entry(*table_id)
+                .or_default()
+                .push((*version, *suite, key));
+        }
+        let mut tables = BTreeMap::new();
+        for entry in &data.tables {
+            let id = entry.envelope.table_id;
+            files.set_current(&cf_name(id), id, entry.envelope.current);
+            let mut aead = std::collections::HashMap::new();
+            for (version, suite, key) in by_table.get(&id).map(Vec::as_slice).unwrap_or_default() {
+                aead.insert(
+                    *version,
+                    Arc::new(value_key(*suite, key, &store_id, id, *version)?),
+                );
+            }
+            tables.insert(entry.name.clone(), Arc::new(TableState::new(entry, aead)));
+        }
+        drop(keys);
+
+        let crypto: Arc<dyn crate::ffi::rocksdb::FileCrypto> = files.clone();
+        let env = crate::ffi::rocksdb::encrypted_env(&crypto)?;
+        let mut opts = StoreOptions::rocksdb_options(options.block_cache_bytes, options.compression);
+        opts.create_if_missing(create);
+        opts.set_env(&env);
+        crate::ffi::rocksdb::add_sst_listener(&mut opts, &crypto)?;
+
+        let mut names: Vec<String> = if create {
+            vec!["default".to_owned()]
+        } else {
+            Db::list_cf(&opts, path).map_err(engine)?
+        };
+        for entry in &data.tables {
+            let name = cf_name(entry.envelope.table_id);
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        let descriptors = names.iter().map(|n| {
+            ColumnFamilyDescriptor::new(
+                n,
+                StoreOptions::rocksdb_options(options.block_cache_bytes, options.compression),
+            )
+        });
+        let db = Db::open_cf_descriptors(&opts, path, descriptors).map_err(engine)?;
+        // Column families whose table was dropped from the keyring (a crash between the
+        // two steps of a drop) hold nothing readable: finish the drop.
+        for name in &names {
+            let known =
+                name == "default" || data.tables.iter().any(|t| cf_name(t.envelope.table_id) == *name);
+            if !known {
+                db.drop_cf(name).map_err(engine)?;
+            }
+        }
+        let mut write_options = rocksdb::WriteOptions::default();
+        write_options.set_sync(options.sync_writes);
+        Ok(Store {
+            inner: Arc::new(StoreInner {
+                path: path.to_path_buf(),
+                db,
+                files,
+                keyring: Mutex::new(keyring),
+                tables: RwLock::new(tables),
+                kms: options.kms,
+                store_id,
+                suite: options.suite,
+                clock: SystemClock,
+                write_options,
+            }),
+        })
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The random store id (hex).
+    pub fn store_id(&self) -> String {
+        crate::hex::encode(&self.inner.store_id)
+    }
+
+    /// The KMS recorded when the store was created (URI or description).
+    pub fn recorded_kms(&self) -> String {
+        self.inner.keyring.lock().data().kms.clone()
+    }
+
+    /// Creates a table with its own data key (one KMS call). The wrapped key is durable
+    /// in the keyring before the table exists.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the name is taken or empty; [`Error::Kms`] if the
+    /// master key cannot be used; [`Error::Io`], [`Error::Engine`].
+    pub fn create_table(&self, name: &str, options: &TableOptions) -> Result<Table> {
+        if name.is_empty() || name.len() > 255 {
+            return Err(Error::InvalidArgument("table names are 1 to 255 bytes".into()));
+        }
+        let inner = &self.inner;
+        let mut keyring = inner.keyring.lock();
+        if keyring.data().tables.iter().any(|t| t.name == name) {
+            return Err(Error::InvalidArgument(format!("table {name:?} already exists")));
+        }
+        let id = keyring.data().next_table_id;
+        let cmk = options
+            .master_key
+            .clone()
+            .unwrap_or_else(|| keyring.data().default_key.clone());
+        let suite = options.suite.unwrap_or(inner.suite);
+        let (version, generated) = keyring::generate(
+            &*inner.kms,
+            &keyring.data().store_id,
+            id,
+            1,
+            &cmk,
+            suite,
+            inner.clock.now(),
+        )?;
+        let entry = TableEntry {
+            name: name.to_owned(),
+            value_seal: options.value_seal,
+            envelope: Envelope {
+                table_id: id,
+                cmk,
+                suite,
+                versions: vec![version],
+                current: 1,
+            },
+        };
+        keyring.update(|data| {
+            data.tables.push(entry.clone());
+            data.next_table_id = id + 1;
+            Ok(())
+        })?;
+        let cf = cf_name(id);
+        inner.files.add_key(
+            id,
+            1,
+            FileKey::derive(suite, &generated.plaintext, &inner.store_id, id, 1),
+        );
+        inner.files.set_current(&cf, id, 1);
+        let mut aead = std::collections::HashMap::new();
+        aead.insert(
+            1,
+            Arc::new(value_key(suite, &generated.plaintext, &inner.store_id, id, 1)?),
+        );
+        let state = Arc::new(TableState::new(&entry, aead));
+        inner
+            .db
+            .create_cf(&cf, &StoreOptions::rocksdb_options(None, true))
+            .map_err(engine)?;
+        inner.tables.write().insert(name.to_owned(), state.clone());
+        Ok(Table::new(self.inner.clone(), state))
+    }
+
+    /// A handle on an existing table.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchTable`].
+    pub fn table(&self, name: &str) -> Result<Table> {
+        let state = self
+            .inner
+            .tables
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NoSuchTable(name.to_owned()))?;
+        Ok(Table::new(self.inner.clone(), state))
+    }
+
+    /// Every table, in name order.
+    pub fn tables(&self) -> Vec<TableInfo> {
+        let keyring = self.inner.keyring.lock();
+        let mut out: Vec<TableInfo> = keyring
+            .data()
+            .tables
+            .iter()
+            .map(|t| TableInfo {
+                name: t.name.clone(),
+                id: t.envelope.table_id,
+                master_key: t.envelope.cmk.clone(),
+                suite: t.envelope.suite,
+                value_seal: t.value_seal,
+                data_key_version: t.envelope.current,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Drops a table: its column family, then its keys from the keyring.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchTable`]; [`Error::Engine`], [`Error::Io`].
+    pub fn drop_table(&self, name: &str) -> Result<()> {
+        let inner = &self.inner;
+        let mut keyring = inner.keyring.lock();
+        let id = keyring
+            .data()
+            .tables
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.envelope.table_id)
+            .ok_or_else(|| Error::NoSuchTable(name.to_owned()))?;
+        let cf = cf_name(id);
+        inner.tables.write().remove(name);
+        inner.db.drop_cf(&cf).map_err(engine)?;
+        keyring.update(|data| {
+            data.tables.retain(|t| t.envelope.table_id != id);
+            Ok(())
+        })?;
+        inner.files.remove_table(&cf, id);
+        Ok(())
+    }
+
+    /// Applies a batch of writes to any tables atomically.
+    ///
+    /// # Errors
+    /// The first error met while building the batch; [`Error::Engine`].
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        let batch = batch.into_inner()?;
+        self.inner
+            .db
+            .write_opt(batch, &self.inner.write_options)
+            .map_err(engine)
+    }
+
+    /// A new, empty batch.
+    pub fn batch(&self) -> WriteBatch {
+        WriteBatch::new(self.inner.clone())
+    }
+
+    /// A consistent point-in-time view of every table.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot::new(&self.inner)
+    }
+
+    /// Flushes every memtable to SST files and syncs the WAL.
+    ///
+    /// # Errors
+    /// [`Error::Engine`].
+    pub fn flush(&self) -> Result<()> {
+        let db = &self.inner.db;
+        for name in self.column_families() {
+            if let Some(cf) = db.cf_handle(&name) {
+                db.flush_cf(&cf).map_err(engine)?;
+            }
+        }
+        db.flush_wal(true).map_err(engine)
+    }
+
+    /// Compacts every table fully (rewrites every SST file).
+    ///
+    /// # Errors
+    /// [`Error::Engine`].
+    pub fn compact(&self) -> Result<()> {
+        let db = &self.inner.db;
+        let mut opts = rocksdb::CompactOptions::default();
+        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        for name in self.column_families() {
+            if let Some(cf) = db.cf_handle(&name) {
+                db.compact_range_cf_opt(&cf, None::<&[u8]>, None::<&[u8]>, &opts);
+            }
+        }
+        Ok(())
+    }
+
+    fn column_families(&self) -> Vec<String> {
+        let mut names = vec!["default".to_owned()];
+        names.extend(self.inner.tables.read().values().map(|t| t.cf.clone()));
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::local::LocalKms;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let tmp = tempfile::tempdir().unwrap();
+        let kms = Arc::new(LocalKms::create(tmp.path().join("kms")).unwrap());
+        let store = Store::create(tmp.path().join("db"), StoreOptions::new(kms)).unwrap();
+        (tmp, store)
+    }
+
+    fn raw_get(store: &Store, table: &str, key: &[u8]) -> Vec<u8> {
+        let id = store.tables().into_iter().find(|t| t.name == table).unwrap().id;
+        let cf = store.inner.db.cf_handle(&cf_name(id)).unwrap();
+        store.inner.db.get_cf(&cf, key).unwrap().unwrap()
+    }
+
+    fn raw_put(store: &Store, table: &str, key: &[u8], value: &[u8]) {
+        let id = store.tables().into_iter().find(|t| t.name == table).unwrap().id;
+        let cf = store.inner.db.cf_handle(&cf_name(id)).unwrap();
+        store.inner.db.put_cf(&cf, key, value).unwrap();
+    }
+
+    #[test]
+    fn values_moved_to_another_key_or_table_or_flipped_fail_authentication() {
+        let (_tmp, store) = store();
+        let a = store.create_table("a", &TableOptions::default()).unwrap();
+        let b = store.create_table("b", &TableOptions::default()).unwrap();
+        a.put(b"alice", b"balance=100").unwrap();
+        a.put(b"mallory", b"balance=0").unwrap();
+        let stored = raw_get(&store, "a", b"alice");
+        assert!(
+            !stored.windows(7).any(|w| w == b"balance"),
+            "stored values are sealed"
+        );
+
+        raw_put(&store, "a", b"mallory", &stored);
+        let err = a.get(b"mallory").unwrap_err();
+        assert!(
+            matches!(&err, Error::Authentication { location } if location.contains("\"a\"") && location.contains("mallory")),
+            "{err}"
+        );
+
+        raw_put(&store, "b", b"alice", &stored);
+        assert!(matches!(b.get(b"alice"), Err(Error::Authentication { .. })));
+
+        for i in 0..stored.len() {
+            let mut flipped = stored.clone();
+            flipped[i] ^= 0x10;
+            raw_put(&store, "a", b"alice", &flipped);
+            assert!(a.get(b"alice").is_err(), "flipping byte {i} went unnoticed");
+        }
+        raw_put(&store, "a", b"alice", &stored[..10]);
+        assert!(matches!(a.get(b"alice"), Err(Error::Authentication { .. })));
+        raw_put(&store, "a", b"alice", &stored);
+        assert_eq!(a.get(b"alice").unwrap().unwrap(), b"balance=100");
+    }
+
+    #[test]
+    fn unsealed_tables_store_values_as_given() {
+        let (_tmp, store) = store();
+        let t = store
+            .create_table(
+                "plain-values",
+                &TableOptions {
+                    value_seal: false,
+                    ..TableOptions::default()
+                },
+            )
+            .unwrap();
+        t.put(b"k", b"compressible compressible").unwrap();
+        assert_eq!(
+            raw_get(&store, "plain-values", b"k"),
+            b"compressible compressible"
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! The store from the command line: `tde db`, `tde table`, records, `load`, `verify`,
+//! and `bench kv`.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use common::{contains, files_below};
+
+struct Cli {
+    tmp: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        let cli = Cli {
+            tmp: tempfile::tempdir().unwrap(),
+        };
+        cli.ok(&["kms", "init"]);
+        cli
+    }
+
+    fn store(&self) -> String {
+        self.tmp.path().join("db").to_string_lossy().into_owned()
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tde"));
+        cmd.env("TDE_KMS", self.tmp.path().join("kms"))
+            .env_remove("TDE_KMS_PASSPHRASE")
+            .env("HOME", self.tmp.path().join("home"));
+        cmd
+    }
+
+    fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        self.ok_in(args, b"")
+    }
+
+    fn ok_in(&self, args: &[&str], stdin: &[u8]) -> String {
+        let out = self.run(args, stdin);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args, b"");
+        assert!(!out.status.success(), "{args:?} unexpectedly succeeded");
+        String::from_utf8(out.stderr).unwrap()
+    }
+}
+
+#[test]
+fn create_tables_records_scan_and_verify() {
+    let cli = Cli::new();
+    let db = cli.store();
+    cli.ok(&["db", "create", &db]);
+    let key = cli.ok(&["kms", "create-key", "--alias", "alias/pii"]);
+    let key = key.trim();
+    cli.ok(&["table", "create", &db, "people", "--key", "alias/pii"]);
+    cli.ok(&[
+        "table",
+        "create",
+        &db,
+        "events",
+        "--cipher",
+        "sm4-gcm",
+        "--no-value-seal",
+    ]);
+    let err = cli.fails(&["table", "create", &db, "events"]);
+    assert!(err.contains("already exists"), "{err}");
+    let listed = cli.ok(&["table", "list", &db]);
+    assert!(
+        listed.contains("people") && listed.contains("alias/pii") && listed.contains("sm4-gcm"),
+        "{listed}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&cli.ok(&["table", "list", &db, "--json"])).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
+
+    cli.ok(&["put", &db, "people", "p/1", "Ada Lovelace"]);
+    cli.ok(&["put", &db, "people", "p/2", "Alan Turing"]);
+    cli.ok(&["put", &db, "people", "q/1", "Grace Hopper"]);
+    assert_eq!(cli.ok(&["get", &db, "people", "p/2"]), "Alan Turing\n");
+    let err = cli.fails(&["get", &db, "people", "p/9"]);
+    assert!(err.contains("not found"), "{err}");
+    cli.ok(&["del", &db, "people", "p/2"]);
+    cli.fails(&["get", &db, "people", "p/2"]);
+    assert_eq!(
+        cli.ok(&["scan", &db, "people", "--prefix", "p/"]),
+        "p/1\tAda Lovelace\n"
+    );
+    assert_eq!(cli.ok(&["scan", &db, "people"]).lines().count(), 2);
+    let err = cli.fails(&["scan", &db, "nobody"]);
+    assert!(err.contains("no table"), "{err}");
+
+    let verified = cli.ok(&["verify", &db]);
+    assert!(verified.contains("verified 2 records in 2 tables"), "{verified}");
+
+    // The store keeps using the KMS it was created with, even if TDE_KMS changes.
+    let out = cli
+        .cmd()
+        .env("TDE_KMS", cli.tmp.path().join("elsewhere"))
+        .args(["get", &db, "people", "p/1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // An explicit --kms overrides it: a KMS without the keys cannot open the store.
+    let other = cli.tmp.path().join("other-kms");
+    cli.ok(&["kms", "init", other.to_str().unwrap()]);
+    let err = cli.fails(&["--kms", other.to_str().unwrap(), "get", &db, "people", "p/1"]);
+    assert!(err.contains("could not be unwrapped"), "{err}");
+
+    // A disabled key stops the store opening, naming the table and key.
+    cli.ok(&["kms", "disable", key]);
+    let err = cli.fails(&["get", &db, "events", "x"]);
+    assert!(err.contains("people") && err.contains("disabled"), "{err}");
+    cli.ok(&["kms", "enable", key]);
+}
+
+#[test]
+fn load_writes_batches_and_leaves_no_plaintext() {
+    let cli = Cli::new();
+    let db = cli.store();
+    cli.ok(&["db", "create", &db]);
+    cli.ok(&["table", "create", &db, "t"]);
+    let mut input = String::new();
+    for i in 0..5000 {
+        input.push_str(&format!("key{i:05}\tPLAINTEXT-MARKER-{i}\n"));
+    }
+    cli.ok_in(&["load", &db, "t"], input.as_bytes());
+    let scanned = cli.ok(&["scan", &db, "t", "--prefix", "key0001"]);
+    assert_eq!(scanned.lines().count(), 10);
+    assert!(scanned.starts_with("key00010\tPLAINTEXT-MARKER-10\n"));
+    for (path, bytes) in files_below(&PathBuf::from(&db)) {
+        assert!(
+            !contains(&bytes, b"PLAINTEXT-MARKER"),
+            "{} holds plaintext",
+            path.display()
+        );
+    }
+    let err = String::from_utf8(cli.run(&["load", &db, "t"], b"no tab here\n").stderr).unwrap();
+    assert!(err.contains("KEY<TAB>VALUE"), "{err}");
+    assert!(cli.ok(&["verify", &db]).contains("5000 records"));
+}
+
+#[test]
+fn bench_kv_prints_ratios_as_json() {
+    let cli = Cli::new();
+    let out = cli.ok(&["bench", "kv", "--json", "--keys", "3000", "--rounds", "1"]);
+    let last = out.lines().last().unwrap();
+    let json: serde_json::Value = serde_json::from_str(last).unwrap();
+    for w in ["fillrandom", "readrandom_cached", "readrandom_uncached", "scan"] {
+        let r = json["ratios"][w]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no ratio for {w}: {last}"));
+        assert!(r > 0.0, "{w}: {r}");
+    }
+    assert!(json["size_ratio"].as_f64().unwrap() > 0.0);
+}
