@@ -20,7 +20,7 @@ use crate::secret::DataKey;
 pub const STREAM_IV_LEN: usize = 16;
 
 /// Counter blocks encrypted per batch (the AES-NI path pipelines them).
-const BATCH: usize = 32;
+const BATCH: usize = 256;
 
 enum Engine {
     Aes(Box<Aes256Enc>),
@@ -68,25 +68,49 @@ fn ctr<C: BlockCipherEncrypt<BlockSize = U16>>(cipher: &C, iv: u128, offset: u64
     let mut rest = data;
     let mut blocks = [Array::<u8, U16>::default(); BATCH];
     while !rest.is_empty() {
+        // One batch covers a partial first block, whole blocks, and a partial last one.
         let n = (skip + rest.len()).div_ceil(16).min(BATCH);
         for block in &mut blocks[..n] {
             *block = Array::from(counter.to_be_bytes());
             counter = counter.wrapping_add(1);
         }
         cipher.encrypt_blocks(&mut blocks[..n]);
-        for block in &blocks[..n] {
+        let mut keystream = &blocks[..n];
+        if skip != 0 {
             let take = (16 - skip).min(rest.len());
-            let (head, tail) = rest.split_at_mut(take);
-            for (d, k) in head.iter_mut().zip(&block[skip..skip + take]) {
-                *d ^= k;
-            }
+            let (chunk, tail) = rest.split_at_mut(take);
+            xor(chunk, &keystream[0][skip..]);
             rest = tail;
+            keystream = &keystream[1..];
             skip = 0;
-            if rest.is_empty() {
-                break;
-            }
+        }
+        let whole = (rest.len() / 16).min(keystream.len());
+        let (head, tail) = rest.split_at_mut(whole * 16);
+        for (chunk, block) in head.chunks_exact_mut(16).zip(keystream) {
+            xor16(chunk, block);
+        }
+        rest = tail;
+        if let Some(last) = keystream.get(whole)
+            && rest.len() < 16
+        {
+            xor(rest, last);
+            rest = &mut [];
         }
     }
+}
+
+fn xor(data: &mut [u8], keystream: &[u8]) {
+    for (d, k) in data.iter_mut().zip(keystream) {
+        *d ^= k;
+    }
+}
+
+fn xor16(data: &mut [u8], keystream: &[u8]) {
+    let mut d = [0u8; 16];
+    d.copy_from_slice(data);
+    let mut k = [0u8; 16];
+    k.copy_from_slice(keystream);
+    data.copy_from_slice(&(u128::from_ne_bytes(d) ^ u128::from_ne_bytes(k)).to_ne_bytes());
 }
 
 #[cfg(test)]

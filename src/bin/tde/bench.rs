@@ -36,6 +36,9 @@ pub(crate) struct KvArgs {
     /// Rounds (default 5; 3 with --quick).
     #[arg(long)]
     rounds: Option<usize>,
+    /// Measure tde tables without value sealing (file encryption only).
+    #[arg(long)]
+    no_value_seal: bool,
 }
 
 const VALUE_LEN: usize = 100;
@@ -132,13 +135,19 @@ fn open_plain(dir: &Path, cache: Option<usize>) -> CliResult<Db> {
     Ok(Db::Plain(Plain::open(&opts, dir)?))
 }
 
-fn open_tde(dir: &Path, kms: &Arc<LocalKms>, cache: Option<usize>) -> CliResult<Db> {
+fn open_tde(dir: &Path, kms: &Arc<LocalKms>, cache: Option<usize>, value_seal: bool) -> CliResult<Db> {
     let options = StoreOptions::new(kms.clone()).block_cache_bytes(cache);
     let store = if dir.exists() {
         Store::open(dir, options)?
     } else {
         let store = Store::create(dir, options)?;
-        store.create_table("bench", &TableOptions::default())?;
+        store.create_table(
+            "bench",
+            &TableOptions {
+                value_seal,
+                ..TableOptions::default()
+            },
+        )?;
         store
     };
     let table = store.table("bench")?;
@@ -182,6 +191,7 @@ fn round(
     kms: &Arc<LocalKms>,
     keys: u64,
     plain_first: bool,
+    value_seal: bool,
 ) -> CliResult<([[f64; 2]; 4], [u64; 2])> {
     let dirs = [root.join("plain"), root.join("tde")];
     for d in &dirs {
@@ -192,7 +202,7 @@ fn round(
         if which == 0 {
             open_plain(&dirs[0], cache)
         } else {
-            open_tde(&dirs[1], kms, cache)
+            open_tde(&dirs[1], kms, cache, value_seal)
         }
     };
     let mut results = [[0.0; 2]; 4];
@@ -244,11 +254,14 @@ pub(crate) fn run(cmd: BenchCommand) -> CliResult {
     } else {
         "rustcrypto"
     };
-    eprintln!("tde bench kv: {keys} keys, {VALUE_LEN}-byte values, {rounds} rounds, AES-256-GCM ({backend})");
+    let sealing = if args.no_value_seal { "off" } else { "on" };
+    eprintln!(
+        "tde bench kv: {keys} keys, {VALUE_LEN}-byte values, {rounds} rounds, AES-256 ({backend}), value sealing {sealing}"
+    );
 
     let mut per_round: Vec<([[f64; 2]; 4], [u64; 2])> = Vec::new();
     for r in 0..rounds {
-        let out = round(tmp.path(), &kms, keys, r % 2 == 0)?;
+        let out = round(tmp.path(), &kms, keys, r % 2 == 0, !args.no_value_seal)?;
         eprintln!(
             "  round {}: {}",
             r + 1,
@@ -297,6 +310,7 @@ pub(crate) fn run(cmd: BenchCommand) -> CliResult {
                 "rounds": rounds,
                 "value_bytes": VALUE_LEN,
                 "backend": backend,
+                "value_seal": !args.no_value_seal,
                 "workloads": workloads,
                 "ratios": ratios,
                 "size_ratio": (size_ratio * 1000.0).round() / 1000.0,
