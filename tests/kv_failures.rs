@@ -158,3 +158,41 @@ fn not_a_store() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+#[test]
+fn a_destroyed_master_key_fails_open_naming_the_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(tde::clock::ManualClock::new());
+    let kms = Arc::new(
+        LocalKms::builder(tmp.path().join("kms"))
+            .clock(clock.clone())
+            .create()
+            .unwrap(),
+    );
+    let cmk = kms.create_key(&CreateKeyOptions::default()).unwrap().key_id;
+    let path = tmp.path().join("store");
+    {
+        let store = Store::create(&path, StoreOptions::new(kms.clone())).unwrap();
+        let t = store
+            .create_table(
+                "doomed",
+                &TableOptions {
+                    master_key: Some(cmk.clone()),
+                    ..TableOptions::default()
+                },
+            )
+            .unwrap();
+        t.put(b"k", b"v").unwrap();
+        store.flush().unwrap();
+    }
+    kms.schedule_key_deletion(&cmk, Some(7)).unwrap();
+    clock.advance_days(7);
+    let before = fingerprint(&path);
+    let err = Store::open(&path, StoreOptions::new(kms.clone())).unwrap_err();
+    let failures = unavailable(&err);
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].table, "doomed");
+    assert_eq!(failures[0].error.kind(), KmsErrorKind::NotFound);
+    assert!(err.to_string().contains("destroyed"), "{err}");
+    assert_eq!(fingerprint(&path), before);
+}

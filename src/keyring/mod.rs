@@ -11,11 +11,12 @@
 mod unwrap;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::cipher::Suite;
-use crate::durable::{FsStorage, Replicated};
+use crate::durable::{FsStorage, Replicated, Storage};
 use crate::error::{Error, Result};
 use crate::kms::{DataKeySpec, EncryptionContext, GeneratedDataKey, Kms, Timestamp};
 use crate::secret::WrappedKey;
@@ -129,7 +130,7 @@ pub(crate) fn generate(
 /// The keyring file of a store directory.
 #[derive(Debug)]
 pub struct Keyring {
-    storage: FsStorage,
+    storage: Arc<dyn Storage>,
     file: Replicated,
     seq: u64,
     data: KeyringData,
@@ -153,8 +154,16 @@ impl Keyring {
     /// # Errors
     /// [`Error::Io`].
     pub fn create(dir: &Path, data: KeyringData) -> Result<Keyring> {
+        Keyring::create_in(Arc::new(FsStorage::new(dir)), data)
+    }
+
+    /// As [`Keyring::create`], through `storage` (tests simulate crashes with it).
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn create_in(storage: Arc<dyn Storage>, data: KeyringData) -> Result<Keyring> {
         let mut keyring = Keyring {
-            storage: FsStorage::new(dir),
+            storage,
             file: Keyring::replicated(),
             seq: 0,
             data,
@@ -169,12 +178,19 @@ impl Keyring {
     /// [`Error::InvalidArgument`] if `dir` has no keyring (not a tde store);
     /// [`Error::Corrupt`] if no copy is valid.
     pub fn open(dir: &Path) -> Result<Keyring> {
-        let storage = FsStorage::new(dir);
+        Keyring::open_in(Arc::new(FsStorage::new(dir)))
+    }
+
+    /// As [`Keyring::open`], through `storage`.
+    ///
+    /// # Errors
+    /// As [`Keyring::open`].
+    pub fn open_in(storage: Arc<dyn Storage>) -> Result<Keyring> {
         let file = Keyring::replicated();
-        let loaded = file.read(&storage)?.ok_or_else(|| {
+        let loaded = file.read(&*storage)?.ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "{} is not a tde store (it has no keyring)",
-                dir.display()
+                storage.path("").display()
             ))
         })?;
         let data: KeyringData = serde_json::from_slice(&loaded.payload).map_err(|e| Error::Corrupt {
@@ -219,10 +235,76 @@ impl Keyring {
 
     fn save(&mut self) -> Result<()> {
         let payload = serde_json::to_vec(&self.data).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        self.file.write(&self.storage, self.seq + 1, &payload)?;
+        self.file.write(&*self.storage, self.seq + 1, &payload)?;
         self.seq += 1;
         Ok(())
     }
 }
 
-use crate::durable::Storage as _;
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::testing::CrashStorage;
+
+    fn data(tables: usize) -> KeyringData {
+        let envelope = |id: u32| Envelope {
+            table_id: id,
+            cmk: "alias/acs/tde".into(),
+            suite: Suite::Aes256Gcm,
+            versions: vec![DkVersion {
+                version: 1,
+                edk: WrappedKey::from_bytes(vec![id as u8; 60]),
+                cmk_id: "k".into(),
+                created_at: Timestamp(0),
+            }],
+            current: 1,
+        };
+        KeyringData {
+            format: FORMAT,
+            store_id: "00".repeat(16),
+            kms: "local:/kms".into(),
+            default_key: "alias/acs/tde".into(),
+            store_key: envelope(0),
+            tables: (1..=tables as u32)
+                .map(|id| TableEntry {
+                    name: format!("t{id}"),
+                    value_seal: true,
+                    envelope: envelope(id),
+                })
+                .collect(),
+            next_table_id: tables as u32 + 1,
+        }
+    }
+
+    #[test]
+    fn a_crash_at_any_point_of_an_update_leaves_the_old_or_the_new_keyring() {
+        for torn in [false, true] {
+            let mut completed = false;
+            for cut in 0..20 {
+                let dir = tempfile::tempdir().unwrap();
+                Keyring::create(dir.path(), data(2)).unwrap();
+                let storage = CrashStorage::new(dir.path(), cut, torn);
+                let result = Keyring::open_in(storage.clone()).and_then(|mut k| {
+                    k.update(|d| {
+                        d.tables.push(data(3).tables.remove(2));
+                        d.next_table_id = 4;
+                        Ok(())
+                    })
+                });
+                let reopened =
+                    Keyring::open(dir.path()).unwrap_or_else(|e| panic!("cut {cut}: unreadable: {e}"));
+                let n = reopened.data().tables.len();
+                match result {
+                    Ok(()) => {
+                        assert!(!storage.crashed());
+                        assert_eq!(n, 3);
+                        completed = true;
+                        break;
+                    }
+                    Err(_) => assert!(n == 2 || n == 3, "cut {cut}: {n} tables"),
+                }
+            }
+            assert!(completed, "the update never completed");
+        }
+    }
+}
