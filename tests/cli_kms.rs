@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 struct Cli {
     tmp: tempfile::TempDir,
@@ -33,16 +32,7 @@ impl Cli {
     }
 
     fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = self
-            .cmd()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        child.wait_with_output().unwrap()
+        common::run_with_stdin(self.cmd().args(args), stdin)
     }
 
     /// Runs and expects success; returns stdout.
@@ -218,8 +208,10 @@ fn import_works_and_expires() {
     let material = cli.tmp.path().join("material.wrapped");
     std::fs::write(&material, wrapped).unwrap();
 
-    let expires =
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + std::time::Duration::from_secs(3));
+    // Long enough for three commands on a loaded machine (RFC 3339 seconds truncate it by
+    // up to a second); the test then waits it out.
+    let expiry = std::time::SystemTime::now() + std::time::Duration::from_secs(6);
+    let expires = humantime::format_rfc3339_seconds(expiry);
     let token = params.join("import-token.bin");
     let out = cli.ok(&[
         "kms",
@@ -236,7 +228,10 @@ fn import_works_and_expires() {
     let blob = cli.encrypt(&key, b"imported", &[]);
     assert_eq!(cli.decrypt(&blob, &[]).stdout, b"imported");
 
-    std::thread::sleep(std::time::Duration::from_secs(4));
+    let wait = expiry
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    std::thread::sleep(wait + std::time::Duration::from_millis(1500));
     let out = cli.decrypt(&blob, &[]);
     assert!(!out.status.success());
     assert!(
