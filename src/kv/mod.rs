@@ -141,9 +141,9 @@ impl StoreOptions {
         self
     }
 
-    /// The RocksDB options for this store: the encrypted Env, the SST listener, the
-    /// cache and compression settings. Shared with benchmarks so that plain and encrypted
-    /// runs are configured the same way.
+    /// The RocksDB options tde gives a store's column families (block cache, compression,
+    /// WAL recovery mode), without the encrypted Env. Public so that benchmarks configure
+    /// plain RocksDB the same way.
     pub fn rocksdb_options(block_cache_bytes: Option<usize>, compression: bool) -> rocksdb::Options {
         let mut opts = rocksdb::Options::default();
         opts.create_missing_column_families(true);
@@ -217,6 +217,7 @@ pub(crate) struct StoreInner {
     suite: Suite,
     clock: SystemClock,
     pub(crate) write_options: rocksdb::WriteOptions,
+    cf_options: rocksdb::Options,
 }
 
 /// An encrypted key-value store. Cheap to clone (a handle); safe to share between
@@ -409,7 +410,10 @@ impl Store {
 
         let crypto: Arc<dyn crate::ffi::rocksdb::FileCrypto> = files.clone();
         let env = crate::ffi::rocksdb::encrypted_env(&crypto)?;
-        let mut opts = StoreOptions::rocksdb_options(options.block_cache_bytes, options.compression);
+        // One block cache for the whole store: every column family gets a copy of these
+        // options, which share the table factory and its cache.
+        let cf_options = StoreOptions::rocksdb_options(options.block_cache_bytes, options.compression);
+        let mut opts = cf_options.clone();
         opts.create_if_missing(create);
         opts.set_env(&env);
         crate::ffi::rocksdb::add_sst_listener(&mut opts, &crypto)?;
@@ -425,12 +429,9 @@ impl Store {
                 names.push(name);
             }
         }
-        let descriptors = names.iter().map(|n| {
-            ColumnFamilyDescriptor::new(
-                n,
-                StoreOptions::rocksdb_options(options.block_cache_bytes, options.compression),
-            )
-        });
+        let descriptors = names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_options.clone()));
         let db = Db::open_cf_descriptors(&opts, path, descriptors).map_err(engine)?;
         // Column families whose table was dropped from the keyring (a crash between the
         // two steps of a drop) hold nothing readable: finish the drop.
@@ -455,6 +456,7 @@ impl Store {
                 suite: options.suite,
                 clock: SystemClock,
                 write_options,
+                cf_options,
             }),
         })
     }
@@ -533,10 +535,7 @@ impl Store {
             Arc::new(value_key(suite, &generated.plaintext, &inner.store_id, id, 1)?),
         );
         let state = Arc::new(TableState::new(&entry, aead));
-        inner
-            .db
-            .create_cf(&cf, &StoreOptions::rocksdb_options(None, true))
-            .map_err(engine)?;
+        inner.db.create_cf(&cf, &inner.cf_options).map_err(engine)?;
         inner.tables.write().insert(name.to_owned(), state.clone());
         Ok(Table::new(self.inner.clone(), state))
     }
@@ -591,8 +590,8 @@ impl Store {
             .map(|t| t.envelope.table_id)
             .ok_or_else(|| Error::NoSuchTable(name.to_owned()))?;
         let cf = cf_name(id);
-        inner.tables.write().remove(name);
         inner.db.drop_cf(&cf).map_err(engine)?;
+        inner.tables.write().remove(name);
         keyring.update(|data| {
             data.tables.retain(|t| t.envelope.table_id != id);
             Ok(())
