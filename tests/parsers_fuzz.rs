@@ -89,7 +89,10 @@ fn kms_blobs_and_import_tokens() {
             rng.mutate(&blob)
         };
         if input != blob {
-            assert!(t.kms.decrypt(&input, &ctx("t")).is_err(), "a modified blob decrypted");
+            assert!(
+                t.kms.decrypt(&input, &ctx("t")).is_err(),
+                "a modified blob decrypted"
+            );
         }
     }
     let external = t
@@ -106,10 +109,16 @@ fn kms_blobs_and_import_tokens() {
         let token = rng.mutate(&params.import_token);
         let material = rng.mutate(&wrapped);
         if token != params.import_token || material != wrapped {
-            assert!(t.kms.import_key_material(&external, &material, &token, None).is_err());
+            assert!(
+                t.kms
+                    .import_key_material(&external, &material, &token, None)
+                    .is_err()
+            );
         }
     }
-    t.kms.import_key_material(&external, &wrapped, &params.import_token, None).unwrap();
+    t.kms
+        .import_key_material(&external, &wrapped, &params.import_token, None)
+        .unwrap();
 }
 
 #[test]
@@ -167,5 +176,8 @@ fn file_headers() {
         assert!(result.is_err(), "a damaged header at byte {i} went unnoticed");
     }
     std::fs::write(&sst, &original).unwrap();
-    assert_eq!(s.open().unwrap().table("a").unwrap().get(b"k").unwrap().unwrap(), b"v");
+    assert_eq!(
+        s.open().unwrap().table("a").unwrap().get(b"k").unwrap().unwrap(),
+        b"v"
+    );
 }
