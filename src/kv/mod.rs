@@ -719,6 +719,33 @@ mod tests {
     }
 
     #[test]
+    fn sst_files_are_encrypted_under_their_tables_key_and_the_wal_under_the_store_key() {
+        let (tmp, store) = store();
+        let a = store.create_table("a", &TableOptions::default()).unwrap();
+        let b = store.create_table("b", &TableOptions::default()).unwrap();
+        a.put(b"k", b"v").unwrap();
+        b.put(b"k", b"v").unwrap();
+        store.flush().unwrap();
+        let table_of = |path: &std::path::Path| {
+            let bytes = std::fs::read(path).unwrap();
+            u32::from_le_bytes(bytes[28..32].try_into().unwrap())
+        };
+        let mut sst_tables = Vec::new();
+        for entry in std::fs::read_dir(tmp.path().join("db")).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name.ends_with(".sst") {
+                sst_tables.push(table_of(&path));
+            } else if name.ends_with(".log") || name.starts_with("MANIFEST") || name == "CURRENT" {
+                assert_eq!(table_of(&path), 0, "{name} is under the store key");
+            }
+        }
+        sst_tables.sort_unstable();
+        let ids: Vec<u32> = store.tables().iter().map(|t| t.id).collect();
+        assert_eq!(sst_tables, ids, "one SST per table, each under its table's key");
+    }
+
+    #[test]
     fn unsealed_tables_store_values_as_given() {
         let (_tmp, store) = store();
         let t = store
