@@ -12,7 +12,7 @@ use aes::cipher::consts::U16;
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
 use sm4::Sm4;
 
-use super::Suite;
+use super::{Backend, Suite};
 use crate::error::{Error, Result};
 use crate::secret::DataKey;
 
@@ -25,6 +25,8 @@ const BATCH: usize = 256;
 enum Engine {
     Aes(Box<Aes256Enc>),
     Sm4(Box<Sm4>),
+    #[cfg(feature = "aws-lc")]
+    AwsLc(aws_lc_rs::cipher::EncryptingKey),
 }
 
 /// A CTR keystream for one file (NIST SP 800-38A CTR with a 128-bit big-endian counter
@@ -42,10 +44,32 @@ impl FileStream {
     /// # Errors
     /// [`Error::InvalidArgument`] for a key of the wrong length.
     pub fn new(suite: Suite, key: &DataKey, iv: [u8; STREAM_IV_LEN]) -> Result<FileStream> {
+        FileStream::with_backend(suite, key, iv, Backend::default())
+    }
+
+    /// As [`FileStream::new`], with an explicit AES backend (same keystream).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a key of the wrong length.
+    pub fn with_backend(
+        suite: Suite,
+        key: &DataKey,
+        iv: [u8; STREAM_IV_LEN],
+        backend: Backend,
+    ) -> Result<FileStream> {
         let bad = |_| Error::InvalidArgument(format!("{suite} file key has the wrong length"));
-        let engine = match suite {
-            Suite::Aes256Gcm => Engine::Aes(Box::new(Aes256Enc::new_from_slice(key.expose()).map_err(bad)?)),
-            Suite::Sm4Gcm => Engine::Sm4(Box::new(Sm4::new_from_slice(key.expose()).map_err(bad)?)),
+        let engine = match (suite, backend) {
+            (Suite::Sm4Gcm, _) => Engine::Sm4(Box::new(Sm4::new_from_slice(key.expose()).map_err(bad)?)),
+            (Suite::Aes256Gcm, Backend::RustCrypto) => {
+                Engine::Aes(Box::new(Aes256Enc::new_from_slice(key.expose()).map_err(bad)?))
+            }
+            #[cfg(feature = "aws-lc")]
+            (Suite::Aes256Gcm, Backend::AwsLc) => {
+                use aws_lc_rs::cipher::{AES_256, EncryptingKey, UnboundCipherKey};
+                let rejected = |_| Error::InvalidArgument("AES-256 key rejected by aws-lc".into());
+                let unbound = UnboundCipherKey::new(&AES_256, key.expose()).map_err(rejected)?;
+                Engine::AwsLc(EncryptingKey::ctr(unbound).map_err(rejected)?)
+            }
         };
         Ok(FileStream {
             engine,
@@ -54,11 +78,18 @@ impl FileStream {
     }
 
     /// XORs `data` with the keystream at file position `offset` (encrypts or decrypts).
-    pub fn apply(&self, offset: u64, data: &mut [u8]) {
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the backend refuses (never for RustCrypto); `data` is
+    /// then not to be used.
+    pub fn apply(&self, offset: u64, data: &mut [u8]) -> Result<()> {
         match &self.engine {
             Engine::Aes(cipher) => ctr(&**cipher, self.iv, offset, data),
             Engine::Sm4(cipher) => ctr(&**cipher, self.iv, offset, data),
+            #[cfg(feature = "aws-lc")]
+            Engine::AwsLc(key) => return aws_lc_ctr(key, self.iv, offset, data),
         }
+        Ok(())
     }
 }
 
@@ -99,6 +130,32 @@ fn ctr<C: BlockCipherEncrypt<BlockSize = U16>>(cipher: &C, iv: u128, offset: u64
     }
 }
 
+#[cfg(feature = "aws-lc")]
+fn aws_lc_ctr(key: &aws_lc_rs::cipher::EncryptingKey, iv: u128, offset: u64, data: &mut [u8]) -> Result<()> {
+    use aws_lc_rs::cipher::EncryptionContext;
+    let run = |buf: &mut [u8], counter: u128| {
+        key.less_safe_encrypt(buf, EncryptionContext::Iv128(counter.to_be_bytes().into()))
+            .map(|_| ())
+            .map_err(|_| Error::InvalidArgument("aws-lc refused a CTR operation".into()))
+    };
+    let mut counter = iv.wrapping_add(u128::from(offset / 16));
+    let skip = (offset % 16) as usize;
+    let mut rest = data;
+    if skip != 0 && !rest.is_empty() {
+        let mut block = [0u8; 16];
+        run(&mut block, counter)?;
+        let take = (16 - skip).min(rest.len());
+        let (head, tail) = rest.split_at_mut(take);
+        xor(head, &block[skip..]);
+        rest = tail;
+        counter = counter.wrapping_add(1);
+    }
+    if rest.is_empty() {
+        return Ok(());
+    }
+    run(rest, counter)
+}
+
 fn xor(data: &mut [u8], keystream: &[u8]) {
     for (d, k) in data.iter_mut().zip(keystream) {
         *d ^= k;
@@ -129,11 +186,36 @@ mod tests {
             .unwrap();
         let stream = FileStream::new(Suite::Aes256Gcm, &key, iv).unwrap();
         let mut data = decode("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51").unwrap();
-        stream.apply(0, &mut data);
+        stream.apply(0, &mut data).unwrap();
         assert_eq!(
             encode(&data),
             "601ec313775789a5b7a7f504bbf3d228f443e3ca4d62b59aca84e990cacaf5c5"
         );
+    }
+
+    #[cfg(feature = "aws-lc")]
+    #[test]
+    fn aws_lc_and_rustcrypto_streams_agree_at_every_offset() {
+        let key = DataKey::generate(32).unwrap();
+        for iv in [[7u8; 16], [0xff; 16]] {
+            let rust = FileStream::with_backend(Suite::Aes256Gcm, &key, iv, Backend::RustCrypto).unwrap();
+            let aws = FileStream::with_backend(Suite::Aes256Gcm, &key, iv, Backend::AwsLc).unwrap();
+            for (offset, len) in [
+                (0u64, 0usize),
+                (0, 5),
+                (3, 13),
+                (4096, 4096),
+                (4101, 5000),
+                (15, 1),
+                (17, 31),
+            ] {
+                let mut a: Vec<u8> = (0..len).map(|i| i as u8).collect();
+                let mut b = a.clone();
+                rust.apply(offset, &mut a).unwrap();
+                aws.apply(offset, &mut b).unwrap();
+                assert_eq!(a, b, "offset {offset} len {len}");
+            }
+        }
     }
 
     #[test]
@@ -142,9 +224,9 @@ mod tests {
         let stream = FileStream::new(Suite::Aes256Gcm, &key, [0xff; 16]).unwrap();
         let zero = FileStream::new(Suite::Aes256Gcm, &key, [0; 16]).unwrap();
         let mut a = [0u8; 32];
-        stream.apply(0, &mut a);
+        stream.apply(0, &mut a).unwrap();
         let mut b = [0u8; 16];
-        zero.apply(0, &mut b);
+        zero.apply(0, &mut b).unwrap();
         assert_eq!(a[16..], b);
     }
 
@@ -155,18 +237,18 @@ mod tests {
             let stream = FileStream::new(suite, &key, [9u8; 16]).unwrap();
             let plain: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
             let mut whole = plain.clone();
-            stream.apply(4096, &mut whole);
+            stream.apply(4096, &mut whole).unwrap();
             let mut parts = plain.clone();
             let (a, b) = parts.split_at_mut(333);
-            stream.apply(4096, a);
-            stream.apply(4096 + 333, b);
+            stream.apply(4096, a).unwrap();
+            stream.apply(4096 + 333, b).unwrap();
             let mut bytewise = plain.clone();
             for (i, byte) in bytewise.iter_mut().enumerate().take(100) {
-                stream.apply(4096 + i as u64, std::slice::from_mut(byte));
+                stream.apply(4096 + i as u64, std::slice::from_mut(byte)).unwrap();
             }
             assert_eq!(whole[..100], bytewise[..100]);
             assert_eq!(whole, parts);
-            stream.apply(4096, &mut whole);
+            stream.apply(4096, &mut whole).unwrap();
             assert_eq!(whole, plain);
         }
     }

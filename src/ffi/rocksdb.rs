@@ -229,8 +229,10 @@ extern "C" fn tde_rs_stream_apply(stream: *mut c_void, offset: u64, data: *mut c
                 std::slice::from_raw_parts_mut(data.cast::<u8>(), len),
             )
         };
-        s.apply(offset, buf);
-        0
+        match s.apply(offset, buf) {
+            Ok(()) => 0,
+            Err(_) => IO_ERROR,
+        }
     }))
     .unwrap_or(IO_ERROR)
 }
