@@ -26,7 +26,7 @@ enum Engine {
     Aes(Box<Aes256Enc>),
     Sm4(Box<Sm4>),
     #[cfg(feature = "aws-lc")]
-    AwsLc(aws_lc_rs::cipher::EncryptingKey),
+    AwsLc(Box<aws_lc_rs::cipher::EncryptingKey>),
 }
 
 /// A CTR keystream for one file (NIST SP 800-38A CTR with a 128-bit big-endian counter
@@ -68,7 +68,7 @@ impl FileStream {
                 use aws_lc_rs::cipher::{AES_256, EncryptingKey, UnboundCipherKey};
                 let rejected = |_| Error::InvalidArgument("AES-256 key rejected by aws-lc".into());
                 let unbound = UnboundCipherKey::new(&AES_256, key.expose()).map_err(rejected)?;
-                Engine::AwsLc(EncryptingKey::ctr(unbound).map_err(rejected)?)
+                Engine::AwsLc(Box::new(EncryptingKey::ctr(unbound).map_err(rejected)?))
             }
         };
         Ok(FileStream {
