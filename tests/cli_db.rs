@@ -104,6 +104,15 @@ fn create_tables_records_scan_and_verify() {
     let verified = cli.ok(&["verify", &db]);
     assert!(verified.contains("verified 2 records in 2 tables"), "{verified}");
 
+    cli.ok(&["table", "create", &db, "scratch"]);
+    cli.ok(&["put", &db, "scratch", "k", "v"]);
+    cli.ok(&["table", "drop", &db, "scratch"]);
+    assert!(!cli.ok(&["table", "list", &db]).contains("scratch"));
+    let err = cli.fails(&["get", &db, "scratch", "k"]);
+    assert!(err.contains("no table"), "{err}");
+    let err = cli.fails(&["table", "drop", &db, "scratch"]);
+    assert!(err.contains("no table"), "{err}");
+
     // The store keeps using the KMS it was created with, even if TDE_KMS changes.
     let out = cli
         .cmd()

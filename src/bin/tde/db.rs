@@ -45,6 +45,13 @@ pub(crate) enum TableCommand {
         #[arg(long)]
         no_value_seal: bool,
     },
+    /// Drop a table: its data, then its wrapped keys.
+    Drop {
+        /// Directory of the store.
+        path: PathBuf,
+        /// Table name.
+        name: String,
+    },
     /// List tables.
     List {
         /// Directory of the store.
@@ -149,6 +156,10 @@ pub(crate) fn run_table(flag: Option<&str>, cmd: TableCommand) -> CliResult {
                     if info.value_seal { "on" } else { "off" }
                 );
             }
+        }
+        TableCommand::Drop { path, name } => {
+            open_store(&path, flag)?.drop_table(&name)?;
+            println!("table {name} dropped");
         }
         TableCommand::List { path, json } => {
             let store = open_store(&path, flag)?;
