@@ -2,6 +2,8 @@
 //!
 //! Only calls the library; every rule lives there.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod bench;
 mod db;
 mod kms;
