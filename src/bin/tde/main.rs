@@ -16,10 +16,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "tde", version, about, long_about = None)]
 struct Cli {
-    /// The KMS: `local:DIR` or a bare path for the embedded local KMS. Default: the
-    /// TDE_KMS environment variable; for a store, the KMS it was created with; else a
-    /// local KMS under the user's data directory ($TDE_HOME/kms, $XDG_DATA_HOME/tde/kms
-    /// or ~/.local/share/tde/kms).
+    /// The KMS: `local:DIR` or a bare path for the embedded local KMS. Default: for
+    /// commands on an existing store, the KMS it was created with; otherwise the TDE_KMS
+    /// environment variable, else a local KMS under the user's data directory
+    /// ($TDE_HOME/kms, $XDG_DATA_HOME/tde/kms or ~/.local/share/tde/kms).
     #[arg(long, global = true, value_name = "URI")]
     kms: Option<String>,
 
@@ -35,7 +35,7 @@ enum Command {
     /// Create an encrypted store.
     #[command(subcommand)]
     Db(db::DbCommand),
-    /// Create and list tables of a store.
+    /// Create, drop and list tables of a store.
     #[command(subcommand)]
     Table(db::TableCommand),
     /// Write a record.
