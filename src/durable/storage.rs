@@ -34,13 +34,6 @@ pub struct DirLock {
     _file: Option<File>,
 }
 
-impl DirLock {
-    /// A guard that holds nothing (for storages without inter-process locking).
-    pub fn none() -> DirLock {
-        DirLock { _file: None }
-    }
-}
-
 /// A real directory.
 #[derive(Debug, Clone)]
 pub struct FsStorage {

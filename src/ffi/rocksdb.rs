@@ -134,6 +134,21 @@ unsafe fn write_err(err: *mut c_char, cap: usize, msg: &str) {
     }
 }
 
+/// 0 for success, else the error's status code with its message copied into `err`.
+///
+/// # Safety
+/// `err` must be valid for `cap` bytes.
+unsafe fn report(result: std::result::Result<(), (i32, String)>, err: *mut c_char, cap: usize) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err((code, msg)) => {
+            // SAFETY: guaranteed by the caller.
+            unsafe { write_err(err, cap, &msg) };
+            code
+        }
+    }
+}
+
 /// # Safety
 /// `ptr` must be valid for `len` bytes (or `len` must be 0).
 unsafe fn str_from<'a>(ptr: *const c_char, len: usize) -> &'a str {
@@ -165,14 +180,8 @@ extern "C" fn tde_rs_new_prefix(
                 std::slice::from_raw_parts_mut(prefix.cast::<u8>(), prefix_len),
             )
         };
-        match crypto.new_prefix(name, buf) {
-            Ok(()) => 0,
-            Err((code, msg)) => {
-                // SAFETY: `err` has `err_cap` bytes (shim contract).
-                unsafe { write_err(err, err_cap, &msg) };
-                code
-            }
-        }
+        // SAFETY: `err` has `err_cap` bytes (shim contract).
+        unsafe { report(crypto.new_prefix(name, buf), err, err_cap) }
     }))
     .unwrap_or(IO_ERROR)
 }
@@ -197,19 +206,13 @@ extern "C" fn tde_rs_open_stream(
                 std::slice::from_raw_parts(prefix.cast::<u8>(), prefix_len),
             )
         };
-        match crypto.open_stream(name, bytes) {
-            Ok(s) => {
-                // SAFETY: `stream` is a valid out-pointer; C++ frees it through
-                // `tde_rs_stream_free` exactly once.
-                unsafe { *stream = Box::into_raw(Box::new(s)).cast() };
-                0
-            }
-            Err((code, msg)) => {
-                // SAFETY: `err` has `err_cap` bytes.
-                unsafe { write_err(err, err_cap, &msg) };
-                code
-            }
-        }
+        let opened = crypto.open_stream(name, bytes).map(|s| {
+            // SAFETY: `stream` is a valid out-pointer; C++ frees it through
+            // `tde_rs_stream_free` exactly once.
+            unsafe { *stream = Box::into_raw(Box::new(s)).cast() };
+        });
+        // SAFETY: `err` has `err_cap` bytes (shim contract).
+        unsafe { report(opened, err, err_cap) }
     }))
     .unwrap_or(IO_ERROR)
 }

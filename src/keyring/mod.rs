@@ -141,14 +141,6 @@ impl Keyring {
         Replicated::new(KEYRING_FILE, "keyring", KEYRING_MAGIC)
     }
 
-    /// Whether `dir` holds a keyring.
-    ///
-    /// # Errors
-    /// [`Error::Io`].
-    pub fn exists(dir: &Path) -> Result<bool> {
-        Keyring::replicated().exists(&FsStorage::new(dir))
-    }
-
     /// Writes a new keyring into `dir`.
     ///
     /// # Errors

@@ -671,16 +671,22 @@ mod tests {
         (tmp, store)
     }
 
-    fn raw_get(store: &Store, table: &str, key: &[u8]) -> Vec<u8> {
+    fn raw_cf<'a>(store: &'a Store, table: &str) -> Arc<rocksdb::BoundColumnFamily<'a>> {
         let id = store.tables().into_iter().find(|t| t.name == table).unwrap().id;
-        let cf = store.inner.db.cf_handle(&cf_name(id)).unwrap();
-        store.inner.db.get_cf(&cf, key).unwrap().unwrap()
+        store.inner.db.cf_handle(&cf_name(id)).unwrap()
+    }
+
+    fn raw_get(store: &Store, table: &str, key: &[u8]) -> Vec<u8> {
+        store
+            .inner
+            .db
+            .get_cf(&raw_cf(store, table), key)
+            .unwrap()
+            .unwrap()
     }
 
     fn raw_put(store: &Store, table: &str, key: &[u8], value: &[u8]) {
-        let id = store.tables().into_iter().find(|t| t.name == table).unwrap().id;
-        let cf = store.inner.db.cf_handle(&cf_name(id)).unwrap();
-        store.inner.db.put_cf(&cf, key, value).unwrap();
+        store.inner.db.put_cf(&raw_cf(store, table), key, value).unwrap();
     }
 
     #[test]

@@ -344,16 +344,14 @@ impl WriteBatch {
                 return;
             }
         };
-        let store = self.store.clone();
-        if let Some(cf) = WriteBatch::cf_for(&store, table, &mut self.error) {
+        if let Some(cf) = WriteBatch::cf_for(&self.store, table, &mut self.error) {
             self.inner.put_cf(&cf, key, stored);
         }
     }
 
     /// Adds a delete.
     pub fn delete(&mut self, table: &Table, key: &[u8]) {
-        let store = self.store.clone();
-        if let Some(cf) = WriteBatch::cf_for(&store, table, &mut self.error) {
+        if let Some(cf) = WriteBatch::cf_for(&self.store, table, &mut self.error) {
             self.inner.delete_cf(&cf, key);
         }
     }
