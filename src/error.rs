@@ -95,6 +95,31 @@ pub enum Error {
     #[error("storage engine: {0}")]
     Engine(String),
 
+    /// The buffer pool cannot make room: every frame is pinned (or one page is larger
+    /// than the whole budget). Release page guards or give the pool a larger budget.
+    #[error(
+        "the buffer pool is full: {needed} bytes needed, budget {budget} bytes, and no frame can be evicted (all pinned)"
+    )]
+    BufferPoolFull {
+        /// The pool's budget in bytes.
+        budget: usize,
+        /// Bytes the pool would need to hold.
+        needed: usize,
+    },
+
+    /// An earlier write of this tablespace failed (for example a failed fsync), so what
+    /// reached the disk is unknown. It refuses further writes; reopen it to recover from
+    /// its journal.
+    #[error(
+        "tablespace {tablespace} refuses writes after an earlier failure ({cause}); reopen it to recover"
+    )]
+    Poisoned {
+        /// The tablespace.
+        tablespace: String,
+        /// The failure that poisoned it.
+        cause: String,
+    },
+
     /// The operating system's random number generator failed.
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),

@@ -56,6 +56,7 @@ pub mod hex;
 pub mod keyring;
 pub mod kms;
 pub mod kv;
+pub mod page;
 pub mod secret;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -294,3 +294,216 @@ impl Storage for CrashStorage {
         self.fs.lock()
     }
 }
+
+/// In-memory storage for a tablespace (its data file and journal) that can crash or fail
+/// at a chosen mutating operation (write, truncate, fsync).
+///
+/// Each file keeps what a crash would leave: `current` (every write reached the disk, in
+/// order) and `durable` (only what the last fsync of that file covered). After a crash,
+/// [`CrashIo::after_crash`] gives a new storage with either image, to reopen.
+#[derive(Debug)]
+pub struct CrashIo {
+    state: Mutex<CrashIoState>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct MemFile {
+    current: Vec<u8>,
+    durable: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct CrashIoState {
+    files: [MemFile; 2],
+    ops: u64,
+    fault: IoFault,
+    crashed: bool,
+}
+
+/// What [`CrashIo`] does at its fault point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoFault {
+    /// Nothing: every operation succeeds.
+    None,
+    /// The process "crashes" at mutating operation `op` (counted from creation, 0 = the
+    /// first): that operation does not happen (with `torn`, a write leaves its first half
+    /// behind) and every later operation, reads included, fails.
+    CrashAt {
+        /// Operation number.
+        op: u64,
+        /// Whether a write at the cut point is torn.
+        torn: bool,
+    },
+    /// Mutating operations from number `op` on fail with an I/O error (as a full disk or a
+    /// failing fsync would); reads keep working.
+    FailFrom {
+        /// Operation number.
+        op: u64,
+    },
+}
+
+fn file_index(file: crate::page::PageFile) -> usize {
+    match file {
+        crate::page::PageFile::Data => 0,
+        crate::page::PageFile::Journal => 1,
+    }
+}
+
+impl CrashIo {
+    /// Empty files, no fault.
+    pub fn new() -> Arc<CrashIo> {
+        CrashIo::from_files([MemFile::default(), MemFile::default()])
+    }
+
+    fn from_files(files: [MemFile; 2]) -> Arc<CrashIo> {
+        Arc::new(CrashIo {
+            state: Mutex::new(CrashIoState {
+                files,
+                ops: 0,
+                fault: IoFault::None,
+                crashed: false,
+            }),
+        })
+    }
+
+    /// Sets the fault.
+    pub fn set_fault(&self, fault: IoFault) {
+        self.state.lock().fault = fault;
+    }
+
+    /// Mutating operations so far (including failed ones).
+    pub fn ops(&self) -> u64 {
+        self.state.lock().ops
+    }
+
+    /// Whether the simulated crash has happened.
+    pub fn crashed(&self) -> bool {
+        self.state.lock().crashed
+    }
+
+    /// A new storage holding what survives a crash now: every write (`lose_unsynced` =
+    /// false) or only what was fsynced (`true`). Its operation count starts at 0.
+    pub fn after_crash(&self, lose_unsynced: bool) -> Arc<CrashIo> {
+        let st = self.state.lock();
+        let files = st.files.clone().map(|f| {
+            let bytes = if lose_unsynced { f.durable } else { f.current };
+            MemFile {
+                current: bytes.clone(),
+                durable: bytes,
+            }
+        });
+        CrashIo::from_files(files)
+    }
+
+    /// The current bytes of `file`.
+    pub fn bytes(&self, file: crate::page::PageFile) -> Vec<u8> {
+        self.state.lock().files[file_index(file)].current.clone()
+    }
+
+    /// Replaces the bytes of `file` (as if they were changed behind the tablespace's back).
+    pub fn set_bytes(&self, file: crate::page::PageFile, bytes: Vec<u8>) {
+        let mut st = self.state.lock();
+        let f = &mut st.files[file_index(file)];
+        f.current = bytes.clone();
+        f.durable = bytes;
+    }
+
+    fn crash_error() -> io::Error {
+        io::Error::other("simulated crash")
+    }
+
+    /// Counts a mutating operation: `Ok(None)` to do it, `Ok(Some(torn))` at the crash
+    /// point, `Err` if it fails.
+    fn step(st: &mut CrashIoState) -> io::Result<Option<bool>> {
+        if st.crashed {
+            return Err(CrashIo::crash_error());
+        }
+        let op = st.ops;
+        st.ops += 1;
+        match st.fault {
+            IoFault::CrashAt { op: at, torn } if op == at => {
+                st.crashed = true;
+                Ok(Some(torn))
+            }
+            IoFault::FailFrom { op: from } if op >= from => Err(io::Error::other("injected I/O failure")),
+            _ => Ok(None),
+        }
+    }
+}
+
+fn write_at(buf: &mut Vec<u8>, offset: u64, data: &[u8]) {
+    let offset = offset as usize;
+    if buf.len() < offset + data.len() {
+        buf.resize(offset + data.len(), 0);
+    }
+    buf[offset..offset + data.len()].copy_from_slice(data);
+}
+
+impl crate::page::PageIo for CrashIo {
+    fn describe(&self, file: crate::page::PageFile) -> String {
+        format!("memory:{file:?}").to_lowercase()
+    }
+
+    fn len(&self, file: crate::page::PageFile) -> io::Result<u64> {
+        let st = self.state.lock();
+        if st.crashed {
+            return Err(CrashIo::crash_error());
+        }
+        Ok(st.files[file_index(file)].current.len() as u64)
+    }
+
+    fn read_exact_at(&self, file: crate::page::PageFile, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let st = self.state.lock();
+        if st.crashed {
+            return Err(CrashIo::crash_error());
+        }
+        let bytes = &st.files[file_index(file)].current;
+        let start = offset as usize;
+        let Some(src) = bytes.get(start..start + buf.len()) else {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        };
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write_all_at(&self, file: crate::page::PageFile, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut st = self.state.lock();
+        let step = CrashIo::step(&mut st)?;
+        let f = &mut st.files[file_index(file)];
+        match step {
+            None => {
+                write_at(&mut f.current, offset, data);
+                Ok(())
+            }
+            Some(torn) => {
+                if torn {
+                    write_at(&mut f.current, offset, &data[..data.len() / 2]);
+                }
+                Err(CrashIo::crash_error())
+            }
+        }
+    }
+
+    fn set_len(&self, file: crate::page::PageFile, len: u64) -> io::Result<()> {
+        let mut st = self.state.lock();
+        match CrashIo::step(&mut st)? {
+            None => {
+                st.files[file_index(file)].current.resize(len as usize, 0);
+                Ok(())
+            }
+            Some(_) => Err(CrashIo::crash_error()),
+        }
+    }
+
+    fn sync(&self, file: crate::page::PageFile) -> io::Result<()> {
+        let mut st = self.state.lock();
+        match CrashIo::step(&mut st)? {
+            None => {
+                let f = &mut st.files[file_index(file)];
+                f.durable = f.current.clone();
+                Ok(())
+            }
+            Some(_) => Err(CrashIo::crash_error()),
+        }
+    }
+}

@@ -130,3 +130,33 @@ pub fn run_with_stdin(cmd: &mut std::process::Command, stdin: &[u8]) -> std::pro
         .expect("write stdin");
     child.wait_with_output().expect("wait for tde")
 }
+
+/// A directory for tablespaces with its own local KMS, wrapped in a fault-injecting,
+/// call-counting KMS.
+pub struct TestPages {
+    pub tmp: tempfile::TempDir,
+    pub kms: Arc<tde::testing::FaultyKms<Arc<LocalKms>>>,
+}
+
+impl TestPages {
+    pub fn new() -> TestPages {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let local = Arc::new(LocalKms::create(tmp.path().join("kms")).expect("kms"));
+        TestPages {
+            kms: Arc::new(tde::testing::FaultyKms::new(local)),
+            tmp,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    pub fn local(&self) -> &LocalKms {
+        self.kms.inner()
+    }
+
+    pub fn options(&self) -> tde::page::TablespaceOptions {
+        tde::page::TablespaceOptions::new(self.kms.clone())
+    }
+}

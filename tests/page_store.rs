@@ -1,0 +1,323 @@
+//! The page store end to end: round trips at every page size, zero pages, the pool, no
+//! plaintext on disk, tampering, KMS use and failures.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{TestPages, contains};
+use tde::Error;
+use tde::page::{BufferPool, PageFile, PageSize, Tablespace, journal_path};
+use tde::testing::KmsOp;
+
+const MARKER: &[u8] = b"PAGE-MARKER-4f1c9b";
+
+fn fill(page: &mut [u8], n: u64) {
+    page.fill(0);
+    page[..8].copy_from_slice(&n.to_le_bytes());
+    page[8..8 + MARKER.len()].copy_from_slice(MARKER);
+    let last = page.len() - 1;
+    page[last] = n as u8;
+}
+
+fn check(page: &[u8], n: u64) {
+    assert_eq!(page[..8], n.to_le_bytes(), "page {n}");
+    assert_eq!(&page[8..8 + MARKER.len()], MARKER, "page {n}");
+    assert_eq!(page[page.len() - 1], n as u8, "page {n}");
+}
+
+#[test]
+fn pages_round_trip_at_every_size_and_unwritten_pages_read_as_zeros() {
+    let t = TestPages::new();
+    let pool = BufferPool::new(1 << 20);
+    for size in PageSize::ALL {
+        let path = t.path(&format!("ts-{}", size.bytes()));
+        let options = t.options().page_size(size);
+        let ts = Tablespace::create(&path, &options, &pool).unwrap();
+        assert_eq!(ts.page_size(), size.bytes() - tde::page::RESERVE);
+        for n in [0u64, 1, 2, 7] {
+            fill(&mut ts.write(n).unwrap(), n);
+        }
+        assert_eq!(ts.page_count(), 8);
+        ts.sync().unwrap();
+        ts.close().unwrap();
+
+        let ts = Tablespace::open(&path, &options, &pool).unwrap();
+        assert_eq!(ts.page_count(), 8);
+        for n in [0u64, 1, 2, 7] {
+            check(&ts.read(n).unwrap(), n);
+        }
+        for n in [3u64, 4, 5, 6, 8, 1000] {
+            assert!(
+                ts.read(n).unwrap().iter().all(|&b| b == 0),
+                "page {n} of {size:?}"
+            );
+        }
+        assert_eq!(ts.verify().unwrap(), 8);
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(len, 9 * size.bytes() as u64, "header + 8 pages");
+    }
+}
+
+#[test]
+fn no_plaintext_reaches_the_file_or_the_journal() {
+    let t = TestPages::new();
+    let pool = BufferPool::new(64 * 16384);
+    let path = t.path("secret");
+    // A large checkpoint threshold keeps synced pages in the journal.
+    let options = t.options().checkpoint_bytes(1 << 30);
+    let ts = Tablespace::create(&path, &options, &pool).unwrap();
+    for n in 0..200 {
+        fill(&mut ts.write(n).unwrap(), n);
+    }
+    ts.sync().unwrap();
+    let journal = std::fs::read(journal_path(&path)).unwrap();
+    assert!(journal.len() > 200 * 16384, "the journal holds the synced pages");
+    assert!(!contains(&journal, MARKER));
+    assert!(!contains(&std::fs::read(&path).unwrap(), MARKER));
+    ts.close().unwrap();
+    let file = std::fs::read(&path).unwrap();
+    assert!(file.len() > 200 * 16384);
+    assert!(!contains(&file, MARKER));
+    assert!(!contains(&std::fs::read(journal_path(&path)).unwrap(), MARKER));
+}
+
+#[test]
+fn a_pool_hit_does_no_cryptography_and_opening_calls_the_kms_once() {
+    let t = TestPages::new();
+    let pool = BufferPool::new(1 << 20);
+    let path = t.path("hits");
+    let ts = Tablespace::create(&path, &t.options(), &pool).unwrap();
+    assert_eq!(t.kms.calls(KmsOp::GenerateDataKey), 1);
+    fill(&mut ts.write(0).unwrap(), 0);
+    ts.close().unwrap();
+
+    t.kms.reset_calls();
+    let ts = Tablespace::open(&path, &t.options(), &pool).unwrap();
+    assert_eq!(t.kms.total_calls(), 1);
+    assert_eq!(t.kms.calls(KmsOp::Decrypt), 1);
+    check(&ts.read(0).unwrap(), 0);
+    let after_miss = ts.stats();
+    assert_eq!(after_miss.pages_opened, 1);
+    for _ in 0..1000 {
+        check(&ts.read(0).unwrap(), 0);
+    }
+    for n in 1..50 {
+        fill(&mut ts.write(n).unwrap(), n);
+    }
+    ts.sync().unwrap();
+    ts.checkpoint().unwrap();
+    let stats = ts.stats();
+    assert_eq!(stats.pages_opened, 1, "hits opened nothing");
+    assert!(pool.stats().hits >= 1000);
+    assert_eq!(t.kms.total_calls(), 1, "no KMS call after open");
+}
+
+#[test]
+fn tampered_moved_zeroed_or_foreign_pages_fail_authentication_naming_the_page() {
+    let t = TestPages::new();
+    let pool = BufferPool::new(1 << 20);
+    let size = 4096usize;
+    let options = t.options().page_size(PageSize::K4);
+    let (a, b) = (t.path("a"), t.path("b"));
+    for path in [&a, &b] {
+        let ts = Tablespace::create(path, &options, &pool).unwrap();
+        for n in 0..6 {
+            fill(&mut ts.write(n).unwrap(), n);
+        }
+        ts.close().unwrap();
+    }
+    let original = std::fs::read(&a).unwrap();
+    let page_at = |n: usize| (n + 1) * size;
+    let foreign = std::fs::read(&b).unwrap();
+
+    let mut cases: Vec<(&str, Vec<u8>, u64)> = Vec::new();
+    for at in [0, 1000, size - 33, size - 32, size - 20, size - 1] {
+        let mut bytes = original.clone();
+        bytes[page_at(2) + at] ^= 0x01;
+        cases.push(("flipped", bytes, 2));
+    }
+    let mut swapped = original.clone();
+    swapped[page_at(1)..page_at(2)].copy_from_slice(&original[page_at(3)..page_at(4)]);
+    cases.push(("moved", swapped, 1));
+    let mut zeroed = original.clone();
+    zeroed[page_at(4)..page_at(5)].fill(0);
+    cases.push(("zeroed", zeroed, 4));
+    let mut other = original.clone();
+    other[page_at(3)..page_at(4)].copy_from_slice(&foreign[page_at(3)..page_at(4)]);
+    cases.push(("foreign", other, 3));
+
+    for (what, bytes, bad) in cases {
+        std::fs::write(&a, &bytes).unwrap();
+        let ts = Tablespace::open(&a, &options, &pool).unwrap();
+        let err = ts.read(bad).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::Authentication { .. }), "{what}: {err:?}");
+        assert!(
+            text.contains("\"a\"") && text.contains(&format!("page {bad}")),
+            "{what}: {text}"
+        );
+        for n in (0..6).filter(|n| *n != bad) {
+            check(&ts.read(n).unwrap(), n);
+        }
+        assert!(ts.verify().is_err(), "{what}");
+        drop(ts);
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            bytes,
+            "{what}: a failed read changed nothing"
+        );
+    }
+
+    // A truncated file and an edited header are refused at open.
+    std::fs::write(&a, &original[..page_at(4)]).unwrap();
+    let err = Tablespace::open(&a, &options, &pool).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    let mut header = original.clone();
+    header[100] ^= 1;
+    std::fs::write(&a, &header).unwrap();
+    assert!(Tablespace::open(&a, &options, &pool).is_err());
+    std::fs::write(&a, &original).unwrap();
+    Tablespace::open(&a, &options, &pool).unwrap();
+}
+
+#[test]
+fn the_pool_never_evicts_a_pinned_page_and_a_full_pool_is_an_error() {
+    let t = TestPages::new();
+    let options = t.options().page_size(PageSize::K4);
+    let pool = BufferPool::new(4 * 4096);
+    let ts = Tablespace::create(t.path("small"), &options, &pool).unwrap();
+    for n in 0..40 {
+        fill(&mut ts.write(n).unwrap(), n);
+    }
+    assert!(pool.stats().dirty_evictions >= 36, "{:?}", pool.stats());
+    let pinned = ts.read(5).unwrap();
+    let pinned_mut = ts.write(6).unwrap();
+    for n in 0..40 {
+        if n != 5 && n != 6 {
+            check(&ts.read(n).unwrap(), n);
+        }
+    }
+    check(&pinned, 5);
+    check(&pinned_mut, 6);
+
+    let more = (ts.read(7).unwrap(), ts.read(8).unwrap());
+    let err = ts.read(9).unwrap_err();
+    assert!(matches!(err, Error::BufferPoolFull { .. }), "{err:?}");
+    drop(more);
+    check(&ts.read(9).unwrap(), 9);
+    drop((pinned, pinned_mut));
+    ts.sync().unwrap();
+    assert!(pool.stats().used_bytes <= 4 * 4096);
+}
+
+#[test]
+fn tablespaces_share_one_pool_and_threads_work_on_different_pages() {
+    let t = TestPages::new();
+    let options = t.options().page_size(PageSize::K4);
+    let pool = BufferPool::new(32 * 4096);
+    let spaces: Vec<Arc<Tablespace>> = (0..2)
+        .map(|i| Arc::new(Tablespace::create(t.path(&format!("s{i}")), &options, &pool).unwrap()))
+        .collect();
+    std::thread::scope(|s| {
+        for thread in 0..4u64 {
+            let spaces = &spaces;
+            s.spawn(move || {
+                for round in 0..5u64 {
+                    for i in 0..50u64 {
+                        let n = thread * 1000 + i;
+                        let ts = &spaces[(i % 2) as usize];
+                        fill(&mut ts.write(n).unwrap(), n + round);
+                        if i % 7 == 0 {
+                            let m = thread * 1000 + i / 2;
+                            let page = spaces[((i / 2) % 2) as usize].read(m).unwrap();
+                            let v = u64::from_le_bytes(page[..8].try_into().unwrap());
+                            assert!(v == 0 || (v >= m && v <= m + round), "page {m}: {v}");
+                        }
+                    }
+                    spaces[(round % 2) as usize].sync().unwrap();
+                }
+            });
+        }
+    });
+    let paths: Vec<_> = (0..2).map(|i| t.path(&format!("s{i}"))).collect();
+    for ts in spaces {
+        Arc::into_inner(ts).unwrap().close().unwrap();
+    }
+    assert_eq!(pool.stats().used_bytes, 0, "closing drops the frames");
+    for (i, path) in paths.iter().enumerate() {
+        let ts = Tablespace::open(path, &options, &pool).unwrap();
+        for thread in 0..4u64 {
+            for j in (0..50u64).filter(|j| j % 2 == i as u64) {
+                let n = thread * 1000 + j;
+                check(&ts.read(n).unwrap(), n + 4);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_disabled_key_or_a_kms_outage_fails_open_and_changes_nothing() {
+    let t = TestPages::new();
+    let pool = BufferPool::new(1 << 20);
+    let key = t
+        .local()
+        .create_key(&tde::kms::local::CreateKeyOptions::default())
+        .unwrap()
+        .key_id;
+    let path = t.path("orders");
+    let options = t.options().master_key(&key);
+    let ts = Tablespace::create(&path, &options, &pool).unwrap();
+    fill(&mut ts.write(0).unwrap(), 0);
+    ts.close().unwrap();
+    let before = (
+        std::fs::read(&path).unwrap(),
+        std::fs::read(journal_path(&path)).unwrap(),
+    );
+
+    t.local().disable_key(&key).unwrap();
+    let err = Tablespace::open(&path, &options, &pool).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::KeysUnavailable { .. }), "{err:?}");
+    assert!(
+        text.contains("orders") && text.contains(&key) && text.contains("disabled"),
+        "{text}"
+    );
+    t.local().enable_key(&key).unwrap();
+
+    t.kms.set_outage(true);
+    let options_fast = options.clone().retry(tde::keyring::RetryPolicy {
+        attempts: 2,
+        initial_backoff: std::time::Duration::from_millis(1),
+        max_backoff: std::time::Duration::from_millis(1),
+    });
+    let err = Tablespace::open(&path, &options_fast, &pool).unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    t.kms.set_outage(false);
+    let after = (
+        std::fs::read(&path).unwrap(),
+        std::fs::read(journal_path(&path)).unwrap(),
+    );
+    assert!(before == after, "failed opens changed nothing");
+    check(
+        &Tablespace::open(&path, &options, &pool).unwrap().read(0).unwrap(),
+        0,
+    );
+
+    // An unencrypted tablespace and an encrypted one are never confused.
+    assert!(matches!(
+        Tablespace::open(&path, &options.clone().insecure_unencrypted(), &pool),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn a_second_handle_on_the_same_file_is_refused() {
+    let t = TestPages::new();
+    let pool = BufferPool::new(1 << 20);
+    let path = t.path("locked");
+    let _ts = Tablespace::create(&path, &t.options(), &pool).unwrap();
+    let err = Tablespace::open(&path, &t.options(), &pool).unwrap_err();
+    assert!(err.to_string().contains("open elsewhere"), "{err}");
+    let _ = PageFile::Data;
+}
