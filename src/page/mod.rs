@@ -280,6 +280,22 @@ fn header_key(suite: Suite, dk: &DataKey, id: &[u8; 16], version: u32) -> Result
     derived(suite, dk, id, b"tde tablespace header key\0", version)
 }
 
+fn info_of(header: &Header, physical: usize, page_count: u64) -> TablespaceInfo {
+    let meta = &header.meta;
+    TablespaceInfo {
+        name: meta.name.clone(),
+        id: crate::hex::encode(&header.id),
+        physical_page_size: physical,
+        page_size: physical - RESERVE,
+        page_count,
+        master_key: meta.envelope.cmk.clone(),
+        suite: meta.envelope.suite,
+        data_key_version: meta.envelope.current,
+        encrypted: meta.encrypted,
+        kms: meta.kms.clone(),
+    }
+}
+
 fn io_error(io: &dyn PageIo, file: PageFile, what: &str, e: std::io::Error) -> Error {
     Error::io(format!("{what} {}", io.describe(file)), e)
 }
@@ -590,6 +606,30 @@ impl Tablespace {
         Ok(())
     }
 
+    /// Reads the header of the tablespace file at `path` without any key: what it is,
+    /// which master key and KMS it needs. Checks the header's checksum, not its MAC (that
+    /// needs the data key), and ignores the journal, so the page count may be behind an
+    /// uncheckpointed commit.
+    ///
+    /// # Errors
+    /// [`Error::Format`] if `path` is not a tablespace or its header is damaged;
+    /// [`Error::Io`].
+    pub fn inspect(path: impl AsRef<Path>) -> Result<TablespaceInfo> {
+        let path = path.as_ref();
+        let mut first = Vec::with_capacity(4096);
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(
+                std::fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?,
+                4096,
+            ),
+            &mut first,
+        )
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let header = Header::decode(&first)?;
+        let physical = header.page_size as usize;
+        Ok(info_of(&header, physical, header.page_count.max(1) - 1))
+    }
+
     /// Bytes of each page the engine sees (the physical page size minus [`RESERVE`]).
     pub fn page_size(&self) -> usize {
         self.inner.logical
@@ -603,19 +643,7 @@ impl Tablespace {
     /// Facts about the tablespace.
     pub fn info(&self) -> TablespaceInfo {
         let durable = self.inner.durable.lock();
-        let meta = &durable.header.meta;
-        TablespaceInfo {
-            name: meta.name.clone(),
-            id: crate::hex::encode(&self.inner.id),
-            physical_page_size: self.inner.physical,
-            page_size: self.inner.logical,
-            page_count: self.page_count(),
-            master_key: meta.envelope.cmk.clone(),
-            suite: meta.envelope.suite,
-            data_key_version: meta.envelope.current,
-            encrypted: meta.encrypted,
-            kms: meta.kms.clone(),
-        }
+        info_of(&durable.header, self.inner.physical, self.page_count())
     }
 
     /// Counters since open.

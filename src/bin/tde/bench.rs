@@ -20,6 +20,8 @@ type Plain = DBWithThreadMode<MultiThreaded>;
 pub(crate) enum BenchCommand {
     /// Plain RocksDB vs the tde store.
     Kv(KvArgs),
+    /// The page store with sealing off vs on.
+    Page(crate::bench_page::PageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -45,7 +47,7 @@ const VALUE_LEN: usize = 100;
 const CACHE_BYTES: usize = 512 << 20;
 const WORKLOADS: [&str; 4] = ["fillrandom", "readrandom_cached", "readrandom_uncached", "scan"];
 
-fn splitmix(mut x: u64) -> u64 {
+pub(crate) fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -167,13 +169,13 @@ fn dir_size(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn timed(ops: u64, f: impl FnOnce() -> CliResult) -> CliResult<f64> {
+pub(crate) fn timed(ops: u64, f: impl FnOnce() -> CliResult) -> CliResult<f64> {
     let start = Instant::now();
     f()?;
     Ok(ops as f64 / start.elapsed().as_secs_f64())
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     let n = xs.len();
     if n == 0 {
@@ -244,7 +246,10 @@ fn round(
 }
 
 pub(crate) fn run(cmd: BenchCommand) -> CliResult {
-    let BenchCommand::Kv(args) = cmd;
+    let args = match cmd {
+        BenchCommand::Kv(args) => args,
+        BenchCommand::Page(args) => return crate::bench_page::run(&args),
+    };
     let keys = args.keys.unwrap_or(if args.quick { 200_000 } else { 1_000_000 });
     let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 5 }).max(1);
     let tmp = tempfile::tempdir()?;

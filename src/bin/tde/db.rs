@@ -72,7 +72,7 @@ pub(crate) struct Target {
 }
 
 /// The KMS for a new store: --kms, else TDE_KMS, else the default local KMS.
-fn kms_for_create(flag: Option<&str>) -> CliResult<KmsUri> {
+pub(crate) fn kms_for_create(flag: Option<&str>) -> CliResult<KmsUri> {
     let text = match flag {
         Some(f) => f.to_owned(),
         None => match std::env::var("TDE_KMS") {
@@ -83,7 +83,7 @@ fn kms_for_create(flag: Option<&str>) -> CliResult<KmsUri> {
     absolute(KmsUri::parse(&text)?)
 }
 
-fn absolute(uri: KmsUri) -> CliResult<KmsUri> {
+pub(crate) fn absolute(uri: KmsUri) -> CliResult<KmsUri> {
     Ok(match uri {
         KmsUri::Local(dir) => KmsUri::Local(std::path::absolute(dir)?),
         #[allow(unreachable_patterns)]
@@ -91,7 +91,7 @@ fn absolute(uri: KmsUri) -> CliResult<KmsUri> {
     })
 }
 
-fn connect(uri: &KmsUri) -> CliResult<Arc<dyn Kms>> {
+pub(crate) fn connect(uri: &KmsUri) -> CliResult<Arc<dyn Kms>> {
     Ok(tde::kms::open_uri(uri)?)
 }
 

@@ -5,8 +5,10 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod bench;
+mod bench_page;
 mod db;
 mod kms;
+mod page;
 
 use std::process::ExitCode;
 
@@ -74,6 +76,9 @@ enum Command {
         #[command(flatten)]
         target: db::Target,
     },
+    /// Tablespaces of the encrypted page store.
+    #[command(subcommand)]
+    Page(page::PageCommand),
     /// Benchmarks: plain vs encrypted, side by side.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -96,6 +101,7 @@ fn main() -> ExitCode {
         Command::Scan { target, prefix } => db::scan(cli.kms.as_deref(), &target, prefix),
         Command::Load { target } => db::load(cli.kms.as_deref(), &target),
         Command::Verify { path } => db::verify(cli.kms.as_deref(), &path),
+        Command::Page(cmd) => page::run(cli.kms.as_deref(), cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

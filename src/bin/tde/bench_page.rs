@@ -1,0 +1,211 @@
+//! `tde bench page`: the page store with sealing off and on, side by side and interleaved
+//! in one process, so the ratio (encrypted / plain) isolates the cost of encryption. Both
+//! variants use the same format, journal, pool and I/O; only the sealing differs.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use clap::Args;
+use serde_json::json;
+use tde::kms::local::LocalKms;
+use tde::page::{BufferPool, PageSize, Tablespace, TablespaceOptions};
+
+use crate::CliResult;
+use crate::bench::{median, splitmix, timed};
+
+#[derive(Debug, Args)]
+pub(crate) struct PageArgs {
+    /// A short run (under a minute): fewer pages, operations and rounds.
+    #[arg(long)]
+    quick: bool,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+    /// Physical page size: 4k, 8k, 16k, 32k or 64k.
+    #[arg(long, default_value = "16k")]
+    page_size: PageSize,
+    /// Data size in MiB (default 256; 64 with --quick).
+    #[arg(long)]
+    data_mib: Option<u64>,
+    /// Rounds (default 5; 3 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
+}
+
+const WORKLOADS: [&str; 4] = ["read_in_pool", "read_out_of_pool", "write_sync", "scan"];
+const SYNC_EVERY: u64 = 100;
+
+struct Sizes {
+    pages: u64,
+    reads: u64,
+    writes: u64,
+}
+
+fn options(kms: &Arc<LocalKms>, size: PageSize, encrypted: bool) -> TablespaceOptions {
+    let options = TablespaceOptions::new(kms.clone()).page_size(size);
+    if encrypted {
+        options
+    } else {
+        options.insecure_unencrypted()
+    }
+}
+
+fn stamp(page: &mut [u8], n: u64) {
+    for (i, chunk) in page.chunks_mut(8).enumerate() {
+        let r = splitmix(n ^ ((i as u64) << 32)).to_le_bytes();
+        chunk.copy_from_slice(&r[..chunk.len()]);
+    }
+}
+
+fn fill(path: &Path, options: &TablespaceOptions, pages: u64) -> CliResult {
+    let pool = BufferPool::new(64 << 20);
+    let ts = Tablespace::create(path, options, &pool)?;
+    for n in 0..pages {
+        stamp(&mut ts.write(n)?, n);
+        if n % 256 == 255 {
+            ts.sync()?;
+        }
+    }
+    ts.close()?;
+    Ok(())
+}
+
+/// One round: both variants, every workload, alternating which goes first.
+fn round(
+    root: &Path,
+    kms: &Arc<LocalKms>,
+    size: PageSize,
+    s: &Sizes,
+    plain_first: bool,
+) -> CliResult<[[f64; 2]; 4]> {
+    let paths = [root.join("plain.tdb"), root.join("tde.tdb")];
+    let opts = [options(kms, size, false), options(kms, size, true)];
+    for (path, o) in paths.iter().zip(&opts) {
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(tde::page::journal_path(path));
+        fill(path, o, s.pages)?;
+    }
+    let order: [usize; 2] = if plain_first { [0, 1] } else { [1, 0] };
+    let all = (s.pages as usize + 16) * size.bytes();
+    let small = (all / 20).max(16 * size.bytes());
+    let mut results = [[0.0; 2]; 4];
+    for &w in &order {
+        let (path, o) = (&paths[w], &opts[w]);
+        // Random reads, the whole tablespace in the pool (warmed by a scan).
+        let pool = BufferPool::new(all);
+        let ts = Tablespace::open(path, o, &pool)?;
+        for n in 0..s.pages {
+            std::hint::black_box(ts.read(n)?[0]);
+        }
+        let hits = s.reads * 25;
+        results[0][w] = timed(hits, || {
+            for i in 0..hits {
+                std::hint::black_box(ts.read(splitmix(i) % s.pages)?[0]);
+            }
+            Ok(())
+        })?;
+        // Random page writes, a sync every 100.
+        results[2][w] = timed(s.writes, || {
+            for i in 0..s.writes {
+                let n = splitmix(i ^ 0x77) % s.pages;
+                ts.write(n)?[..8].copy_from_slice(&i.to_le_bytes());
+                if i % SYNC_EVERY == SYNC_EVERY - 1 {
+                    ts.sync()?;
+                }
+            }
+            ts.sync()?;
+            Ok(())
+        })?;
+        ts.close()?;
+
+        // Random reads and a sequential scan with a pool of 5% of the data.
+        let pool = BufferPool::new(small);
+        let ts = Tablespace::open(path, o, &pool)?;
+        results[1][w] = timed(s.reads, || {
+            for i in 0..s.reads {
+                std::hint::black_box(ts.read(splitmix(i ^ 0x5eed) % s.pages)?[0]);
+            }
+            Ok(())
+        })?;
+        results[3][w] = timed(s.pages * 2, || {
+            for _ in 0..2 {
+                for n in 0..s.pages {
+                    std::hint::black_box(ts.read(n)?[0]);
+                }
+            }
+            Ok(())
+        })?;
+        ts.close()?;
+    }
+    Ok(results)
+}
+
+pub(crate) fn run(args: &PageArgs) -> CliResult {
+    let mib = args.data_mib.unwrap_or(if args.quick { 64 } else { 256 }).max(1);
+    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 5 }).max(1);
+    let size = args.page_size;
+    let pages = (mib << 20) / size.bytes() as u64;
+    let s = Sizes {
+        pages,
+        reads: if args.quick { 40_000 } else { 200_000 },
+        writes: if args.quick { 2_000 } else { 10_000 },
+    };
+    let tmp = tempfile::tempdir()?;
+    let kms = Arc::new(LocalKms::create(tmp.path().join("kms"))?);
+    let backend = if cfg!(feature = "aws-lc") {
+        "aws-lc"
+    } else {
+        "rustcrypto"
+    };
+    eprintln!(
+        "tde bench page: {mib} MiB in {pages} pages of {} KiB, {rounds} rounds, AES-256-GCM ({backend}), data under {}",
+        size.bytes() >> 10,
+        tmp.path().display()
+    );
+    let mut per_round = Vec::new();
+    for r in 0..rounds {
+        let out = round(tmp.path(), &kms, size, &s, r % 2 == 0)?;
+        eprintln!(
+            "  round {}: {}",
+            r + 1,
+            WORKLOADS
+                .iter()
+                .enumerate()
+                .map(|(i, w)| format!("{w} {:.3}", out[i][1] / out[i][0]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        per_round.push(out);
+    }
+    println!(
+        "{:<18} {:>14} {:>14} {:>8}",
+        "workload", "plain pages/s", "tde pages/s", "ratio"
+    );
+    let mut ratios = serde_json::Map::new();
+    let mut workloads = serde_json::Map::new();
+    for (i, w) in WORKLOADS.iter().enumerate() {
+        let plain = median(per_round.iter().map(|r| r[i][0]).collect());
+        let tde = median(per_round.iter().map(|r| r[i][1]).collect());
+        let ratio = median(per_round.iter().map(|r| r[i][1] / r[i][0]).collect());
+        println!("{w:<18} {plain:>14.0} {tde:>14.0} {ratio:>8.3}");
+        ratios.insert((*w).to_owned(), json!((ratio * 1000.0).round() / 1000.0));
+        workloads.insert(
+            (*w).to_owned(),
+            json!({"plain_pages_per_sec": plain.round(), "tde_pages_per_sec": tde.round()}),
+        );
+    }
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "data_mib": mib,
+                "page_bytes": size.bytes(),
+                "rounds": rounds,
+                "backend": backend,
+                "workloads": workloads,
+                "ratios": ratios,
+            })
+        );
+    }
+    Ok(())
+}
