@@ -19,6 +19,10 @@
 //! - [`cipher`]: suites, the sealed format, nonce policy.
 //! - [`kms`]: the KMS trait and the embedded [`kms::local::LocalKms`].
 //! - [`secret`]: key types that wipe themselves and never print.
+//! - [`keyring`]: table → wrapped data keys, unwrapped once at open.
+//! - [`kv`]: the encrypted key-value store on RocksDB (a column family per table).
+//! - [`page`]: the encrypted page store (a tablespace file per table) and its shared
+//!   buffer pool, for engines that manage their own pages.
 //!
 //! ## Example
 //!

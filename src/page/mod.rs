@@ -23,6 +23,26 @@
 //! Pages never written read as zeros. Pages past the file's recorded page count read as
 //! zeros; inside it, every page must authenticate (a zeroed or truncated page is an error).
 //!
+//! ```
+//! use std::sync::Arc;
+//! use tde::page::{BufferPool, Tablespace, TablespaceOptions};
+//!
+//! # fn main() -> tde::Result<()> {
+//! # let dir = tempfile::tempdir().map_err(|e| tde::Error::InvalidArgument(e.to_string()))?;
+//! let kms = Arc::new(tde::kms::local::LocalKms::create(dir.path().join("kms"))?);
+//! let pool = BufferPool::new(16 << 20);
+//! let options = TablespaceOptions::new(kms);
+//! let ts = Tablespace::create(dir.path().join("orders.tdb"), &options, &pool)?;
+//! let (n, mut page) = ts.allocate()?;
+//! page[..5].copy_from_slice(b"hello");
+//! drop(page);
+//! ts.sync()?;
+//! assert_eq!(&ts.read(n)?[..5], b"hello");
+//! ts.close()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Security notes: authenticity is per page, not per tablespace: an attacker who can write
 //! the file can roll a page back to an older sealed version of the same page, or the whole
 //! file to an older copy. Page size, page count and key metadata are public.
