@@ -185,53 +185,76 @@ fn file_headers() {
 #[test]
 fn tablespace_headers_pages_and_journals() {
     use tde::page::{BufferPool, PageFile, PageSize, Tablespace, TablespaceOptions};
-    use tde::testing::CrashIo;
+    use tde::testing::{CrashIo, IoFault};
 
     let kms = TestKms::new();
-    let options = TablespaceOptions::new(std::sync::Arc::new(kms.kms)).page_size(PageSize::K4);
-    // A tablespace whose journal holds committed frames (no checkpoint yet).
+    let options = TablespaceOptions::new(std::sync::Arc::new(kms.kms))
+        .page_size(PageSize::K4)
+        .checkpoint_bytes(1 << 30);
+    // Pages 0..6 checkpointed into the file; then pages 3..6 and 6..9 rewritten and
+    // committed to the journal in two batches, without a checkpoint.
     let io = CrashIo::new();
     let pool = BufferPool::new(1 << 20);
-    let ts = Tablespace::create_with(
-        io.clone(),
-        "fuzz",
-        &options.clone().checkpoint_bytes(1 << 30),
-        &pool,
-    )
-    .unwrap();
+    let ts = Tablespace::create_with(io.clone(), "fuzz", &options, &pool).unwrap();
     for n in 0..6 {
-        ts.write(n).unwrap()[..4].copy_from_slice(b"fuzz");
+        ts.write(n).unwrap()[..4].copy_from_slice(b"old!");
     }
-    ts.sync().unwrap();
-    let (data, journal) = (io.bytes(PageFile::Data), io.bytes(PageFile::Journal));
-    drop(ts);
-
-    let mut rng = Rng(0x7ab1e5);
-    for round in 0..300 {
-        let copy = io.after_crash(false);
-        copy.set_bytes(PageFile::Data, data.clone());
-        copy.set_bytes(PageFile::Journal, journal.clone());
-        let (file, original) = match round % 3 {
-            0 => (PageFile::Data, &data[..4096]),
-            1 => (PageFile::Journal, &journal[..]),
-            _ => (PageFile::Data, &data[4096..]),
-        };
-        let mutated = rng.mutate(original);
-        let bytes = match round % 3 {
-            0 => [mutated.as_slice(), &data[4096..]].concat(),
-            1 => mutated.clone(),
-            _ => [&data[..4096], mutated.as_slice()].concat(),
-        };
-        copy.set_bytes(file, bytes);
-        // Must not panic; if it opens, every page either authenticates or is refused.
-        let pool = BufferPool::new(1 << 20);
-        if let Ok(ts) = Tablespace::open_with(copy, &options, &pool) {
-            for n in 0..8 {
-                if let Ok(page) = ts.read(n) {
-                    let expected = if n < 6 { &b"fuzz"[..] } else { &[0u8; 4][..] };
-                    assert_eq!(&page[..4], expected, "round {round}, page {n}");
-                }
-            }
+    ts.checkpoint().unwrap();
+    for batch in 0..2 {
+        for n in 3 + batch * 3..6 + batch * 3 {
+            ts.write(n).unwrap()[..4].copy_from_slice(b"new!");
         }
+        ts.sync().unwrap();
     }
+    // Keep the journal as it is: closing must not checkpoint.
+    io.set_fault(IoFault::FailFrom { op: 0 });
+    drop(ts);
+    let (data, journal) = (io.bytes(PageFile::Data), io.bytes(PageFile::Journal));
+
+    let model = |n: usize, batches: u8| -> [u8; 4] {
+        match n {
+            0..3 => *b"old!",
+            3..6 if batches >= 1 => *b"new!",
+            3..6 => *b"old!",
+            6..9 if batches >= 2 => *b"new!",
+            _ => [0; 4],
+        }
+    };
+    let mut rng = Rng(0x7ab1e5);
+    let mut outcomes = [0usize; 3];
+    for round in 0..400 {
+        let copy = io.after_crash(false);
+        let (file, range) = match round % 3 {
+            0 => (PageFile::Data, 0..4096),
+            1 => (PageFile::Journal, 0..journal.len()),
+            _ => (PageFile::Data, 4096..data.len()),
+        };
+        let original = if file == PageFile::Data { &data } else { &journal };
+        let mutated = [
+            &original[..range.start],
+            &rng.mutate(&original[range.clone()]),
+            &original[range.end..],
+        ]
+        .concat();
+        copy.set_bytes(file, mutated);
+        // Must not panic. If it opens, every page is refused or matches the state after
+        // zero, one or two batches, the same state for every page.
+        let pool = BufferPool::new(1 << 20);
+        let Ok(ts) = Tablespace::open_with(copy, &options, &pool) else {
+            outcomes[0] += 1;
+            continue;
+        };
+        let pages: Vec<Option<[u8; 4]>> = (0..10)
+            .map(|n| ts.read(n).ok().map(|p| p[..4].try_into().unwrap()))
+            .collect();
+        let consistent = (0..=2).any(|batches| {
+            pages
+                .iter()
+                .enumerate()
+                .all(|(n, p)| p.is_none_or(|p| p == model(n, batches)))
+        });
+        assert!(consistent, "round {round}: {pages:?}");
+        outcomes[if pages.iter().all(Option::is_some) { 1 } else { 2 }] += 1;
+    }
+    assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
 }

@@ -158,6 +158,16 @@ impl Journal {
                     .finalize()
                     .into();
                 if count != pending.len() as u64 || rest[COUNT_LEN..] != expected {
+                    if at + (COMMIT_LEN as u64) < end {
+                        // Records follow this commit, and they are only ever appended
+                        // after it was durable: it was damaged after the fact.
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("the batch committed at offset {at} fails its checksum"),
+                        ));
+                    }
+                    // The last batch: a crash before its fsync completed. It was never
+                    // acknowledged; drop it.
                     break;
                 }
                 for (page_no, offset) in pending.drain(..) {
@@ -257,9 +267,9 @@ impl Journal {
     /// Writes every committed page in place, makes the file durable, and empties the
     /// journal. Must follow a [`Journal::commit`] (there are no uncommitted frames).
     ///
-    /// The truncation is not synced here: until the next commit syncs the journal, a
-    /// crash may bring back the old frames, and replaying them again is harmless because
-    /// the file has not been written since.
+    /// The truncation is synced too, so that the journal only ever holds batches
+    /// appended after a durable truncation (recovery relies on it to tell damage from a
+    /// crash).
     ///
     /// # Errors
     /// The I/O error; the caller must stop writing.
@@ -275,6 +285,7 @@ impl Journal {
         }
         io.sync(PageFile::Data)?;
         io.set_len(PageFile::Journal, HEADER_LEN)?;
+        io.sync(PageFile::Journal)?;
         self.len = HEADER_LEN;
         self.index.clear();
         self.chain = self.seed;

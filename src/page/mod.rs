@@ -454,7 +454,17 @@ impl Tablespace {
             }
         };
         let journal = match journal_head {
-            Some(_) => Journal::recover(&*io, &id, physical).map_err(|e| read_err(jfile, e))?,
+            Some(_) => Journal::recover(&*io, &id, physical).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    Error::Corrupt {
+                        what: "tablespace journal",
+                        path: io.describe(jfile).into(),
+                        detail: e.to_string(),
+                    }
+                } else {
+                    read_err(jfile, e)
+                }
+            })?,
             None => Journal::create(&*io, &id, physical).map_err(|e| io_error(&*io, jfile, "creating", e))?,
         };
         // The newest committed header: from the journal if a commit changed it.
