@@ -59,6 +59,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
+use zeroize::Zeroize;
 
 pub use codec::RESERVE;
 use codec::Sealing;
@@ -706,7 +707,7 @@ impl Tablespace {
     /// # Errors
     /// [`Error::Authentication`] naming the tablespace and page if the stored page was
     /// modified or moved; [`Error::BufferPoolFull`]; [`Error::Io`].
-    pub fn read(&self, page: u64) -> Result<PageRef> {
+    pub fn read(&self, page: u64) -> Result<PageRef<'_>> {
         match self.fetch(page, Access::Read)? {
             Guard::Read(g) => Ok(g),
             Guard::Write(_) => Err(Error::InvalidArgument("the pool returned a write guard".into())),
@@ -718,7 +719,7 @@ impl Tablespace {
     ///
     /// # Errors
     /// As [`Tablespace::read`]; [`Error::Poisoned`] after an earlier write failure.
-    pub fn write(&self, page: u64) -> Result<PageMut> {
+    pub fn write(&self, page: u64) -> Result<PageMut<'_>> {
         self.inner.check_poisoned()?;
         let guard = match self.fetch(page, Access::Write)? {
             Guard::Write(g) => g,
@@ -732,13 +733,13 @@ impl Tablespace {
     ///
     /// # Errors
     /// As [`Tablespace::write`].
-    pub fn allocate(&self) -> Result<(u64, PageMut)> {
+    pub fn allocate(&self) -> Result<(u64, PageMut<'_>)> {
         self.inner.check_poisoned()?;
         let page = self.inner.pages.fetch_add(1, Ordering::AcqRel);
         Ok((page, self.write(page)?))
     }
 
-    fn fetch(&self, page: u64, access: Access) -> Result<Guard> {
+    fn fetch(&self, page: u64, access: Access) -> Result<Guard<'_>> {
         let inner = &*self.inner;
         let physical = self.physical_no(page)?;
         inner.pool.inner.fetch(
@@ -753,7 +754,8 @@ impl Tablespace {
 
     /// Makes every write so far durable, atomically: dirty pages are sealed and appended
     /// to the journal, which is committed with one fsync. Checkpoints too when the journal
-    /// has grown past [`TablespaceOptions::checkpoint_bytes`].
+    /// has grown past [`TablespaceOptions::checkpoint_bytes`]. Waits for pages that other
+    /// threads hold for writing; a thread must not hold a [`PageMut`] while it syncs.
     ///
     /// # Errors
     /// [`Error::Poisoned`] if an earlier write failed; [`Error::Io`] (the tablespace is
@@ -876,7 +878,10 @@ impl Inner {
     fn append(&self, durable: &mut Durable, physical: u64, frame: &[u8], sealed: &mut Vec<u8>) -> Result<()> {
         sealed.clear();
         sealed.extend_from_slice(frame);
-        self.sealing.seal(&self.id, physical, sealed)?;
+        if let Err(e) = self.sealing.seal(&self.id, physical, sealed) {
+            sealed.zeroize();
+            return Err(e);
+        }
         if matches!(self.sealing, Sealing::Aead { .. }) {
             bump(&self.counters.pages_sealed);
         }

@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -102,20 +103,24 @@ fn pin(frame: &Arc<Frame>) -> Pin {
 
 /// A page read from a tablespace: the engine's plain bytes, pinned in the pool for as
 /// long as the guard lives. Other readers may hold the same page at the same time.
-pub struct PageRef {
+///
+/// The guard borrows its tablespace, so the tablespace cannot be closed or dropped while
+/// it lives.
+pub struct PageRef<'a> {
     guard: ArcRwLockReadGuard<RawRwLock, PageBuf>,
     _pin: Pin,
     len: usize,
+    _tablespace: PhantomData<&'a ()>,
 }
 
-impl Deref for PageRef {
+impl Deref for PageRef<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         &self.guard.0[..self.len]
     }
 }
 
-impl fmt::Debug for PageRef {
+impl fmt::Debug for PageRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PageRef")
             .field("len", &self.len)
@@ -126,26 +131,30 @@ impl fmt::Debug for PageRef {
 /// A page opened for writing: exclusive, pinned, and marked dirty. The change reaches
 /// disk (sealed) on eviction, `sync`, `checkpoint` or `close`; it is durable after the
 /// next `sync`.
-pub struct PageMut {
+///
+/// Release it before calling `sync` on the same thread: `sync` waits for pages being
+/// written. Like [`PageRef`], it borrows its tablespace.
+pub struct PageMut<'a> {
     guard: ArcRwLockWriteGuard<RawRwLock, PageBuf>,
     _pin: Pin,
     len: usize,
+    _tablespace: PhantomData<&'a ()>,
 }
 
-impl Deref for PageMut {
+impl Deref for PageMut<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         &self.guard.0[..self.len]
     }
 }
 
-impl DerefMut for PageMut {
+impl DerefMut for PageMut<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
         &mut self.guard.0[..self.len]
     }
 }
 
-impl fmt::Debug for PageMut {
+impl fmt::Debug for PageMut<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PageMut")
             .field("len", &self.len)
@@ -209,9 +218,9 @@ pub(crate) enum Access {
     Write,
 }
 
-pub(crate) enum Guard {
-    Read(PageRef),
-    Write(PageMut),
+pub(crate) enum Guard<'a> {
+    Read(PageRef<'a>),
+    Write(PageMut<'a>),
 }
 
 impl BufferPool {
@@ -296,7 +305,7 @@ impl PoolInner {
 
     /// Returns page `page` of `owner`, loading it with `load` (which fills a zeroed
     /// physical-size buffer) on a miss. `len` is the logical size the guard exposes.
-    pub(crate) fn fetch(
+    pub(crate) fn fetch<'a>(
         &self,
         owner: u64,
         page: u64,
@@ -304,7 +313,7 @@ impl PoolInner {
         len: usize,
         access: Access,
         load: &dyn Fn(&mut [u8]) -> Result<()>,
-    ) -> Result<Guard> {
+    ) -> Result<Guard<'a>> {
         let key = (owner, page);
         loop {
             let mut keep_alive: Vec<Arc<dyn Owner>> = Vec::new();
@@ -324,6 +333,7 @@ impl PoolInner {
                             guard,
                             _pin: pinned,
                             len,
+                            _tablespace: PhantomData,
                         }));
                     }
                     Access::Write => {
@@ -336,6 +346,7 @@ impl PoolInner {
                             guard,
                             _pin: pinned,
                             len,
+                            _tablespace: PhantomData,
                         }));
                     }
                 }
@@ -368,6 +379,7 @@ impl PoolInner {
                             guard: ArcRwLockWriteGuard::downgrade(guard),
                             _pin: pinned,
                             len,
+                            _tablespace: PhantomData,
                         }),
                         Access::Write => {
                             frame.mark_dirty();
@@ -375,6 +387,7 @@ impl PoolInner {
                                 guard,
                                 _pin: pinned,
                                 len,
+                                _tablespace: PhantomData,
                             })
                         }
                     });
