@@ -20,6 +20,7 @@
 //! - [`kms`]: the KMS trait and the embedded [`kms::local::LocalKms`].
 //! - [`secret`]: key types that wipe themselves and never print.
 //! - [`keyring`]: table → wrapped data keys, unwrapped once at open.
+//! - [`audit`]: the hash-chained trail of every KMS call a store makes.
 //! - [`kv`]: the encrypted key-value store on RocksDB (a column family per table).
 //! - [`page`]: the encrypted page store (a tablespace file per table) and its shared
 //!   buffer pool, for engines that manage their own pages.
@@ -51,6 +52,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod cipher;
 pub mod clock;
 pub mod durable;

@@ -27,6 +27,7 @@ use files::{FileKey, StoreFiles};
 use table::TableState;
 pub use table::{ScanOptions, Snapshot, Table, TableIter, WriteBatch};
 
+use crate::audit::{AuditEvent, AuditLog, Reason};
 use crate::cipher::Suite;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -218,6 +219,7 @@ pub(crate) struct StoreInner {
     clock: SystemClock,
     pub(crate) write_options: rocksdb::WriteOptions,
     cf_options: rocksdb::Options,
+    audit: AuditLog,
 }
 
 /// An encrypted key-value store. Cheap to clone (a handle); safe to share between
@@ -307,7 +309,8 @@ impl Store {
             .clone()
             .unwrap_or_else(|| DEFAULT_MASTER_KEY.to_owned());
         let now = SystemClock.now();
-        let (version, _generated) = keyring::generate(
+        let audit = AuditLog::open(path, &store_hex)?;
+        let generated = keyring::generate(
             &*options.kms,
             &store_hex,
             STORE_TABLE_ID,
@@ -315,7 +318,15 @@ impl Store {
             &default_key,
             options.suite,
             now,
-        )?;
+        );
+        audit.append(&AuditEvent {
+            op: "generate-data-key",
+            key: &default_key,
+            table: "(store)",
+            reason: Reason::Create,
+            error: generated.as_ref().err().map(ToString::to_string),
+        })?;
+        let (version, _generated) = generated?;
         Keyring::create(
             path,
             KeyringData {
@@ -378,7 +389,25 @@ impl Store {
             &requests,
             options.unwrap_parallelism,
             &options.retry,
-        )?;
+        );
+        let audit = AuditLog::open(path, &data.store_id)?;
+        audit.append_all(requests.iter().map(|r| {
+            AuditEvent {
+                op: "decrypt",
+                key: &r.cmk,
+                table: &r.table,
+                reason: Reason::Open,
+                error: match &keys {
+                    Ok(_) => None,
+                    Err(Error::KeysUnavailable { failures }) => failures
+                        .iter()
+                        .find(|f| f.table == r.table && f.version == r.version)
+                        .map(|f| f.error.to_string()),
+                    Err(e) => Some(e.to_string()),
+                },
+            }
+        }))?;
+        let keys = keys?;
 
         let files = Arc::new(StoreFiles::new(store_id, data.store_key.current));
         let mut by_table: BTreeMap<u32, Vec<(u32, Suite, &DataKey)>> = BTreeMap::new();
@@ -457,6 +486,7 @@ impl Store {
                 clock: SystemClock,
                 write_options,
                 cf_options,
+                audit,
             }),
         })
     }
@@ -497,7 +527,7 @@ impl Store {
             .clone()
             .unwrap_or_else(|| keyring.data().default_key.clone());
         let suite = options.suite.unwrap_or(inner.suite);
-        let (version, generated) = keyring::generate(
+        let generated = keyring::generate(
             &*inner.kms,
             &keyring.data().store_id,
             id,
@@ -505,7 +535,15 @@ impl Store {
             &cmk,
             suite,
             inner.clock.now(),
-        )?;
+        );
+        inner.audit.append(&AuditEvent {
+            op: "generate-data-key",
+            key: &cmk,
+            table: name,
+            reason: Reason::CreateTable,
+            error: generated.as_ref().err().map(ToString::to_string),
+        })?;
+        let (version, generated) = generated?;
         let entry = TableEntry {
             name: name.to_owned(),
             value_seal: options.value_seal,

@@ -4,6 +4,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod audit;
 mod bench;
 mod bench_page;
 mod db;
@@ -79,6 +80,9 @@ enum Command {
     /// Tablespaces of the encrypted page store.
     #[command(subcommand)]
     Page(page::PageCommand),
+    /// A store's audit trail of KMS calls.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Benchmarks: plain vs encrypted, side by side.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
         Command::Load { target } => db::load(cli.kms.as_deref(), &target),
         Command::Verify { path } => db::verify(cli.kms.as_deref(), &path),
         Command::Page(cmd) => page::run(cli.kms.as_deref(), cmd),
+        Command::Audit(cmd) => audit::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {
