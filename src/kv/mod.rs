@@ -13,6 +13,7 @@
 //! (confidentiality, no integrity), and RocksDB's compression becomes effective again.
 
 mod files;
+mod rotate;
 mod table;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use rocksdb::{ColumnFamilyDescriptor, DBWithThreadMode, MultiThreaded};
 
 pub use files::PREFIX_LEN;
 use files::{FileKey, StoreFiles};
+pub use rotate::RewrapReport;
 use table::TableState;
 pub use table::{ScanOptions, Snapshot, Table, TableIter, WriteBatch};
 

@@ -294,3 +294,18 @@ pub(crate) fn verify(flag: Option<&str>, path: &Path) -> CliResult {
     println!("verified {total} records in {} tables", store.tables().len());
     Ok(())
 }
+
+pub(crate) fn rotate(
+    flag: Option<&str>,
+    path: &Path,
+    table: Option<&str>,
+    to_key: Option<&str>,
+) -> CliResult {
+    let store = open_store(path, flag)?;
+    let report = store.rewrap(table, to_key)?;
+    println!(
+        "rewrapped {} data key(s) of {} envelope(s); no data file was rewritten",
+        report.wrapped_keys, report.envelopes
+    );
+    Ok(())
+}

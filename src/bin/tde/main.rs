@@ -80,6 +80,23 @@ enum Command {
     /// Tablespaces of the encrypted page store.
     #[command(subcommand)]
     Page(page::PageCommand),
+    /// Rewrap a store's data keys under the current version of their master key (after
+    /// `tde kms rotate`), or under another master key (--to-key). Online; no data file is
+    /// rewritten.
+    Rotate {
+        /// Directory of the store.
+        path: std::path::PathBuf,
+        /// Only this table (default: every table and the store-level key).
+        #[arg(long, value_name = "T")]
+        table: Option<String>,
+        /// Rotate the master key wrapping (rewrap the EDKs).
+        #[arg(long, required = true)]
+        master: bool,
+        /// Wrap under this master key instead (it becomes the store's default when no
+        /// --table is given).
+        #[arg(long, value_name = "KEY")]
+        to_key: Option<String>,
+    },
     /// A store's audit trail of KMS calls.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -106,6 +123,12 @@ fn main() -> ExitCode {
         Command::Load { target } => db::load(cli.kms.as_deref(), &target),
         Command::Verify { path } => db::verify(cli.kms.as_deref(), &path),
         Command::Page(cmd) => page::run(cli.kms.as_deref(), cmd),
+        Command::Rotate {
+            path,
+            table,
+            master: _,
+            to_key,
+        } => db::rotate(cli.kms.as_deref(), &path, table.as_deref(), to_key.as_deref()),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };
