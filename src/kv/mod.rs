@@ -14,6 +14,7 @@
 
 mod files;
 mod rotate;
+mod shred;
 mod table;
 
 use std::collections::BTreeMap;

@@ -51,6 +51,11 @@ pub(crate) enum TableCommand {
         path: PathBuf,
         /// Table name.
         name: String,
+        /// Crypto-shred: also rewrite both keyring copies without the table's wrapped
+        /// keys and retire the write-ahead log that held its records. Backups still hold
+        /// the wrapped keys: destroy the master key to shred those.
+        #[arg(long)]
+        shred: bool,
     },
     /// List tables.
     List {
@@ -157,9 +162,15 @@ pub(crate) fn run_table(flag: Option<&str>, cmd: TableCommand) -> CliResult {
                 );
             }
         }
-        TableCommand::Drop { path, name } => {
-            open_store(&path, flag)?.drop_table(&name)?;
-            println!("table {name} dropped");
+        TableCommand::Drop { path, name, shred } => {
+            let store = open_store(&path, flag)?;
+            if shred {
+                store.shred_table(&name)?;
+                println!("table {name} dropped and shredded: no copy of its data key is left in the store");
+            } else {
+                store.drop_table(&name)?;
+                println!("table {name} dropped");
+            }
         }
         TableCommand::List { path, json } => {
             let store = open_store(&path, flag)?;
