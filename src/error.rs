@@ -95,6 +95,21 @@ pub enum Error {
     #[error("storage engine: {0}")]
     Engine(String),
 
+    /// The table's master key was disabled, scheduled for deletion, deleted or is no
+    /// longer permitted, as the key-state watch found: the table failed closed and its
+    /// data keys were wiped from memory. Re-enable the key and reopen the store.
+    #[error(
+        "table {table:?} is unavailable: its master key {key} was revoked ({reason}); re-enable the key and reopen the store"
+    )]
+    KeyRevoked {
+        /// The table.
+        table: String,
+        /// The master key.
+        key: String,
+        /// What the KMS reported.
+        reason: String,
+    },
+
     /// The buffer pool cannot make room: every frame is pinned (or one page is larger
     /// than the whole budget). Release page guards or give the pool a larger budget.
     #[error(

@@ -16,6 +16,7 @@ mod files;
 mod rotate;
 mod shred;
 mod table;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ use files::{FileKey, StoreFiles};
 pub use rotate::RewrapReport;
 use table::TableState;
 pub use table::{ScanOptions, Snapshot, Table, TableIter, WriteBatch};
+pub use watch::{KeyWatch, WatchReport};
 
 use crate::audit::{AuditEvent, AuditLog, Reason};
 use crate::cipher::Suite;

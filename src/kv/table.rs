@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use parking_lot::RwLock;
 use rocksdb::{BoundColumnFamily, DBRawIteratorWithThreadMode, ReadOptions};
 
 use super::{Db, StoreInner, engine};
@@ -21,8 +22,10 @@ pub(crate) struct TableState {
     pub(crate) cf: String,
     pub(crate) seal: bool,
     pub(crate) suite: Suite,
-    keys: HashMap<u32, Arc<AeadKey>>,
+    keys: RwLock<HashMap<u32, Arc<AeadKey>>>,
     current: u32,
+    /// Set when the table's master key was revoked: (master key, why).
+    revoked: RwLock<Option<(String, String)>>,
 }
 
 impl TableState {
@@ -33,8 +36,31 @@ impl TableState {
             cf: super::cf_name(entry.envelope.table_id),
             seal: entry.value_seal,
             suite: entry.envelope.suite,
-            keys,
+            keys: RwLock::new(keys),
             current: entry.envelope.current,
+            revoked: RwLock::new(None),
+        }
+    }
+
+    /// Fails closed: every later operation returns [`Error::KeyRevoked`] and the value
+    /// keys are dropped (wiped, once no operation in flight still holds one).
+    pub(crate) fn revoke(&self, key: &str, why: &str) {
+        *self.revoked.write() = Some((key.to_owned(), why.to_owned()));
+        self.keys.write().clear();
+    }
+
+    pub(crate) fn is_revoked(&self) -> bool {
+        self.revoked.read().is_some()
+    }
+
+    pub(crate) fn check(&self) -> Result<()> {
+        match &*self.revoked.read() {
+            Some((key, why)) => Err(Error::KeyRevoked {
+                table: self.name.clone(),
+                key: key.clone(),
+                reason: why.clone(),
+            }),
+            None => Ok(()),
         }
     }
 }
@@ -83,9 +109,15 @@ impl TableState {
         if !self.seal {
             return Ok(value.to_vec());
         }
-        let aead = self.keys.get(&self.current).ok_or_else(|| {
-            Error::InvalidArgument(format!("table {:?} has no current data key", self.name))
-        })?;
+        let keys = self.keys.read();
+        let Some(aead) = keys.get(&self.current) else {
+            drop(keys);
+            self.check()?;
+            return Err(Error::InvalidArgument(format!(
+                "table {:?} has no current data key",
+                self.name
+            )));
+        };
         with_aad(store_id, self.id, key, |aad| aead.seal(aad, value))
     }
 
@@ -95,16 +127,18 @@ impl TableState {
         }
         let location = || format!("table {:?}, key {}", self.name, key_preview(key));
         let sealed = Sealed::parse(stored).map_err(|_| Error::Authentication { location: location() })?;
-        let aead = self
-            .keys
-            .get(&sealed.key_version)
-            .ok_or_else(|| Error::Authentication {
+        let keys = self.keys.read();
+        let Some(aead) = keys.get(&sealed.key_version) else {
+            drop(keys);
+            self.check()?;
+            return Err(Error::Authentication {
                 location: format!(
                     "{} (sealed with unknown data key version {})",
                     location(),
                     sealed.key_version
                 ),
-            })?;
+            });
+        };
         with_aad(store_id, self.id, key, |aad| aead.open(aad, stored)).map_err(|e| e.at(location()))
     }
 }
@@ -206,6 +240,7 @@ impl Table {
     }
 
     fn cf(&self) -> Result<Arc<BoundColumnFamily<'_>>> {
+        self.state.check()?;
         self.store
             .db
             .cf_handle(&self.state.cf)
@@ -366,6 +401,10 @@ impl WriteBatch {
                 "table {:?} belongs to another store",
                 table.state.name
             )));
+            return None;
+        }
+        if let Err(e) = table.state.check() {
+            error.get_or_insert(e);
             return None;
         }
         let cf = store.db.cf_handle(&table.state.cf);

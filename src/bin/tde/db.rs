@@ -320,3 +320,24 @@ pub(crate) fn rotate(
     );
     Ok(())
 }
+
+pub(crate) fn watch(flag: Option<&str>, path: &Path, interval: u64, once: bool) -> CliResult {
+    let store = open_store(path, flag)?;
+    loop {
+        let report = store.check_keys()?;
+        for (key, error) in &report.unreachable {
+            println!("unreachable: master key {key}: {error} (tables keep working)");
+        }
+        for (table, key, why) in &report.revoked {
+            println!("revoked: table {table} (master key {key}): {why}");
+        }
+        if once {
+            println!("checked {} master key(s)", report.keys_checked);
+            if !report.revoked.is_empty() {
+                return Err(format!("{} table(s) failed closed", report.revoked.len()).into());
+            }
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs(interval.max(1)));
+    }
+}

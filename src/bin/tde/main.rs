@@ -97,6 +97,19 @@ enum Command {
         #[arg(long, value_name = "KEY")]
         to_key: Option<String>,
     },
+    /// Ask the KMS for the state of every master key a store uses, and report tables
+    /// whose key was revoked (disabled, pending deletion, gone or not permitted). Repeats
+    /// every --interval until interrupted, unless --once.
+    Watch {
+        /// Directory of the store.
+        path: std::path::PathBuf,
+        /// Seconds between checks.
+        #[arg(long, default_value_t = 30)]
+        interval: u64,
+        /// Check once and exit (non-zero if a key is revoked).
+        #[arg(long)]
+        once: bool,
+    },
     /// A store's audit trail of KMS calls.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -129,6 +142,7 @@ fn main() -> ExitCode {
             master: _,
             to_key,
         } => db::rotate(cli.kms.as_deref(), &path, table.as_deref(), to_key.as_deref()),
+        Command::Watch { path, interval, once } => db::watch(cli.kms.as_deref(), &path, interval, once),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };
