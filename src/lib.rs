@@ -21,6 +21,8 @@
 //! - [`secret`]: key types that wipe themselves and never print.
 //! - [`keyring`]: table → wrapped data keys, unwrapped once at open.
 //! - [`audit`]: the hash-chained trail of every KMS call a store makes.
+//! - [`backup`]: ciphertext backups: incremental, verifiable without keys, restorable
+//!   with the KMS.
 //! - [`kv`]: the encrypted key-value store on RocksDB (a column family per table).
 //! - [`page`]: the encrypted page store (a tablespace file per table) and its shared
 //!   buffer pool, for engines that manage their own pages.
@@ -53,6 +55,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod backup;
 pub mod cipher;
 pub mod clock;
 pub mod durable;

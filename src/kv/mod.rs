@@ -12,6 +12,7 @@
 //! authentication error. With it off, values are protected by file encryption only
 //! (confidentiality, no integrity), and RocksDB's compression becomes effective again.
 
+mod checkpoint;
 mod files;
 mod rotate;
 mod shred;

@@ -5,6 +5,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod audit;
+mod backup;
 mod bench;
 mod bench_page;
 mod db;
@@ -110,6 +111,9 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Ciphertext backups: create, list, verify, restore.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
     /// A store's audit trail of KMS calls.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -143,6 +147,7 @@ fn main() -> ExitCode {
             to_key,
         } => db::rotate(cli.kms.as_deref(), &path, table.as_deref(), to_key.as_deref()),
         Command::Watch { path, interval, once } => db::watch(cli.kms.as_deref(), &path, interval, once),
+        Command::Backup(cmd) => backup::run(cli.kms.as_deref(), cmd),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };

@@ -1,0 +1,114 @@
+//! `tde backup create|list|verify|restore`: ciphertext backups from the command line.
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use tde::kms::KmsUri;
+use tde::kv::StoreOptions;
+
+use crate::CliResult;
+use crate::db::{absolute, connect, open_store};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BackupCommand {
+    /// Back up a store into DEST (created if needed). Only files not already in DEST are
+    /// copied; every backup stays restorable on its own.
+    Create {
+        /// Directory of the store.
+        path: PathBuf,
+        /// Backup destination.
+        dest: PathBuf,
+    },
+    /// List the backups in DEST.
+    List {
+        /// Backup destination.
+        dest: PathBuf,
+    },
+    /// Check every manifest and file checksum without any key; with --deep, also restore
+    /// to a scratch directory and authenticate every record (needs the KMS).
+    Verify {
+        /// Backup destination.
+        dest: PathBuf,
+        /// Only this backup.
+        #[arg(long)]
+        id: Option<String>,
+        /// Also unwrap the keys and authenticate every record.
+        #[arg(long)]
+        deep: bool,
+    },
+    /// Restore the latest backup (or --id) into NEWPATH, a new directory; needs the KMS.
+    Restore {
+        /// Backup destination.
+        dest: PathBuf,
+        /// Directory to restore into (must not exist or be empty).
+        newpath: PathBuf,
+        /// The backup to restore (default: the latest).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+/// Store options for a backup: `--kms` if given, else the KMS its manifest records.
+fn options_for(dest: &Path, id: Option<&str>, flag: Option<&str>) -> CliResult<StoreOptions> {
+    let uri = match flag {
+        Some(f) => absolute(KmsUri::parse(f)?)?,
+        None => KmsUri::parse(&tde::backup::find(dest, id)?.kms)?,
+    };
+    Ok(StoreOptions::new(connect(&uri)?).kms_uri(uri.to_string()))
+}
+
+pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
+    match cmd {
+        BackupCommand::Create { path, dest } => {
+            let store = open_store(&path, flag)?;
+            let report = tde::backup::create(&store, &dest)?;
+            println!("{}", report.id);
+            eprintln!(
+                "backup {} of {}: {} files, {} bytes, {} bytes copied (the rest was already in {})",
+                report.id,
+                path.display(),
+                report.files,
+                report.bytes,
+                report.copied_bytes,
+                dest.display()
+            );
+        }
+        BackupCommand::List { dest } => {
+            for m in tde::backup::list(&dest)? {
+                let bytes: u64 = m.files.iter().map(|f| f.size).sum();
+                println!(
+                    "{}  {}  store {}  {} files  {bytes} bytes",
+                    m.id,
+                    m.created,
+                    m.store_id,
+                    m.files.len()
+                );
+            }
+        }
+        BackupCommand::Verify { dest, id, deep } => {
+            let report = if deep {
+                tde::backup::verify_deep(&dest, id.as_deref(), options_for(&dest, id.as_deref(), flag)?)?
+            } else {
+                tde::backup::verify(&dest, id.as_deref())?
+            };
+            println!(
+                "{} backup(s), {} files, {} bytes: checksums match",
+                report.backups, report.files, report.bytes
+            );
+            if let Some(records) = report.records {
+                println!("{records} records authenticated");
+            }
+        }
+        BackupCommand::Restore { dest, newpath, id } => {
+            let options = options_for(&dest, id.as_deref(), flag)?;
+            let store = tde::backup::restore(&dest, id.as_deref(), &newpath, options)?;
+            println!(
+                "restored store {} into {} ({} tables)",
+                store.store_id(),
+                newpath.display(),
+                store.tables().len()
+            );
+        }
+    }
+    Ok(())
+}
