@@ -286,4 +286,90 @@ fn the_cli_backs_up_lists_verifies_and_restores() {
     assert!(
         run(&["--kms", &kms, "get", &target, "users", "k000042"]).starts_with("BACKUP-PLAINTEXT-MARKER42")
     );
+
+    // Carry it to another KMS.
+    let other = t.tmp.path().join("kms-2");
+    let other_uri = format!("local:{}", other.display());
+    run(&["kms", "init", &other.to_string_lossy()]);
+    let key = run(&["--kms", &other_uri, "kms", "create-key"]);
+    let key = key.lines().next().unwrap().trim().to_owned();
+    let out = run(&[
+        "--kms", &kms, "backup", "rewrap", &dest, "--to-key", &key, "--to-kms", &other_uri,
+    ]);
+    assert!(out.contains("no data file changed"), "{out}");
+    let moved = t.tmp.path().join("moved").to_string_lossy().into_owned();
+    assert!(
+        run(&["backup", "restore", &dest, &moved]).contains("1 tables"),
+        "the manifest names the new KMS"
+    );
+}
+
+#[test]
+fn rewrap_carries_a_backup_to_another_kms_without_touching_its_data() {
+    use std::sync::Arc;
+    let t = TestStore::new();
+    let store = t.create();
+    store.create_table("users", &TableOptions::default()).unwrap();
+    fill(&store, "users", 0, 200);
+    let dest = t.tmp.path().join("backups");
+    let backup = tde::backup::create(&store, &dest).unwrap();
+    drop(store);
+    let data_objects = |m: &tde::backup::Manifest| -> Vec<String> {
+        m.files
+            .iter()
+            .filter(|f| !f.name.starts_with("TDE-KEYRING"))
+            .map(|f| format!("{}={}", f.name, f.sha256))
+            .collect()
+    };
+    let before = tde::backup::find(&dest, None).unwrap();
+
+    // Another KMS, e.g. in another region.
+    let other = Arc::new(tde::kms::local::LocalKms::create(t.tmp.path().join("kms-2")).unwrap());
+    let key = other.create_key(&CreateKeyOptions::default()).unwrap().key_id;
+    let after = tde::backup::rewrap(
+        &dest,
+        None,
+        &*t.kms,
+        &*other,
+        false,
+        &key,
+        Some("local:elsewhere"),
+    )
+    .unwrap();
+    assert_eq!(after.id, backup.id);
+    assert_eq!(
+        data_objects(&after),
+        data_objects(&before),
+        "no data file changed"
+    );
+    assert_ne!(after.files, before.files, "the keyring did");
+    assert_eq!(after.kms, "local:elsewhere");
+    tde::backup::verify(&dest, None).unwrap();
+    scan_clean(&dest, &plaintext_keys(&t));
+
+    // Only the new KMS can restore it now.
+    let err = tde::backup::restore(&dest, None, &t.tmp.path().join("r1"), t.options()).unwrap_err();
+    assert!(matches!(err, Error::KeysUnavailable { .. }), "{err:?}");
+    let restored = tde::backup::restore(
+        &dest,
+        None,
+        &t.tmp.path().join("r2"),
+        tde::kv::StoreOptions::new(other.clone()),
+    )
+    .unwrap();
+    assert_eq!(count(&restored, "users"), 200);
+    drop(restored);
+
+    // Within one KMS, to another key: the old key is then not needed.
+    let k3 = other.create_key(&CreateKeyOptions::default()).unwrap().key_id;
+    tde::backup::rewrap(&dest, None, &*other, &*other, true, &k3, None).unwrap();
+    other.disable_key(&key).unwrap();
+    let restored = tde::backup::restore(
+        &dest,
+        None,
+        &t.tmp.path().join("r3"),
+        tde::kv::StoreOptions::new(other.clone()),
+    )
+    .unwrap();
+    assert_eq!(count(&restored, "users"), 200);
 }

@@ -409,3 +409,102 @@ pub fn verify_deep(dest: &Path, id: Option<&str>, options: StoreOptions) -> Resu
     report.records = Some(records);
     Ok(report)
 }
+
+/// Rewraps the data keys of backup `id` (or the latest) in `dest` for master key `to_key`
+/// of the KMS `to`, without touching its data files: each EDK is re-encrypted inside the
+/// KMS when `to` is the KMS that wrapped it (`from`), else unwrapped by `from` and wrapped
+/// by `to` in memory. The backup's keyring and manifest are replaced atomically (same id);
+/// its `kms` becomes `to_kms_uri` (default: `to`'s description). The old keyring's files
+/// are removed from `dest` once no backup refers to them.
+///
+/// # Errors
+/// [`Error::Kms`] if a key refuses (nothing changes); [`Error::Corrupt`], [`Error::Io`].
+pub fn rewrap(
+    dest: &Path,
+    id: Option<&str>,
+    from: &dyn crate::kms::Kms,
+    to: &dyn crate::kms::Kms,
+    same_kms: bool,
+    to_key: &str,
+    to_kms_uri: Option<&str>,
+) -> Result<Manifest> {
+    use crate::keyring::{KEYRING_FILE, Keyring};
+    use crate::secret::WrappedKey;
+
+    let mut manifest = find(dest, id)?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".rewrap-")
+        .tempdir_in(dest)
+        .map_err(|e| io("creating a directory in", dest, e))?;
+    let is_keyring = |name: &str| name.starts_with(KEYRING_FILE);
+    for file in manifest.files.iter().filter(|f| is_keyring(&f.name)) {
+        std::fs::copy(
+            dest.join(OBJECTS).join(&file.sha256),
+            scratch.path().join(&file.name),
+        )
+        .map_err(|e| io("copying into", scratch.path(), e))?;
+    }
+    let mut keyring = Keyring::open(scratch.path())?;
+    let key_id = to.describe_key(to_key)?.key_id;
+    let store_id = keyring.data().store_id.clone();
+    let rewrap_one = |table_id: u32, version: u32, edk: &WrappedKey| -> Result<WrappedKey> {
+        let context = crate::keyring::context(&store_id, table_id, version);
+        let bytes = if same_kms {
+            from.re_encrypt(edk.as_bytes(), &context, to_key, &context)?
+        } else {
+            let plain = from.decrypt(edk.as_bytes(), &context)?;
+            to.encrypt(to_key, plain.expose(), &context)?
+        };
+        Ok(WrappedKey::from_bytes(bytes))
+    };
+    let mut next = keyring.data().clone();
+    for envelope in
+        std::iter::once(&mut next.store_key).chain(next.tables.iter_mut().map(|t| &mut t.envelope))
+    {
+        for v in &mut envelope.versions {
+            v.edk = rewrap_one(envelope.table_id, v.version, &v.edk)?;
+            v.cmk_id = key_id.clone();
+        }
+        envelope.cmk = to_key.to_owned();
+    }
+    next.default_key = to_key.to_owned();
+    next.kms = to_kms_uri.map_or_else(|| to.describe(), ToOwned::to_owned);
+    keyring.update(|data| {
+        *data = next;
+        Ok(())
+    })?;
+
+    let old: Vec<String> = manifest
+        .files
+        .iter()
+        .filter(|f| is_keyring(&f.name))
+        .map(|f| f.sha256.clone())
+        .collect();
+    for file in manifest.files.iter_mut().filter(|f| is_keyring(&f.name)) {
+        let path = scratch.path().join(&file.name);
+        let (size, sha256) = sha256_file(&path)?;
+        let object = dest.join(OBJECTS).join(&sha256);
+        if !object.exists() {
+            copy_durably(&path, &object)?;
+        }
+        *file = BackupFile {
+            name: file.name.clone(),
+            size,
+            sha256,
+        };
+    }
+    sync_dir(&dest.join(OBJECTS))?;
+    manifest.kms = keyring.data().kms.clone();
+    manifest.checksum = manifest.checksum_of()?;
+    write_manifest(dest, &manifest)?;
+
+    // Old wrapped keys that no backup refers to any more.
+    let referenced: std::collections::HashSet<String> = list(dest)?
+        .into_iter()
+        .flat_map(|m| m.files.into_iter().map(|f| f.sha256))
+        .collect();
+    for sha in old.into_iter().filter(|s| !referenced.contains(s)) {
+        let _ = std::fs::remove_file(dest.join(OBJECTS).join(sha));
+    }
+    Ok(manifest)
+}

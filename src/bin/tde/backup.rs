@@ -36,6 +36,21 @@ pub(crate) enum BackupCommand {
         #[arg(long)]
         deep: bool,
     },
+    /// Rewrap a backup's data keys for another master key and/or another KMS, without
+    /// touching its data files (e.g. to carry it to another region or provider).
+    Rewrap {
+        /// Backup destination.
+        dest: PathBuf,
+        /// The master key to wrap under.
+        #[arg(long, value_name = "KEY")]
+        to_key: String,
+        /// The KMS of that key (default: the backup's own KMS).
+        #[arg(long, value_name = "URI")]
+        to_kms: Option<String>,
+        /// The backup to rewrap (default: the latest).
+        #[arg(long)]
+        id: Option<String>,
+    },
     /// Restore the latest backup (or --id) into NEWPATH, a new directory; needs the KMS.
     Restore {
         /// Backup destination.
@@ -98,6 +113,39 @@ pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
             if let Some(records) = report.records {
                 println!("{records} records authenticated");
             }
+        }
+        BackupCommand::Rewrap {
+            dest,
+            to_key,
+            to_kms,
+            id,
+        } => {
+            let from_uri = match flag {
+                Some(f) => absolute(KmsUri::parse(f)?)?,
+                None => KmsUri::parse(&tde::backup::find(&dest, id.as_deref())?.kms)?,
+            };
+            let from = connect(&from_uri)?;
+            let (to, to_uri, same) = match to_kms {
+                Some(u) => {
+                    let uri = absolute(KmsUri::parse(&u)?)?;
+                    let same = uri == from_uri;
+                    (connect(&uri)?, uri, same)
+                }
+                None => (from.clone(), from_uri.clone(), true),
+            };
+            let m = tde::backup::rewrap(
+                &dest,
+                id.as_deref(),
+                &*from,
+                &*to,
+                same,
+                &to_key,
+                Some(&to_uri.to_string()),
+            )?;
+            println!(
+                "backup {} rewrapped for {to_key} (KMS {to_uri}); no data file changed",
+                m.id
+            );
         }
         BackupCommand::Restore { dest, newpath, id } => {
             let options = options_for(&dest, id.as_deref(), flag)?;
