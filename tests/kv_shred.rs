@@ -116,3 +116,55 @@ fn the_cli_shreds() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("shredded"));
     assert!(holders(&t, &edk).is_empty());
 }
+
+#[test]
+fn a_backup_keeps_a_shredded_table_until_its_master_key_is_destroyed() {
+    use std::sync::Arc;
+    use tde::kms::local::{CreateKeyOptions, LocalKms};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(tde::clock::ManualClock::new());
+    let kms = Arc::new(
+        LocalKms::builder(tmp.path().join("kms"))
+            .clock(clock.clone())
+            .create()
+            .unwrap(),
+    );
+    let key = kms.create_key(&CreateKeyOptions::default()).unwrap().key_id;
+    let options = || tde::kv::StoreOptions::new(kms.clone());
+    let path = tmp.path().join("store");
+    let store = tde::kv::Store::create(&path, options()).unwrap();
+    let table = store
+        .create_table(
+            "patients",
+            &TableOptions {
+                master_key: Some(key.clone()),
+                ..TableOptions::default()
+            },
+        )
+        .unwrap();
+    table.put(b"p1", b"record").unwrap();
+    drop(table);
+    let dest = tmp.path().join("backups");
+    tde::backup::create(&store, &dest).unwrap();
+    store.shred_table("patients").unwrap();
+    drop(store);
+
+    // The backup still holds the wrapped key: it restores the table.
+    let restored = tde::backup::restore(&dest, None, &tmp.path().join("r1"), options()).unwrap();
+    assert_eq!(
+        restored.table("patients").unwrap().get(b"p1").unwrap().as_deref(),
+        Some(&b"record"[..])
+    );
+    drop(restored);
+
+    // Destroying the master key shreds it there too.
+    kms.schedule_key_deletion(&key, Some(7)).unwrap();
+    clock.advance(std::time::Duration::from_secs(8 * 24 * 3600));
+    let err = tde::backup::restore(&dest, None, &tmp.path().join("r2"), options()).unwrap_err();
+    assert!(matches!(err, tde::Error::KeysUnavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("patients"), "{err}");
+    // The store itself, without the table, is unaffected.
+    let store = tde::kv::Store::open(&path, options()).unwrap();
+    assert!(store.tables().is_empty());
+}
