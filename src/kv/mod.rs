@@ -213,13 +213,21 @@ impl Default for TableOptions {
     }
 }
 
+impl StoreInner {
+    /// The KMS the store uses now.
+    pub(crate) fn kms(&self) -> Arc<dyn Kms> {
+        self.kms.read().clone()
+    }
+}
+
 pub(crate) struct StoreInner {
     path: PathBuf,
     pub(crate) db: Db,
     files: Arc<StoreFiles>,
     keyring: Mutex<Keyring>,
     tables: RwLock<BTreeMap<String, Arc<TableState>>>,
-    kms: Arc<dyn Kms>,
+    /// Replaced by a migration to another KMS.
+    kms: RwLock<Arc<dyn Kms>>,
     pub(crate) store_id: [u8; 16],
     suite: Suite,
     clock: SystemClock,
@@ -486,7 +494,7 @@ impl Store {
                 files,
                 keyring: Mutex::new(keyring),
                 tables: RwLock::new(tables),
-                kms: options.kms,
+                kms: RwLock::new(options.kms),
                 store_id,
                 suite: options.suite,
                 clock: SystemClock,
@@ -534,7 +542,7 @@ impl Store {
             .unwrap_or_else(|| keyring.data().default_key.clone());
         let suite = options.suite.unwrap_or(inner.suite);
         let generated = keyring::generate(
-            &*inner.kms,
+            &*inner.kms(),
             &keyring.data().store_id,
             id,
             1,

@@ -4,6 +4,7 @@
 //! Invariant: only the keyring changes, in one atomic update; the data keys stay the same
 //! (so no data file is rewritten and reads and writes never pause), and a crash leaves the
 //! old or the new keyring, each of which opens as long as its master keys are usable.
+//! Migration to another KMS works the same way, with the unwrap and wrap done by two KMSs.
 //! Not here: data-key rotation, which re-encrypts data.
 
 use super::Store;
@@ -51,6 +52,7 @@ impl Store {
             }
         }
         let retry = RetryPolicy::default();
+        let kms = inner.kms();
         let mut report = RewrapReport {
             envelopes: 0,
             wrapped_keys: 0,
@@ -58,7 +60,7 @@ impl Store {
         let mut rewrapped = Vec::with_capacity(targets.len());
         for (name, envelope) in targets {
             let dest = to_key.unwrap_or(&envelope.cmk).to_owned();
-            let described = retry.run(|| inner.kms.describe_key(&dest));
+            let described = retry.run(|| kms.describe_key(&dest));
             inner.audit.append(&AuditEvent {
                 op: "describe-key",
                 key: &dest,
@@ -71,11 +73,7 @@ impl Store {
             next.cmk = dest.clone();
             for version in &mut next.versions {
                 let context = keyring::context(&data.store_id, envelope.table_id, version.version);
-                let wrapped = retry.run(|| {
-                    inner
-                        .kms
-                        .re_encrypt(version.edk.as_bytes(), &context, &dest, &context)
-                });
+                let wrapped = retry.run(|| kms.re_encrypt(version.edk.as_bytes(), &context, &dest, &context));
                 inner.audit.append(&AuditEvent {
                     op: "re-encrypt",
                     key: &dest,
@@ -107,6 +105,85 @@ impl Store {
             }
             Ok(())
         })?;
+        Ok(report)
+    }
+}
+
+impl Store {
+    /// Moves the whole store to master key `to_key` of the KMS `to` (another KMS, or the
+    /// same one), online: every wrapped data key is unwrapped by the current KMS and
+    /// wrapped by `to`, in memory only; then the keyring switches in one atomic write
+    /// (recording `to_kms_uri`, default `to`'s description) and the store uses `to` from
+    /// then on. The data keys do not change, so no data file is rewritten and reads and
+    /// writes continue. A crash leaves the old or the new keyring, each complete.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] if either KMS refuses (nothing changes); [`Error::Io`].
+    pub fn migrate(
+        &self,
+        to: std::sync::Arc<dyn crate::kms::Kms>,
+        to_key: &str,
+        to_kms_uri: Option<&str>,
+    ) -> Result<RewrapReport> {
+        let inner = &self.inner;
+        let mut keyring = inner.keyring.lock();
+        let from = inner.kms();
+        let retry = RetryPolicy::default();
+        let mut next = keyring.data().clone();
+        let store_id = next.store_id.clone();
+        let names: Vec<String> = std::iter::once("(store)".to_owned())
+            .chain(next.tables.iter().map(|t| t.name.clone()))
+            .collect();
+        let described = retry.run(|| to.describe_key(to_key));
+        inner.audit.append(&AuditEvent {
+            op: "describe-key",
+            key: to_key,
+            table: "(store)",
+            reason: Reason::Migrate,
+            error: described.as_ref().err().map(ToString::to_string),
+        })?;
+        let key_id = described?.key_id;
+        let mut report = RewrapReport {
+            envelopes: 0,
+            wrapped_keys: 0,
+        };
+        let envelopes =
+            std::iter::once(&mut next.store_key).chain(next.tables.iter_mut().map(|t| &mut t.envelope));
+        for (envelope, name) in envelopes.zip(&names) {
+            for version in &mut envelope.versions {
+                let context = keyring::context(&store_id, envelope.table_id, version.version);
+                let plain = retry.run(|| from.decrypt(version.edk.as_bytes(), &context));
+                inner.audit.append(&AuditEvent {
+                    op: "decrypt",
+                    key: &envelope.cmk,
+                    table: name,
+                    reason: Reason::Migrate,
+                    error: plain.as_ref().err().map(ToString::to_string),
+                })?;
+                let plain = plain?;
+                let wrapped = retry.run(|| to.encrypt(to_key, plain.expose(), &context));
+                drop(plain);
+                inner.audit.append(&AuditEvent {
+                    op: "encrypt",
+                    key: to_key,
+                    table: name,
+                    reason: Reason::Migrate,
+                    error: wrapped.as_ref().err().map(ToString::to_string),
+                })?;
+                version.edk = WrappedKey::from_bytes(wrapped?);
+                version.cmk_id = key_id.clone();
+                report.wrapped_keys += 1;
+            }
+            envelope.cmk = to_key.to_owned();
+            report.envelopes += 1;
+        }
+        next.default_key = to_key.to_owned();
+        next.kms = to_kms_uri.map_or_else(|| to.describe(), ToOwned::to_owned);
+        keyring.update(|data| {
+            *data = next;
+            Ok(())
+        })?;
+        *inner.kms.write() = to;
         Ok(report)
     }
 }

@@ -131,7 +131,7 @@ impl Store {
         let mut report = WatchReport::default();
         for (key, tables) in by_key {
             report.keys_checked += 1;
-            let described = inner.kms.describe_key(&key);
+            let described = inner.kms().describe_key(&key);
             inner.audit.append(&AuditEvent {
                 op: "describe-key",
                 key: &key,

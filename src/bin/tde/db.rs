@@ -341,3 +341,23 @@ pub(crate) fn watch(flag: Option<&str>, path: &Path, interval: u64, once: bool) 
         std::thread::sleep(std::time::Duration::from_secs(interval.max(1)));
     }
 }
+
+pub(crate) fn migrate(flag: Option<&str>, path: &Path, to_key: &str, to_kms: Option<&str>) -> CliResult {
+    let store = open_store(path, flag)?;
+    let (to, uri) = match to_kms {
+        Some(u) => {
+            let uri = absolute(KmsUri::parse(u)?)?;
+            (connect(&uri)?, uri.to_string())
+        }
+        None => {
+            let uri = KmsUri::parse(&store.recorded_kms())?;
+            (connect(&uri)?, uri.to_string())
+        }
+    };
+    let report = store.migrate(to, to_key, Some(&uri))?;
+    println!(
+        "moved {} data key(s) of {} envelope(s) to {to_key} (KMS {uri}); no data file was rewritten",
+        report.wrapped_keys, report.envelopes
+    );
+    Ok(())
+}

@@ -98,6 +98,18 @@ enum Command {
         #[arg(long, value_name = "KEY")]
         to_key: Option<String>,
     },
+    /// Move a whole store to another master key and/or KMS, online: every data key is
+    /// unwrapped by the current KMS and wrapped by the new one; no data file is rewritten.
+    Migrate {
+        /// Directory of the store.
+        path: std::path::PathBuf,
+        /// The master key to move to.
+        #[arg(long, value_name = "KEY")]
+        to_key: String,
+        /// The KMS of that key (default: the store's current KMS).
+        #[arg(long, value_name = "URI")]
+        to_kms: Option<String>,
+    },
     /// Ask the KMS for the state of every master key a store uses, and report tables
     /// whose key was revoked (disabled, pending deletion, gone or not permitted). Repeats
     /// every --interval until interrupted, unless --once.
@@ -146,6 +158,9 @@ fn main() -> ExitCode {
             master: _,
             to_key,
         } => db::rotate(cli.kms.as_deref(), &path, table.as_deref(), to_key.as_deref()),
+        Command::Migrate { path, to_key, to_kms } => {
+            db::migrate(cli.kms.as_deref(), &path, &to_key, to_kms.as_deref())
+        }
         Command::Watch { path, interval, once } => db::watch(cli.kms.as_deref(), &path, interval, once),
         Command::Backup(cmd) => backup::run(cli.kms.as_deref(), cmd),
         Command::Audit(cmd) => audit::run(cmd),
