@@ -15,15 +15,7 @@ fn every_kms_call_is_recorded_with_its_reason_and_outcome() {
     let t = TestStore::new();
     let store = t.create();
     let key = t.local().create_key(&CreateKeyOptions::default()).unwrap().key_id;
-    store
-        .create_table(
-            "pii",
-            &TableOptions {
-                master_key: Some(key.clone()),
-                ..TableOptions::default()
-            },
-        )
-        .unwrap();
+    store.create_table("pii", &common::keyed(&key)).unwrap();
     store.create_table("logs", &TableOptions::default()).unwrap();
     drop(store);
     t.local().disable_key(&key).unwrap();

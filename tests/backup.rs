@@ -64,15 +64,7 @@ fn backups_are_incremental_ciphertext_and_each_restores_on_its_own() {
     let t = TestStore::new();
     let store = t.create();
     store.create_table("users", &TableOptions::default()).unwrap();
-    store
-        .create_table(
-            "logs",
-            &TableOptions {
-                value_seal: false,
-                ..TableOptions::default()
-            },
-        )
-        .unwrap();
+    store.create_table("logs", &common::unsealed()).unwrap();
     fill(&store, "users", 0, 2000);
     fill(&store, "logs", 0, 2000);
     let dest = t.tmp.path().join("backups");
@@ -159,15 +151,7 @@ fn damage_is_found_without_keys_and_a_disabled_key_refuses_restore() {
     let t = TestStore::new();
     let key = t.local().create_key(&CreateKeyOptions::default()).unwrap().key_id;
     let store = t.create();
-    store
-        .create_table(
-            "pii",
-            &TableOptions {
-                master_key: Some(key.clone()),
-                ..TableOptions::default()
-            },
-        )
-        .unwrap();
+    store.create_table("pii", &common::keyed(&key)).unwrap();
     fill(&store, "pii", 0, 500);
     let dest = t.tmp.path().join("backups");
     let backup = tde::backup::create(&store, &dest).unwrap();

@@ -31,15 +31,7 @@ fn changing_a_tables_master_key_rewrites_only_the_keyring() {
     let t = TestStore::new();
     let (k1, k2) = (new_key(&t), new_key(&t));
     let store = t.create();
-    let pii = store
-        .create_table(
-            "pii",
-            &TableOptions {
-                master_key: Some(k1.clone()),
-                ..TableOptions::default()
-            },
-        )
-        .unwrap();
+    let pii = store.create_table("pii", &common::keyed(&k1)).unwrap();
     for i in 0..1000u32 {
         pii.put(format!("k{i}").as_bytes(), format!("v{i}").as_bytes())
             .unwrap();

@@ -134,15 +134,7 @@ fn a_backup_keeps_a_shredded_table_until_its_master_key_is_destroyed() {
     let options = || tde::kv::StoreOptions::new(kms.clone());
     let path = tmp.path().join("store");
     let store = tde::kv::Store::create(&path, options()).unwrap();
-    let table = store
-        .create_table(
-            "patients",
-            &TableOptions {
-                master_key: Some(key.clone()),
-                ..TableOptions::default()
-            },
-        )
-        .unwrap();
+    let table = store.create_table("patients", &common::keyed(&key)).unwrap();
     table.put(b"p1", b"record").unwrap();
     drop(table);
     let dest = tmp.path().join("backups");

@@ -10,29 +10,12 @@ use common::TestStore;
 use tde::Error;
 use tde::audit::Reason;
 use tde::kms::local::CreateKeyOptions;
-use tde::kv::TableOptions;
 
 fn setup(t: &TestStore) -> (tde::kv::Store, String) {
     let key = t.local().create_key(&CreateKeyOptions::default()).unwrap().key_id;
     let store = t.create();
-    let pii = store
-        .create_table(
-            "pii",
-            &TableOptions {
-                master_key: Some(key.clone()),
-                ..TableOptions::default()
-            },
-        )
-        .unwrap();
-    let logs = store
-        .create_table(
-            "logs",
-            &TableOptions {
-                value_seal: false,
-                ..TableOptions::default()
-            },
-        )
-        .unwrap();
+    let pii = store.create_table("pii", &common::keyed(&key)).unwrap();
+    let logs = store.create_table("logs", &common::unsealed()).unwrap();
     for i in 0..200u32 {
         pii.put(format!("p{i}").as_bytes(), b"secret").unwrap();
         logs.put(format!("l{i}").as_bytes(), b"line").unwrap();

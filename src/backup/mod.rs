@@ -315,22 +315,28 @@ pub fn verify(dest: &Path, id: Option<&str>) -> Result<VerifyReport> {
                     format!("backup {}: {} is missing", manifest.id, file.name),
                 ));
             }
-            let (size, sha256) = sha256_file(&object)?;
-            if size != file.size || sha256 != file.sha256 {
-                return Err(corrupt(
-                    &object,
-                    format!(
-                        "backup {}: {} does not match its checksum",
-                        manifest.id, file.name
-                    ),
-                ));
-            }
+            check_copy(&object, &object, manifest, file)?;
             report.files += 1;
-            report.bytes += size;
+            report.bytes += file.size;
         }
         report.backups += 1;
     }
     Ok(report)
+}
+
+/// Checks that `path` (a copy of `object`) has the size and SHA-256 `file` records.
+fn check_copy(path: &Path, object: &Path, manifest: &Manifest, file: &BackupFile) -> Result<()> {
+    let (size, sha256) = sha256_file(path)?;
+    if size != file.size || sha256 != file.sha256 {
+        return Err(corrupt(
+            object,
+            format!(
+                "backup {}: {} does not match its checksum",
+                manifest.id, file.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Restores backup `id` (or the latest) of `dest` into `path`, which must not exist or
@@ -371,16 +377,7 @@ fn restore_into(dest: &Path, manifest: &Manifest, path: &Path) -> Result<()> {
         let object = dest.join(OBJECTS).join(&file.sha256);
         let target = path.join(&file.name);
         copy_durably(&object, &target)?;
-        let (size, sha256) = sha256_file(&target)?;
-        if size != file.size || sha256 != file.sha256 {
-            return Err(corrupt(
-                &object,
-                format!(
-                    "backup {}: {} does not match its checksum",
-                    manifest.id, file.name
-                ),
-            ));
-        }
+        check_copy(&target, &object, manifest, file)?;
     }
     sync_dir(path)
 }

@@ -161,3 +161,19 @@ impl TestPages {
         tde::page::TablespaceOptions::new(self.kms.clone())
     }
 }
+
+/// Options for a table under its own master key `key`.
+pub fn keyed(key: &str) -> tde::kv::TableOptions {
+    tde::kv::TableOptions {
+        master_key: Some(key.to_owned()),
+        ..tde::kv::TableOptions::default()
+    }
+}
+
+/// Options for a table without value sealing.
+pub fn unsealed() -> tde::kv::TableOptions {
+    tde::kv::TableOptions {
+        value_seal: false,
+        ..tde::kv::TableOptions::default()
+    }
+}
