@@ -142,7 +142,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         files(&store_dir)?.len(),
         String::from_utf8_lossy(&patients.get(RECORD_KEY)?.unwrap_or_default())
     );
-    println!("\nFrom the shell: tde kms --help, tde db --help, tde table --help");
+    println!("\nFrom the shell: tde kms --help, tde db --help, tde table --help, tde backup --help");
+    println!(
+        "Next: cargo run --release --example clinic (backup, key rotation, restore, revocation, shredding)"
+    );
     Ok(())
 }
 
