@@ -177,39 +177,49 @@ impl AuditLog {
     /// # Errors
     /// [`Error::Io`].
     pub fn append(&self, event: &AuditEvent<'_>) -> Result<()> {
-        let mut guard = self.head.lock();
-        let (file, head) = &mut *guard;
-        let mut record = AuditRecord {
-            seq: head.seq + 1,
-            time: SystemClock.now(),
-            op: event.op.to_owned(),
-            key: event.key.to_owned(),
-            table: event.table.to_owned(),
-            reason: event.reason,
-            outcome: event.error.clone().unwrap_or_else(|| "ok".to_owned()),
-            prev: head.hash.clone(),
-            hash: String::new(),
-        };
-        let (_, hash) = seal_line(&record)?;
-        record.hash = hash;
-        let mut line = serde_json::to_string(&record).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        line.push('\n');
-        file.write_all(line.as_bytes())
-            .and_then(|()| file.sync_data())
-            .map_err(|e| Error::io(format!("appending to {}", self.path.display()), e))?;
-        head.seq = record.seq;
-        head.hash = record.hash;
-        Ok(())
+        self.append_all([event.clone()])
     }
 
-    /// Appends several records.
+    /// Appends several records with one write and one fsync (opening a store with many
+    /// tables records one unwrap per table).
     ///
     /// # Errors
-    /// [`Error::Io`].
+    /// [`Error::Io`]; then none of the records is counted as written.
     pub fn append_all<'a>(&self, events: impl IntoIterator<Item = AuditEvent<'a>>) -> Result<()> {
+        let mut guard = self.head.lock();
+        let (file, head) = &mut *guard;
+        let (mut seq, mut prev) = (head.seq, head.hash.clone());
+        let mut lines = String::new();
+        let now = SystemClock.now();
         for event in events {
-            self.append(&event)?;
+            let mut record = AuditRecord {
+                seq: seq + 1,
+                time: now,
+                op: event.op.to_owned(),
+                key: event.key.to_owned(),
+                table: event.table.to_owned(),
+                reason: event.reason,
+                outcome: event.error.clone().unwrap_or_else(|| "ok".to_owned()),
+                prev,
+                hash: String::new(),
+            };
+            let (_, hash) = seal_line(&record)?;
+            record.hash = hash;
+            lines.push_str(
+                &serde_json::to_string(&record).map_err(|e| Error::InvalidArgument(e.to_string()))?,
+            );
+            lines.push('\n');
+            seq = record.seq;
+            prev = record.hash;
         }
+        if lines.is_empty() {
+            return Ok(());
+        }
+        file.write_all(lines.as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(|e| Error::io(format!("appending to {}", self.path.display()), e))?;
+        head.seq = seq;
+        head.hash = prev;
         Ok(())
     }
 }
