@@ -161,14 +161,7 @@ fn not_a_store() {
 
 #[test]
 fn a_destroyed_master_key_fails_open_naming_the_table() {
-    let tmp = tempfile::tempdir().unwrap();
-    let clock = Arc::new(tde::clock::ManualClock::new());
-    let kms = Arc::new(
-        LocalKms::builder(tmp.path().join("kms"))
-            .clock(clock.clone())
-            .create()
-            .unwrap(),
-    );
+    let (tmp, clock, kms) = common::TestKms::new().shared();
     let cmk = kms.create_key(&CreateKeyOptions::default()).unwrap().key_id;
     let path = tmp.path().join("store");
     {

@@ -119,17 +119,9 @@ fn the_cli_shreds() {
 
 #[test]
 fn a_backup_keeps_a_shredded_table_until_its_master_key_is_destroyed() {
-    use std::sync::Arc;
-    use tde::kms::local::{CreateKeyOptions, LocalKms};
+    use tde::kms::local::CreateKeyOptions;
 
-    let tmp = tempfile::tempdir().unwrap();
-    let clock = Arc::new(tde::clock::ManualClock::new());
-    let kms = Arc::new(
-        LocalKms::builder(tmp.path().join("kms"))
-            .clock(clock.clone())
-            .create()
-            .unwrap(),
-    );
+    let (tmp, clock, kms) = common::TestKms::new().shared();
     let key = kms.create_key(&CreateKeyOptions::default()).unwrap().key_id;
     let options = || tde::kv::StoreOptions::new(kms.clone());
     let path = tmp.path().join("store");

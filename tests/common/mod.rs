@@ -26,6 +26,11 @@ impl TestKms {
         TestKms { tmp, clock, kms }
     }
 
+    /// The directory, the clock and the KMS as a shareable handle (for stores).
+    pub fn shared(self) -> (tempfile::TempDir, Arc<ManualClock>, Arc<LocalKms>) {
+        (self.tmp, self.clock, Arc::new(self.kms))
+    }
+
     pub fn dir(&self) -> PathBuf {
         self.tmp.path().join("kms")
     }

@@ -187,6 +187,49 @@ pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
+/// One round's ratios (tde / plain) on one line, for progress output.
+pub(crate) fn round_line(workloads: &[&str], results: &[[f64; 2]]) -> String {
+    workloads
+        .iter()
+        .zip(results)
+        .map(|(w, r)| format!("{w} {:.3}", r[1] / r[0]))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Prints each workload's median throughput for both systems and the median ratio over
+/// the rounds; returns the JSON `ratios` and `workloads` maps (`unit`: "ops" or "pages").
+pub(crate) fn summarize(
+    workloads: &[&str],
+    per_round: &[Vec<[f64; 2]>],
+    unit: &str,
+) -> (
+    serde_json::Map<String, serde_json::Value>,
+    serde_json::Map<String, serde_json::Value>,
+) {
+    println!(
+        "{:<22} {:>14} {:>14} {:>8}",
+        "workload",
+        format!("plain {unit}/s"),
+        format!("tde {unit}/s"),
+        "ratio"
+    );
+    let mut ratios = serde_json::Map::new();
+    let mut by_workload = serde_json::Map::new();
+    for (i, w) in workloads.iter().enumerate() {
+        let plain = median(per_round.iter().map(|r| r[i][0]).collect());
+        let tde = median(per_round.iter().map(|r| r[i][1]).collect());
+        let ratio = median(per_round.iter().map(|r| r[i][1] / r[i][0]).collect());
+        println!("{w:<22} {plain:>14.0} {tde:>14.0} {ratio:>8.3}");
+        ratios.insert((*w).to_owned(), json!((ratio * 1000.0).round() / 1000.0));
+        by_workload.insert(
+            (*w).to_owned(),
+            json!({format!("plain_{unit}_per_sec"): plain.round(), format!("tde_{unit}_per_sec"): tde.round()}),
+        );
+    }
+    (ratios, by_workload)
+}
+
 /// One round: both systems, every workload, alternating which goes first.
 fn round(
     root: &Path,
@@ -267,36 +310,12 @@ pub(crate) fn run(cmd: BenchCommand) -> CliResult {
     let mut per_round: Vec<([[f64; 2]; 4], [u64; 2])> = Vec::new();
     for r in 0..rounds {
         let out = round(tmp.path(), &kms, keys, r % 2 == 0, !args.no_value_seal)?;
-        eprintln!(
-            "  round {}: {}",
-            r + 1,
-            WORKLOADS
-                .iter()
-                .enumerate()
-                .map(|(i, w)| format!("{w} {:.3}", out.0[i][1] / out.0[i][0]))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        eprintln!("  round {}: {}", r + 1, round_line(&WORKLOADS, &out.0));
         per_round.push(out);
     }
 
-    println!(
-        "{:<22} {:>14} {:>14} {:>8}",
-        "workload", "plain ops/s", "tde ops/s", "ratio"
-    );
-    let mut ratios = serde_json::Map::new();
-    let mut workloads = serde_json::Map::new();
-    for (i, w) in WORKLOADS.iter().enumerate() {
-        let plain = median(per_round.iter().map(|r| r.0[i][0]).collect());
-        let tde = median(per_round.iter().map(|r| r.0[i][1]).collect());
-        let ratio = median(per_round.iter().map(|r| r.0[i][1] / r.0[i][0]).collect());
-        println!("{w:<22} {plain:>14.0} {tde:>14.0} {ratio:>8.3}");
-        ratios.insert((*w).to_owned(), json!((ratio * 1000.0).round() / 1000.0));
-        workloads.insert(
-            (*w).to_owned(),
-            json!({"plain_ops_per_sec": plain.round(), "tde_ops_per_sec": tde.round()}),
-        );
-    }
+    let results: Vec<Vec<[f64; 2]>> = per_round.iter().map(|r| r.0.to_vec()).collect();
+    let (ratios, workloads) = summarize(&WORKLOADS, &results, "ops");
     let sizes = per_round.last().map(|r| r.1).unwrap_or_default();
     let size_ratio = if sizes[0] > 0 {
         sizes[1] as f64 / sizes[0] as f64

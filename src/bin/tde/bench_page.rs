@@ -11,7 +11,7 @@ use tde::kms::local::LocalKms;
 use tde::page::{BufferPool, PageSize, Tablespace, TablespaceOptions};
 
 use crate::CliResult;
-use crate::bench::{median, splitmix, timed};
+use crate::bench::{round_line, splitmix, summarize, timed};
 
 #[derive(Debug, Args)]
 pub(crate) struct PageArgs {
@@ -165,35 +165,11 @@ pub(crate) fn run(args: &PageArgs) -> CliResult {
     let mut per_round = Vec::new();
     for r in 0..rounds {
         let out = round(tmp.path(), &kms, size, &s, r % 2 == 0)?;
-        eprintln!(
-            "  round {}: {}",
-            r + 1,
-            WORKLOADS
-                .iter()
-                .enumerate()
-                .map(|(i, w)| format!("{w} {:.3}", out[i][1] / out[i][0]))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        eprintln!("  round {}: {}", r + 1, round_line(&WORKLOADS, &out));
         per_round.push(out);
     }
-    println!(
-        "{:<18} {:>14} {:>14} {:>8}",
-        "workload", "plain pages/s", "tde pages/s", "ratio"
-    );
-    let mut ratios = serde_json::Map::new();
-    let mut workloads = serde_json::Map::new();
-    for (i, w) in WORKLOADS.iter().enumerate() {
-        let plain = median(per_round.iter().map(|r| r[i][0]).collect());
-        let tde = median(per_round.iter().map(|r| r[i][1]).collect());
-        let ratio = median(per_round.iter().map(|r| r[i][1] / r[i][0]).collect());
-        println!("{w:<18} {plain:>14.0} {tde:>14.0} {ratio:>8.3}");
-        ratios.insert((*w).to_owned(), json!((ratio * 1000.0).round() / 1000.0));
-        workloads.insert(
-            (*w).to_owned(),
-            json!({"plain_pages_per_sec": plain.round(), "tde_pages_per_sec": tde.round()}),
-        );
-    }
+    let results: Vec<Vec<[f64; 2]>> = per_round.iter().map(|r| r.to_vec()).collect();
+    let (ratios, workloads) = summarize(&WORKLOADS, &results, "pages");
     if args.json {
         println!(
             "{}",
