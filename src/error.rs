@@ -110,6 +110,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// A long operation was cancelled; it resumes where it stopped when started again.
+    #[error("cancelled; the operation resumes where it stopped when started again")]
+    Cancelled,
+
     /// The buffer pool cannot make room: every frame is pinned (or one page is larger
     /// than the whole budget). Release page guards or give the pool a larger budget.
     #[error(

@@ -291,3 +291,64 @@ mod tests {
         assert_eq!(super::prefix_length(), crate::kv::PREFIX_LEN);
     }
 }
+
+/// Rewrites values during compaction: `rewrite(key, value, out)` returns true after
+/// writing the replacement value into `out`, false to keep the value as it is.
+pub(crate) type Rewrite = Arc<dyn Fn(&[u8], &[u8], &mut Vec<u8>) -> bool + Send + Sync>;
+
+struct RewriteFactory {
+    name: std::ffi::CString,
+    rewrite: Rewrite,
+}
+
+struct RewriteFilter {
+    name: std::ffi::CString,
+    rewrite: Rewrite,
+    out: Vec<u8>,
+}
+
+impl rocksdb::compaction_filter::CompactionFilter for RewriteFilter {
+    fn filter(&mut self, _level: u32, key: &[u8], value: &[u8]) -> rocksdb::CompactionDecision {
+        self.out.clear();
+        if !(self.rewrite)(key, value, &mut self.out) {
+            return rocksdb::CompactionDecision::Keep;
+        }
+        // SAFETY: the crate's callback hands this slice to RocksDB's C API, which copies
+        // it into its own string (`new_value->assign`) before the callback returns, and
+        // `out` is not touched again until the next call on this same filter (a filter
+        // belongs to one compaction, which calls it from one thread). The 'static
+        // lifetime is never relied on beyond that copy.
+        let out: &'static [u8] = unsafe { std::mem::transmute::<&[u8], &'static [u8]>(self.out.as_slice()) };
+        rocksdb::CompactionDecision::Change(out)
+    }
+
+    fn name(&self) -> &std::ffi::CStr {
+        &self.name
+    }
+}
+
+impl rocksdb::compaction_filter_factory::CompactionFilterFactory for RewriteFactory {
+    type Filter = RewriteFilter;
+
+    fn create(
+        &mut self,
+        _context: rocksdb::compaction_filter_factory::CompactionFilterContext,
+    ) -> RewriteFilter {
+        RewriteFilter {
+            name: self.name.clone(),
+            rewrite: Arc::clone(&self.rewrite),
+            out: Vec::new(),
+        }
+    }
+
+    fn name(&self) -> &std::ffi::CStr {
+        &self.name
+    }
+}
+
+/// Installs `rewrite` as the compaction filter of the column families opened with
+/// `options` (one filter per compaction).
+pub(crate) fn set_value_rewrite(options: &mut rocksdb::Options, name: &str, rewrite: Rewrite) {
+    let name = std::ffi::CString::new(name).unwrap_or_default();
+    options.set_compaction_filter_factory(RewriteFactory { name, rewrite });
+}

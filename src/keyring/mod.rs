@@ -56,6 +56,35 @@ pub struct Envelope {
     pub versions: Vec<DkVersion>,
     /// The version used for new data.
     pub current: u32,
+    /// Versions whose data was re-encrypted and whose wrapped key was destroyed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredVersion>,
+    /// A re-encryption pass in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reencrypt: Option<ReencryptState>,
+}
+
+/// A data key version that no data uses any more: its wrapped key is gone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetiredVersion {
+    /// Version number.
+    pub version: u32,
+    /// The master key that had wrapped it (key id).
+    pub cmk_id: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When its wrapped key was destroyed.
+    pub retired_at: Timestamp,
+}
+
+/// A re-encryption pass: which versions it retires, and which files it must rewrite.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReencryptState {
+    /// Versions to retire when the pass completes.
+    pub retire: Vec<u32>,
+    /// Every file numbered up to this one may hold data under those versions; every later
+    /// file holds data under newer versions only.
+    pub boundary: u64,
 }
 
 /// A table entry.
@@ -250,6 +279,8 @@ mod tests {
                 created_at: Timestamp(0),
             }],
             current: 1,
+            retired: Vec::new(),
+            reencrypt: None,
         };
         KeyringData {
             format: FORMAT,

@@ -114,6 +114,53 @@ impl StoreFiles {
         self.keys.write().retain(|(t, _), _| *t != table_id);
     }
 
+    pub(crate) fn remove_key(&self, table_id: u32, version: u32) {
+        self.keys.write().remove(&(table_id, version));
+    }
+
+    pub(crate) fn set_store_version(&self, version: u32) {
+        *self.store_version.write() = version;
+    }
+
+    /// Re-encrypts a file RocksDB no longer writes (and reads only at open) under the
+    /// current store-level version: a new file with a fresh IV replaces it atomically.
+    pub(crate) fn rewrite_store_file(&self, path: &std::path::Path) -> crate::error::Result<()> {
+        use std::io::Write;
+        let io =
+            |what: &str, e: std::io::Error| crate::error::Error::io(format!("{what} {}", path.display()), e);
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| io("reading", e))?;
+        if bytes.len() < PREFIX_LEN {
+            return Err(crate::error::Error::Corrupt {
+                what: "store file",
+                path: path.to_path_buf(),
+                detail: "shorter than its header".into(),
+            });
+        }
+        let (prefix, body) = bytes.split_at(PREFIX_LEN);
+        let corrupt = |(_, detail): (i32, String)| crate::error::Error::Corrupt {
+            what: "store file",
+            path: path.to_path_buf(),
+            detail,
+        };
+        let old = self.open_stream(&name, prefix).map_err(corrupt)?;
+        let mut plain = zeroize::Zeroizing::new(body.to_vec());
+        // Stream offsets count from the start of the file, header included.
+        old.apply(PREFIX_LEN as u64, &mut plain)?;
+        let mut out = vec![0u8; PREFIX_LEN];
+        self.new_prefix(&name, &mut out).map_err(corrupt)?;
+        let new = self.open_stream(&name, &out).map_err(corrupt)?;
+        let at = out.len();
+        out.extend_from_slice(&plain);
+        new.apply(PREFIX_LEN as u64, &mut out[at..])?;
+        let tmp = path.with_extension("tde-rewrite");
+        let mut file = std::fs::File::create(&tmp).map_err(|e| io("creating", e))?;
+        file.write_all(&out).map_err(|e| io("writing", e))?;
+        file.sync_all().map_err(|e| io("syncing", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io("replacing", e))?;
+        Ok(())
+    }
+
     fn key(&self, table_id: u32, version: u32) -> Option<Arc<FileKey>> {
         self.keys.read().get(&(table_id, version)).cloned()
     }
@@ -131,6 +178,19 @@ impl StoreFiles {
         let sum = Sha256::digest(&out[..SUM_AT]);
         out[SUM_AT..HEADER_END].copy_from_slice(&sum[..8]);
     }
+}
+
+/// The (table id, data key version) a file's header names, or `None` if it is not a tde
+/// file (or cannot be read).
+pub(crate) fn file_key_of(path: &std::path::Path) -> Option<(u32, u32)> {
+    use std::io::Read;
+    let mut header = [0u8; HEADER_END];
+    std::fs::File::open(path).ok()?.read_exact(&mut header).ok()?;
+    if &header[..FORMAT_AT] != MAGIC {
+        return None;
+    }
+    let u32_at = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    Some((u32_at(TABLE_AT), u32_at(VERSION_AT)))
 }
 
 type CbResult<T> = std::result::Result<T, (i32, String)>;

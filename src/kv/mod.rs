@@ -14,6 +14,7 @@
 
 mod checkpoint;
 mod files;
+mod reencrypt;
 mod rotate;
 mod shred;
 mod table;
@@ -28,9 +29,12 @@ use rocksdb::{ColumnFamilyDescriptor, DBWithThreadMode, MultiThreaded};
 
 pub use files::PREFIX_LEN;
 use files::{FileKey, StoreFiles};
-pub use rotate::RewrapReport;
-use table::TableState;
+pub use reencrypt::{
+    PendingReencrypt, ReencryptJob, ReencryptOptions, ReencryptProgress, ReencryptReport, RetiredKey,
+};
+pub use rotate::{RewrapReport, RotatedKey};
 pub use table::{ScanOptions, Snapshot, Table, TableIter, WriteBatch};
+use table::{TableState, Views};
 pub use watch::{KeyWatch, WatchReport};
 
 use crate::audit::{AuditEvent, AuditLog, Reason};
@@ -234,6 +238,9 @@ pub(crate) struct StoreInner {
     pub(crate) write_options: rocksdb::WriteOptions,
     cf_options: rocksdb::Options,
     audit: AuditLog,
+    views: Views,
+    /// One re-encryption pass at a time.
+    reencrypting: Mutex<()>,
 }
 
 /// An encrypted key-value store. Cheap to clone (a handle); safe to share between
@@ -278,6 +285,29 @@ fn value_key(
     info.extend_from_slice(&version.to_le_bytes());
     let key = crate::cipher::kdf::derive_key(dk, store_id, &info, suite.key_len());
     crate::cipher::AeadKey::new(suite, version, &key)
+}
+
+/// A table's column family options: the store's, plus (for tables with value sealing)
+/// the compaction filter that re-seals values under the current data key version.
+fn table_cf_options(
+    base: &rocksdb::Options,
+    state: Option<&Arc<TableState>>,
+    store_id: [u8; 16],
+) -> rocksdb::Options {
+    let mut options = base.clone();
+    if let Some(state) = state.filter(|s| s.seal) {
+        let state = Arc::downgrade(state);
+        crate::ffi::rocksdb::set_value_rewrite(
+            &mut options,
+            "tde-reseal",
+            Arc::new(move |key: &[u8], value: &[u8], out: &mut Vec<u8>| {
+                state
+                    .upgrade()
+                    .is_some_and(|s| s.reseal(&store_id, key, value, out))
+            }),
+        );
+    }
+    options
 }
 
 fn check_layouts() -> Result<()> {
@@ -354,6 +384,8 @@ impl Store {
                     suite: options.suite,
                     versions: vec![version],
                     current: 1,
+                    retired: Vec::new(),
+                    reencrypt: None,
                 },
                 tables: Vec::new(),
                 next_table_id: 1,
@@ -472,9 +504,10 @@ impl Store {
                 names.push(name);
             }
         }
-        let descriptors = names
-            .iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, cf_options.clone()));
+        let descriptors = names.iter().map(|n| {
+            let state = tables.values().find(|t: &&Arc<TableState>| t.cf == *n);
+            ColumnFamilyDescriptor::new(n, table_cf_options(&cf_options, state, store_id))
+        });
         let db = Db::open_cf_descriptors(&opts, path, descriptors).map_err(engine)?;
         // Column families whose table was dropped from the keyring (a crash between the
         // two steps of a drop) hold nothing readable: finish the drop.
@@ -501,6 +534,8 @@ impl Store {
                 write_options,
                 cf_options,
                 audit,
+                views: Views::default(),
+                reencrypting: Mutex::new(()),
             }),
         })
     }
@@ -567,6 +602,8 @@ impl Store {
                 suite,
                 versions: vec![version],
                 current: 1,
+                retired: Vec::new(),
+                reencrypt: None,
             },
         };
         keyring.update(|data| {
@@ -587,7 +624,13 @@ impl Store {
             Arc::new(value_key(suite, &generated.plaintext, &inner.store_id, id, 1)?),
         );
         let state = Arc::new(TableState::new(&entry, aead));
-        inner.db.create_cf(&cf, &inner.cf_options).map_err(engine)?;
+        inner
+            .db
+            .create_cf(
+                &cf,
+                &table_cf_options(&inner.cf_options, Some(&state), inner.store_id),
+            )
+            .map_err(engine)?;
         inner.tables.write().insert(name.to_owned(), state.clone());
         Ok(Table::new(self.inner.clone(), state))
     }
@@ -657,11 +700,7 @@ impl Store {
     /// # Errors
     /// The first error met while building the batch; [`Error::Engine`].
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
-        let batch = batch.into_inner()?;
-        self.inner
-            .db
-            .write_opt(batch, &self.inner.write_options)
-            .map_err(engine)
+        batch.apply(&self.inner)
     }
 
     /// A new, empty batch.
@@ -819,6 +858,33 @@ mod tests {
         assert_eq!(
             raw_get(&store, "plain-values", b"k"),
             b"compressible compressible"
+        );
+    }
+
+    #[test]
+    fn a_value_that_cannot_be_opened_stops_retirement_and_keeps_its_version() {
+        let (_tmp, store) = store();
+        let a = store.create_table("a", &TableOptions::default()).unwrap();
+        a.put(b"good", b"value").unwrap();
+        let mut forged = raw_get(&store, "a", b"good");
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        raw_put(&store, "a", b"forged", &forged);
+        store.flush().unwrap();
+        store.rotate_data_key(Some("a")).unwrap();
+        let err = store
+            .reencrypt(super::ReencryptOptions::default())
+            .wait()
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { detail, .. } if detail.contains("values of table \"a\" could not be opened")),
+            "{err}"
+        );
+        assert_eq!(a.get(b"good").unwrap().as_deref(), Some(&b"value"[..]));
+        let pending = store.reencrypt_status().unwrap();
+        assert!(
+            pending.iter().any(|p| p.table == "a" && p.versions == vec![1]),
+            "{pending:?}"
         );
     }
 }

@@ -5,10 +5,15 @@
 //! (so no data file is rewritten and reads and writes never pause), and a crash leaves the
 //! old or the new keyring, each of which opens as long as its master keys are usable.
 //! Migration to another KMS works the same way, with the unwrap and wrap done by two KMSs.
-//! Not here: data-key rotation, which re-encrypts data.
+//! Data-key rotation (`Store::rotate_data_key`) adds a new data key version for new
+//! writes; `reencrypt.rs` moves old data to it and retires the old versions.
 
-use super::Store;
+use std::sync::Arc;
+
+use super::files::FileKey;
+use super::{Store, cf_name, value_key};
 use crate::audit::{AuditEvent, Reason};
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::keyring::{self, Envelope, RetryPolicy, STORE_TABLE_ID};
 use crate::secret::WrappedKey;
@@ -22,7 +27,111 @@ pub struct RewrapReport {
     pub wrapped_keys: usize,
 }
 
+/// A data key version made current by [`Store::rotate_data_key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotatedKey {
+    /// The table, or `(store)` for the store-level key.
+    pub table: String,
+    /// The new current version.
+    pub version: u32,
+}
+
 impl Store {
+    /// Rotates the data key of `table` (of every table and the store-level key if
+    /// `None`): the KMS generates a new version, which seals every value and file written
+    /// from now on. Older versions stay readable until a re-encryption pass
+    /// ([`Store::reencrypt`]) has moved their data and retired them. Online: one KMS call
+    /// per key, one keyring write; when it returns, no write lands under an older version.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchTable`]; [`Error::Kms`] if a master key refuses (nothing changes);
+    /// [`Error::Io`] if the keyring cannot be written (nothing changes).
+    pub fn rotate_data_key(&self, table: Option<&str>) -> Result<Vec<RotatedKey>> {
+        let inner = &self.inner;
+        let mut keyring = inner.keyring.lock();
+        let data = keyring.data().clone();
+        let targets: Vec<(String, &Envelope)> = match table {
+            Some(name) => {
+                let entry = data
+                    .tables
+                    .iter()
+                    .find(|t| t.name == name)
+                    .ok_or_else(|| Error::NoSuchTable(name.to_owned()))?;
+                vec![(entry.name.clone(), &entry.envelope)]
+            }
+            None => std::iter::once(("(store)".to_owned(), &data.store_key))
+                .chain(data.tables.iter().map(|t| (t.name.clone(), &t.envelope)))
+                .collect(),
+        };
+        let kms = inner.kms();
+        let now = inner.clock.now();
+        let mut made = Vec::with_capacity(targets.len());
+        for (name, envelope) in targets {
+            let version = envelope
+                .versions
+                .iter()
+                .map(|v| v.version)
+                .chain(envelope.retired.iter().map(|r| r.version))
+                .max()
+                .unwrap_or(0)
+                + 1;
+            let generated = keyring::generate(
+                &*kms,
+                &data.store_id,
+                envelope.table_id,
+                version,
+                &envelope.cmk,
+                envelope.suite,
+                now,
+            );
+            inner.audit.append(&AuditEvent {
+                op: "generate-data-key",
+                key: &envelope.cmk,
+                table: &name,
+                reason: Reason::Rotate,
+                error: generated.as_ref().err().map(ToString::to_string),
+            })?;
+            let (dk_version, generated) = generated?;
+            let (id, suite) = (envelope.table_id, envelope.suite);
+            let file_key = FileKey::derive(suite, &generated.plaintext, &inner.store_id, id, version);
+            let value = (id != STORE_TABLE_ID)
+                .then(|| value_key(suite, &generated.plaintext, &inner.store_id, id, version))
+                .transpose()?;
+            made.push((name, id, dk_version, file_key, value));
+        }
+        keyring.update(|data| {
+            for (_, id, dk_version, _, _) in &made {
+                let envelope = if *id == STORE_TABLE_ID {
+                    &mut data.store_key
+                } else {
+                    match data.tables.iter_mut().find(|t| t.envelope.table_id == *id) {
+                        Some(t) => &mut t.envelope,
+                        None => continue,
+                    }
+                };
+                envelope.versions.push(dk_version.clone());
+                envelope.current = dk_version.version;
+            }
+            Ok(())
+        })?;
+        let tables = inner.tables.read();
+        let mut rotated = Vec::with_capacity(made.len());
+        for (name, id, dk_version, file_key, value) in made {
+            let version = dk_version.version;
+            inner.files.add_key(id, version, file_key);
+            if id == STORE_TABLE_ID {
+                inner.files.set_store_version(version);
+            } else {
+                inner.files.set_current(&cf_name(id), id, version);
+                if let (Some(state), Some(value)) = (tables.get(&name), value) {
+                    state.make_current(version, Arc::new(value));
+                }
+            }
+            rotated.push(RotatedKey { table: name, version });
+        }
+        Ok(rotated)
+    }
+
     /// Rewraps the data keys of `table` (every table and the store-level key if `None`)
     /// under `to_key`, or under their own master key's current version if `None` (after
     /// the KMS rotated it). Online: reads and writes continue; no data file changes. With

@@ -5,16 +5,24 @@
 //! table's current data key with associated data binding the store, the table and the
 //! record's key; reads pick the key version named in the sealed value.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use rocksdb::{BoundColumnFamily, DBRawIteratorWithThreadMode, ReadOptions};
+use zeroize::Zeroizing;
 
 use super::{Db, StoreInner, engine};
 use crate::cipher::{AeadKey, Sealed, Suite};
 use crate::error::{Error, Result};
 use crate::keyring::TableEntry;
+
+/// A table's value keys and which one seals new values.
+pub(crate) struct Keys {
+    map: HashMap<u32, Arc<AeadKey>>,
+    current: u32,
+}
 
 pub(crate) struct TableState {
     pub(crate) id: u32,
@@ -22,10 +30,17 @@ pub(crate) struct TableState {
     pub(crate) cf: String,
     pub(crate) seal: bool,
     pub(crate) suite: Suite,
-    keys: RwLock<HashMap<u32, Arc<AeadKey>>>,
-    current: u32,
+    /// Writers hold a read guard from sealing until the write is in the memtable, and
+    /// readers from the read until the value is opened; rotation and retirement take the
+    /// write guard, so no write lands under a version older than the current one once a
+    /// rotation returns, and no read still needs a retired one.
+    keys: RwLock<Keys>,
     /// Set when the table's master key was revoked: (master key, why).
     revoked: RwLock<Option<(String, String)>>,
+    /// Values re-sealed under the current version by compaction.
+    pub(crate) resealed: AtomicU64,
+    /// Values compaction could not open (they keep their old version).
+    pub(crate) reseal_failures: AtomicU64,
 }
 
 impl TableState {
@@ -36,17 +51,45 @@ impl TableState {
             cf: super::cf_name(entry.envelope.table_id),
             seal: entry.value_seal,
             suite: entry.envelope.suite,
-            keys: RwLock::new(keys),
-            current: entry.envelope.current,
+            keys: RwLock::new(Keys {
+                map: keys,
+                current: entry.envelope.current,
+            }),
             revoked: RwLock::new(None),
+            resealed: AtomicU64::new(0),
+            reseal_failures: AtomicU64::new(0),
         }
+    }
+
+    /// Adds a value key version and makes it the one that seals new values. Returns once
+    /// every write sealed under an older version is in the memtable.
+    pub(crate) fn make_current(&self, version: u32, key: Arc<AeadKey>) {
+        let mut keys = self.keys.write();
+        keys.map.insert(version, key);
+        keys.current = version;
+    }
+
+    /// Forgets a value key version (wiped once no operation in flight holds it). Returns
+    /// once every read that might still need it has finished.
+    pub(crate) fn forget(&self, version: u32) {
+        self.keys.write().map.remove(&version);
+    }
+
+    /// The version sealing new values.
+    pub(crate) fn current_version(&self) -> u32 {
+        self.keys.read().current
+    }
+
+    /// The value key of `version` (for the seal-count check).
+    pub(crate) fn key(&self, version: u32) -> Option<Arc<AeadKey>> {
+        self.keys.read().map.get(&version).cloned()
     }
 
     /// Fails closed: every later operation returns [`Error::KeyRevoked`] and the value
     /// keys are dropped (wiped, once no operation in flight still holds one).
     pub(crate) fn revoke(&self, key: &str, why: &str) {
         *self.revoked.write() = Some((key.to_owned(), why.to_owned()));
-        self.keys.write().clear();
+        self.keys.write().map.clear();
     }
 
     pub(crate) fn is_revoked(&self) -> bool {
@@ -62,6 +105,42 @@ impl TableState {
             }),
             None => Ok(()),
         }
+    }
+
+    /// The guard writers and readers hold (none for tables without value sealing).
+    fn guard(&self) -> Option<RwLockReadGuard<'_, Keys>> {
+        self.seal.then(|| self.keys.read())
+    }
+
+    /// Compaction's re-seal: a value sealed under an older version is opened and sealed
+    /// again under the current one into `out`. Returns false to keep the value as it is
+    /// (already current, or not openable, which is counted and leaves it untouched).
+    pub(crate) fn reseal(&self, store_id: &[u8; 16], key: &[u8], value: &[u8], out: &mut Vec<u8>) -> bool {
+        let Ok(sealed) = Sealed::parse(value) else {
+            self.reseal_failures.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        // `read_recursive`: a writer holding a read guard may be waiting for this very
+        // compaction (a write stall) while a rotation waits for the write guard.
+        let keys = self.keys.read_recursive();
+        if sealed.key_version == keys.current {
+            return false;
+        }
+        let (Some(old), Some(new)) = (keys.map.get(&sealed.key_version), keys.map.get(&keys.current)) else {
+            self.reseal_failures.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        let resealed = with_aad(store_id, self.id, key, |aad| {
+            let plain = zeroize::Zeroizing::new(old.open(aad, value)?);
+            new.seal_into(aad, &plain, out)
+        });
+        if resealed.is_err() {
+            out.clear();
+            self.reseal_failures.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.resealed.fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 
@@ -105,13 +184,13 @@ fn key_preview(key: &[u8]) -> String {
 }
 
 impl TableState {
-    fn encode(&self, store_id: &[u8; 16], key: &[u8], value: &[u8]) -> Result<Vec<u8>> {
-        if !self.seal {
+    /// Seals `value` under the current version; the caller holds `keys` (from
+    /// [`TableState::guard`]) until the write is applied.
+    fn encode(&self, keys: Option<&Keys>, store_id: &[u8; 16], key: &[u8], value: &[u8]) -> Result<Vec<u8>> {
+        let Some(keys) = keys else {
             return Ok(value.to_vec());
-        }
-        let keys = self.keys.read();
-        let Some(aead) = keys.get(&self.current) else {
-            drop(keys);
+        };
+        let Some(aead) = keys.map.get(&keys.current) else {
             self.check()?;
             return Err(Error::InvalidArgument(format!(
                 "table {:?} has no current data key",
@@ -125,11 +204,13 @@ impl TableState {
         if !self.seal {
             return Ok(stored.to_vec());
         }
+        self.decode_locked(&self.keys.read(), store_id, key, stored)
+    }
+
+    fn decode_locked(&self, keys: &Keys, store_id: &[u8; 16], key: &[u8], stored: &[u8]) -> Result<Vec<u8>> {
         let location = || format!("table {:?}, key {}", self.name, key_preview(key));
         let sealed = Sealed::parse(stored).map_err(|_| Error::Authentication { location: location() })?;
-        let keys = self.keys.read();
-        let Some(aead) = keys.get(&sealed.key_version) else {
-            drop(keys);
+        let Some(aead) = keys.map.get(&sealed.key_version) else {
             self.check()?;
             return Err(Error::Authentication {
                 location: format!(
@@ -252,7 +333,10 @@ impl Table {
     /// # Errors
     /// [`Error::NoSuchTable`] if the table was dropped; [`Error::Engine`].
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        let stored = self.state.encode(&self.store.store_id, key, value)?;
+        let keys = self.state.guard();
+        let stored = self
+            .state
+            .encode(keys.as_deref(), &self.store.store_id, key, value)?;
         self.store
             .db
             .put_cf_opt(&self.cf()?, key, stored, &self.store.write_options)
@@ -269,13 +353,19 @@ impl Table {
     }
 
     fn get_opt(&self, key: &[u8], opts: &ReadOptions) -> Result<Option<Vec<u8>>> {
+        let keys = self.state.guard();
         match self
             .store
             .db
             .get_pinned_cf_opt(&self.cf()?, key, opts)
             .map_err(engine)?
         {
-            Some(stored) => Ok(Some(self.state.decode(&self.store.store_id, key, &stored)?)),
+            Some(stored) => Ok(Some(match &keys {
+                Some(keys) => self
+                    .state
+                    .decode_locked(keys, &self.store.store_id, key, &stored)?,
+                None => stored.to_vec(),
+            })),
             None => Ok(None),
         }
     }
@@ -308,12 +398,14 @@ impl Table {
     }
 
     fn scan_opt(&self, opts: ReadOptions) -> Result<TableIter<'_>> {
+        let view = self.store.views.enter();
         let mut raw = self.store.db.raw_iterator_cf_opt(&self.cf()?, opts);
         raw.seek_to_first();
         Ok(TableIter {
             raw,
             table: self,
             done: false,
+            _view: view,
         })
     }
 }
@@ -324,6 +416,51 @@ pub struct TableIter<'a> {
     raw: DBRawIteratorWithThreadMode<'a, Db>,
     table: &'a Table,
     done: bool,
+    _view: View<'a>,
+}
+
+/// Live snapshots and iterators, numbered in creation order: a data key version is
+/// retired only once every view that might still read data under it is gone.
+#[derive(Default)]
+pub(crate) struct Views {
+    next: AtomicU64,
+    live: Mutex<BTreeMap<u64, usize>>,
+}
+
+impl Views {
+    fn enter(&self) -> View<'_> {
+        let serial = self.next.fetch_add(1, Ordering::SeqCst);
+        *self.live.lock().entry(serial).or_default() += 1;
+        View { views: self, serial }
+    }
+
+    /// The serial number the next view will get.
+    pub(crate) fn next_serial(&self) -> u64 {
+        self.next.load(Ordering::SeqCst)
+    }
+
+    /// How many live views were created before serial `before`.
+    pub(crate) fn older_than(&self, before: u64) -> usize {
+        self.live.lock().range(..before).map(|(_, n)| n).sum()
+    }
+}
+
+/// A registered view; unregisters on drop.
+pub(crate) struct View<'a> {
+    views: &'a Views,
+    serial: u64,
+}
+
+impl Drop for View<'_> {
+    fn drop(&mut self) {
+        let mut live = self.views.live.lock();
+        if let Some(n) = live.get_mut(&self.serial) {
+            *n -= 1;
+            if *n == 0 {
+                live.remove(&self.serial);
+            }
+        }
+    }
 }
 
 impl Iterator for TableIter<'_> {
@@ -354,92 +491,123 @@ impl Iterator for TableIter<'_> {
     }
 }
 
-/// Writes to any tables, applied atomically by [`super::Store::write`].
+/// Writes to any tables, applied atomically by [`super::Store::write`]. Values are sealed
+/// when the batch is written (under each table's data key version of that moment); until
+/// then the batch holds them in memory, wiped on drop.
 pub struct WriteBatch {
     store: Arc<StoreInner>,
-    inner: rocksdb::WriteBatch,
+    ops: Vec<Op>,
     error: Option<Error>,
+}
+
+struct Op {
+    table: Arc<TableState>,
+    key: Vec<u8>,
+    /// `None` for a delete.
+    value: Option<Zeroizing<Vec<u8>>>,
 }
 
 impl WriteBatch {
     pub(crate) fn new(store: Arc<StoreInner>) -> WriteBatch {
         WriteBatch {
             store,
-            inner: rocksdb::WriteBatch::default(),
+            ops: Vec::new(),
             error: None,
         }
     }
 
     /// Adds a put.
     pub fn put(&mut self, table: &Table, key: &[u8], value: &[u8]) {
-        let stored = match table.state.encode(&self.store.store_id, key, value) {
-            Ok(s) => s,
-            Err(e) => {
-                self.error.get_or_insert(e);
-                return;
-            }
-        };
-        if let Some(cf) = WriteBatch::cf_for(&self.store, table, &mut self.error) {
-            self.inner.put_cf(&cf, key, stored);
-        }
+        self.add(table, key, Some(Zeroizing::new(value.to_vec())));
     }
 
     /// Adds a delete.
     pub fn delete(&mut self, table: &Table, key: &[u8]) {
-        if let Some(cf) = WriteBatch::cf_for(&self.store, table, &mut self.error) {
-            self.inner.delete_cf(&cf, key);
-        }
+        self.add(table, key, None);
     }
 
-    fn cf_for<'s>(
-        store: &'s Arc<StoreInner>,
-        table: &Table,
-        error: &mut Option<Error>,
-    ) -> Option<Arc<BoundColumnFamily<'s>>> {
-        if !Arc::ptr_eq(&table.store, store) {
-            error.get_or_insert(Error::InvalidArgument(format!(
+    fn add(&mut self, table: &Table, key: &[u8], value: Option<Zeroizing<Vec<u8>>>) {
+        if self.error.is_some() {
+            return;
+        }
+        if !Arc::ptr_eq(&table.store, &self.store) {
+            self.error = Some(Error::InvalidArgument(format!(
                 "table {:?} belongs to another store",
                 table.state.name
             )));
-            return None;
+            return;
         }
-        if let Err(e) = table.state.check() {
-            error.get_or_insert(e);
-            return None;
+        if let Err(e) = table.cf() {
+            self.error = Some(e);
+            return;
         }
-        let cf = store.db.cf_handle(&table.state.cf);
-        if cf.is_none() {
-            error.get_or_insert(Error::NoSuchTable(table.state.name.clone()));
-        }
-        cf
+        self.ops.push(Op {
+            table: table.state.clone(),
+            key: key.to_vec(),
+            value,
+        });
     }
 
     /// Number of operations in the batch.
     pub fn len(&self) -> usize {
-        self.inner.len()
+        self.ops.len()
     }
 
     /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
-        self.inner.is_empty()
+        self.ops.is_empty()
     }
 
-    pub(crate) fn into_inner(self) -> Result<rocksdb::WriteBatch> {
-        match self.error {
-            Some(e) => Err(e),
-            None => Ok(self.inner),
+    /// Seals every value and applies the batch, holding each table's key guard (in table
+    /// id order) until RocksDB has applied it.
+    pub(crate) fn apply(self, store: &Arc<StoreInner>) -> Result<()> {
+        if !Arc::ptr_eq(store, &self.store) {
+            return Err(Error::InvalidArgument(
+                "the batch belongs to another store".into(),
+            ));
         }
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let store = &self.store;
+        let mut tables: Vec<&Arc<TableState>> = self.ops.iter().map(|op| &op.table).collect();
+        tables.sort_by_key(|t| t.id);
+        tables.dedup_by_key(|t| t.id);
+        let guards: Vec<(u32, Option<RwLockReadGuard<'_, Keys>>)> =
+            tables.iter().map(|t| (t.id, t.guard())).collect();
+        let mut batch = rocksdb::WriteBatch::default();
+        for op in &self.ops {
+            op.table.check()?;
+            let cf = store
+                .db
+                .cf_handle(&op.table.cf)
+                .ok_or_else(|| Error::NoSuchTable(op.table.name.clone()))?;
+            match &op.value {
+                Some(value) => {
+                    let keys = guards
+                        .binary_search_by_key(&op.table.id, |(id, _)| *id)
+                        .ok()
+                        .and_then(|i| guards[i].1.as_deref());
+                    let stored = op.table.encode(keys, &store.store_id, &op.key, value)?;
+                    batch.put_cf(&cf, &op.key, stored);
+                }
+                None => batch.delete_cf(&cf, &op.key),
+            }
+        }
+        store.db.write_opt(batch, &store.write_options).map_err(engine)
     }
 }
 
 /// A consistent, read-only view of every table at one point in time.
 pub struct Snapshot<'a> {
     snapshot: rocksdb::SnapshotWithThreadMode<'a, Db>,
+    _view: View<'a>,
 }
 
 impl<'a> Snapshot<'a> {
     pub(crate) fn new(store: &'a Arc<StoreInner>) -> Snapshot<'a> {
         Snapshot {
+            _view: store.views.enter(),
             snapshot: store.db.snapshot(),
         }
     }

@@ -277,6 +277,8 @@ mod tests {
                         created_at: Timestamp(5),
                     }],
                     current: 1,
+                    retired: Vec::new(),
+                    reencrypt: None,
                 },
             },
         }

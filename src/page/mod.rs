@@ -407,6 +407,8 @@ impl Tablespace {
                         created_at: SystemClock.now(),
                     }],
                     current: 1,
+                    retired: Vec::new(),
+                    reencrypt: None,
                 },
             },
         };
