@@ -287,3 +287,79 @@ fn a_store_without_old_versions_has_nothing_to_do() {
         Err(tde::Error::NoSuchTable(_))
     ));
 }
+
+#[test]
+fn seal_counts_survive_a_restart_and_keys_rotate_before_their_limit() {
+    let ts = TestStore::new();
+    let options = || ts.options().seal_limit(1000);
+    let store = Store::create(ts.path(), options()).unwrap();
+    let t = store.create_table("t", &TableOptions::default()).unwrap();
+    for i in 0..700 {
+        t.put(&row(i).0, &row(i).1).unwrap();
+    }
+    let policy = tde::kv::RotationPolicy::default();
+    assert!(
+        store.maintain_keys(&policy).unwrap().is_empty(),
+        "700 of 1000 is below 3/4"
+    );
+    drop(t);
+    drop(store);
+
+    // The count carries over the restart: 700 + 100 passes 750.
+    let store = Store::open(ts.path(), options()).unwrap();
+    let t = store.table("t").unwrap();
+    for i in 700..800 {
+        t.put(&row(i).0, &row(i).1).unwrap();
+    }
+    let rotated = store.maintain_keys(&policy).unwrap();
+    assert_eq!(
+        rotated,
+        vec![tde::kv::RotatedKey {
+            table: "t".into(),
+            version: 2
+        }]
+    );
+    for i in 800..1800 {
+        t.put(&row(i).0, &row(i).1).unwrap();
+    }
+    // Without maintenance, a version refuses to seal past its limit, and nothing is lost.
+    let err = t.put(b"one too many", b"v").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            tde::Error::KeyExhausted {
+                version: 2,
+                limit: 1000
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(t.get(b"one too many").unwrap(), None);
+    store.rotate_data_key(Some("t")).unwrap();
+    t.put(b"one too many", b"v").unwrap();
+    t.delete(b"one too many").unwrap();
+    check(&store, "t", 1800);
+}
+
+#[test]
+fn automatic_rotation_on_a_schedule() {
+    let ts = TestStore::new();
+    let store = two_tables(&ts);
+    let auto = store.auto_rotate(
+        tde::kv::RotationPolicy::default()
+            .max_age(std::time::Duration::ZERO)
+            .check_every(std::time::Duration::from_millis(20)),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while auto.rotated().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rotation: {:?}",
+            auto.last_error()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(auto);
+    assert!(store.tables().iter().all(|t| t.data_key_version >= 2));
+    check(&store, "sealed", 20_000);
+}

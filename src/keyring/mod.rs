@@ -41,6 +41,14 @@ pub struct DkVersion {
     pub cmk_id: String,
     /// When it was created.
     pub created_at: Timestamp,
+    /// Values it had sealed when last recorded (saved at rotation, at each key
+    /// maintenance and when the store closes).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seals: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A table's (or the store's) envelope.
@@ -151,6 +159,7 @@ pub(crate) fn generate(
             edk: generated.wrapped.clone(),
             cmk_id: generated.key_id.clone(),
             created_at: now,
+            seals: 0,
         },
         generated,
     ))
@@ -277,6 +286,7 @@ mod tests {
                 edk: WrappedKey::from_bytes(vec![id as u8; 60]),
                 cmk_id: "k".into(),
                 created_at: Timestamp(0),
+                seals: 0,
             }],
             current: 1,
             retired: Vec::new(),

@@ -14,6 +14,7 @@
 
 mod checkpoint;
 mod files;
+mod maintain;
 mod reencrypt;
 mod rotate;
 mod shred;
@@ -29,6 +30,7 @@ use rocksdb::{ColumnFamilyDescriptor, DBWithThreadMode, MultiThreaded};
 
 pub use files::PREFIX_LEN;
 use files::{FileKey, StoreFiles};
+pub use maintain::{AutoRotation, RotationPolicy};
 pub use reencrypt::{
     PendingReencrypt, ReencryptJob, ReencryptOptions, ReencryptProgress, ReencryptReport, RetiredKey,
 };
@@ -64,6 +66,7 @@ pub struct StoreOptions {
     block_cache_bytes: Option<usize>,
     compression: bool,
     sync_writes: bool,
+    seal_limit: u64,
 }
 
 impl std::fmt::Debug for StoreOptions {
@@ -89,6 +92,7 @@ impl StoreOptions {
             block_cache_bytes: None,
             compression: true,
             sync_writes: false,
+            seal_limit: crate::cipher::RANDOM_NONCE_LIMIT,
         }
     }
 
@@ -149,6 +153,16 @@ impl StoreOptions {
     #[must_use]
     pub fn sync_writes(mut self, on: bool) -> StoreOptions {
         self.sync_writes = on;
+        self
+    }
+
+    /// Lowers the number of values one data key version may seal (default and maximum:
+    /// 2^32, the bound for random 96-bit GCM nonces). Automatic rotation
+    /// ([`Store::maintain_keys`]) rotates a version at 3/4 of it; at the limit, writes to
+    /// the table fail with [`Error::KeyExhausted`] until the key is rotated.
+    #[must_use]
+    pub fn seal_limit(mut self, limit: u64) -> StoreOptions {
+        self.seal_limit = limit.clamp(1, crate::cipher::RANDOM_NONCE_LIMIT);
         self
     }
 
@@ -239,8 +253,16 @@ pub(crate) struct StoreInner {
     cf_options: rocksdb::Options,
     audit: AuditLog,
     views: Views,
+    seal_limit: u64,
     /// One re-encryption pass at a time.
     reencrypting: Mutex<()>,
+}
+
+impl Drop for StoreInner {
+    fn drop(&mut self) {
+        // Best effort: a failure only means the next open counts from the last save.
+        let _ = self.save_seal_counts();
+    }
 }
 
 /// An encrypted key-value store. Cheap to clone (a handle); safe to share between
@@ -273,18 +295,28 @@ fn parse_store_id(hex: &str) -> Result<[u8; 16]> {
     })
 }
 
+/// Where a value key's seal count starts, and where it stops.
+#[derive(Clone, Copy)]
+struct SealCount {
+    prior: u64,
+    limit: u64,
+}
+
 fn value_key(
     suite: Suite,
     dk: &DataKey,
     store_id: &[u8; 16],
     table_id: u32,
     version: u32,
+    count: SealCount,
 ) -> Result<crate::cipher::AeadKey> {
     let mut info = b"tde kv value key\0".to_vec();
     info.extend_from_slice(&table_id.to_le_bytes());
     info.extend_from_slice(&version.to_le_bytes());
     let key = crate::cipher::kdf::derive_key(dk, store_id, &info, suite.key_len());
-    crate::cipher::AeadKey::new(suite, version, &key)
+    Ok(crate::cipher::AeadKey::new(suite, version, &key)?
+        .with_prior_seals(count.prior)
+        .with_seal_limit(count.limit))
 }
 
 /// A table's column family options: the store's, plus (for tables with value sealing)
@@ -476,7 +508,22 @@ impl Store {
             for (version, suite, key) in by_table.get(&id).map(Vec::as_slice).unwrap_or_default() {
                 aead.insert(
                     *version,
-                    Arc::new(value_key(*suite, key, &store_id, id, *version)?),
+                    Arc::new(value_key(
+                        *suite,
+                        key,
+                        &store_id,
+                        id,
+                        *version,
+                        SealCount {
+                            prior: entry
+                                .envelope
+                                .versions
+                                .iter()
+                                .find(|v| v.version == *version)
+                                .map_or(0, |v| v.seals),
+                            limit: options.seal_limit,
+                        },
+                    )?),
                 );
             }
             tables.insert(entry.name.clone(), Arc::new(TableState::new(entry, aead)));
@@ -535,6 +582,7 @@ impl Store {
                 cf_options,
                 audit,
                 views: Views::default(),
+                seal_limit: options.seal_limit,
                 reencrypting: Mutex::new(()),
             }),
         })
@@ -621,7 +669,17 @@ impl Store {
         let mut aead = std::collections::HashMap::new();
         aead.insert(
             1,
-            Arc::new(value_key(suite, &generated.plaintext, &inner.store_id, id, 1)?),
+            Arc::new(value_key(
+                suite,
+                &generated.plaintext,
+                &inner.store_id,
+                id,
+                1,
+                SealCount {
+                    prior: 0,
+                    limit: inner.seal_limit,
+                },
+            )?),
         );
         let state = Arc::new(TableState::new(&entry, aead));
         inner

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::files::FileKey;
-use super::{Store, cf_name, value_key};
+use super::{SealCount, Store, cf_name, value_key};
 use crate::audit::{AuditEvent, Reason};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -95,7 +95,19 @@ impl Store {
             let (id, suite) = (envelope.table_id, envelope.suite);
             let file_key = FileKey::derive(suite, &generated.plaintext, &inner.store_id, id, version);
             let value = (id != STORE_TABLE_ID)
-                .then(|| value_key(suite, &generated.plaintext, &inner.store_id, id, version))
+                .then(|| {
+                    value_key(
+                        suite,
+                        &generated.plaintext,
+                        &inner.store_id,
+                        id,
+                        version,
+                        SealCount {
+                            prior: 0,
+                            limit: inner.seal_limit,
+                        },
+                    )
+                })
                 .transpose()?;
             made.push((name, id, dk_version, file_key, value));
         }

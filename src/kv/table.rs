@@ -75,11 +75,6 @@ impl TableState {
         self.keys.write().map.remove(&version);
     }
 
-    /// The version sealing new values.
-    pub(crate) fn current_version(&self) -> u32 {
-        self.keys.read().current
-    }
-
     /// The value key of `version` (for the seal-count check).
     pub(crate) fn key(&self, version: u32) -> Option<Arc<AeadKey>> {
         self.keys.read().map.get(&version).cloned()

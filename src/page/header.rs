@@ -275,6 +275,7 @@ mod tests {
                         edk: WrappedKey::from_bytes(vec![9; 120]),
                         cmk_id: "key-1".into(),
                         created_at: Timestamp(5),
+                        seals: 0,
                     }],
                     current: 1,
                     retired: Vec::new(),

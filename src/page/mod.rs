@@ -405,6 +405,7 @@ impl Tablespace {
                         edk: generated.wrapped.clone(),
                         cmk_id: generated.key_id.clone(),
                         created_at: SystemClock.now(),
+                        seals: 0,
                     }],
                     current: 1,
                     retired: Vec::new(),

@@ -11,6 +11,8 @@ mod bench_page;
 mod db;
 mod kms;
 mod page;
+mod progress;
+mod reencrypt;
 
 use std::process::ExitCode;
 
@@ -81,9 +83,11 @@ enum Command {
     /// Tablespaces of the encrypted page store.
     #[command(subcommand)]
     Page(page::PageCommand),
-    /// Rewrap a store's data keys under the current version of their master key (after
-    /// `tde kms rotate`), or under another master key (--to-key). Online; no data file is
-    /// rewritten.
+    /// Rotate keys, online. --master rewraps the data keys under the current version of
+    /// their master key (after `tde kms rotate`) or under another master key (--to-key);
+    /// no data file is rewritten. --data makes a new data key version current for new
+    /// writes; `tde reencrypt` then moves old data to it and retires the old version.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["master", "data"])))]
     Rotate {
         /// Directory of the store.
         path: std::path::PathBuf,
@@ -91,12 +95,28 @@ enum Command {
         #[arg(long, value_name = "T")]
         table: Option<String>,
         /// Rotate the master key wrapping (rewrap the EDKs).
-        #[arg(long, required = true)]
+        #[arg(long)]
         master: bool,
-        /// Wrap under this master key instead (it becomes the store's default when no
-        /// --table is given).
-        #[arg(long, value_name = "KEY")]
+        /// Rotate the data keys (a new version for new writes).
+        #[arg(long)]
+        data: bool,
+        /// With --master: wrap under this master key instead (it becomes the store's
+        /// default when no --table is given).
+        #[arg(long, value_name = "KEY", requires = "master")]
         to_key: Option<String>,
+    },
+    /// Re-encrypt data still under old data key versions and retire those versions.
+    /// Without --wait, reports what remains; with --wait, runs the pass to completion with
+    /// progress. An interrupted pass resumes where it stopped.
+    Reencrypt {
+        /// Directory of the store.
+        path: std::path::PathBuf,
+        /// Rewrite at most this many MB (10^6 bytes) of old files per second.
+        #[arg(long, value_name = "MB/s")]
+        rate: Option<f64>,
+        /// Run the pass to completion.
+        #[arg(long)]
+        wait: bool,
     },
     /// Move a whole store to another master key and/or KMS, online: every data key is
     /// unwrapped by the current KMS and wrapped by the new one; no data file is rewritten.
@@ -156,8 +176,16 @@ fn main() -> ExitCode {
             path,
             table,
             master: _,
+            data,
             to_key,
-        } => db::rotate(cli.kms.as_deref(), &path, table.as_deref(), to_key.as_deref()),
+        } => {
+            if data {
+                reencrypt::rotate_data(cli.kms.as_deref(), &path, table.as_deref())
+            } else {
+                db::rotate(cli.kms.as_deref(), &path, table.as_deref(), to_key.as_deref())
+            }
+        }
+        Command::Reencrypt { path, rate, wait } => reencrypt::run(cli.kms.as_deref(), &path, rate, wait),
         Command::Migrate { path, to_key, to_kms } => {
             db::migrate(cli.kms.as_deref(), &path, &to_key, to_kms.as_deref())
         }
