@@ -102,7 +102,7 @@ enum Command {
         data: bool,
         /// With --master: wrap under this master key instead (it becomes the store's
         /// default when no --table is given).
-        #[arg(long, value_name = "KEY", requires = "master")]
+        #[arg(long, value_name = "KEY", conflicts_with = "data")]
         to_key: Option<String>,
     },
     /// Re-encrypt data still under old data key versions and retire those versions.

@@ -59,6 +59,9 @@ impl Progress {
                 }
             }
             Progress::Lines { label, total, last } => {
+                if *total == 0 && done == 0 && note.is_none() {
+                    return;
+                }
                 let percent = |d: u64| if *total == 0 { 100 } else { d * 100 / *total };
                 let due = match last {
                     None => true,
