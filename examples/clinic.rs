@@ -1,6 +1,6 @@
 //! A clinic's patient-records service on tde, in the order an operator meets things:
-//! two tables under different master keys, a backup, a master-key rotation while the
-//! service keeps writing, a restore elsewhere, an emergency disable that stops
+//! two tables under different master keys, a backup, a master-key rotation and a
+//! data-key rotation while the service keeps writing, a restore elsewhere, an emergency disable that stops
 //! decryption, and a crypto-shred.
 //!
 //! `cargo run --release --example clinic` (everything happens in a temporary directory,
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tde::kms::local::{CreateKeyOptions, LocalKms};
-use tde::kv::{Store, StoreOptions, TableOptions};
+use tde::kv::{ReencryptOptions, Store, StoreOptions, TableOptions};
 
 fn step(n: u32, what: &str) {
     println!("\n[{n}] {what}");
@@ -65,12 +65,12 @@ fn main() -> tde::Result<()> {
 
     step(
         3,
-        "Rotate the clinic's master key in the KMS and rewrap, while the service keeps writing",
+        "Rotate the clinic's master key (rewrap) and the patients' data key (re-encrypt), while the service keeps writing",
     );
     kms.rotate_key(&clinic_key)?;
     std::thread::scope(|s| -> tde::Result<()> {
         let writer = s.spawn(|| {
-            for n in 4..200 {
+            for n in 4..2000 {
                 patients.put(format!("patient/{n}").as_bytes(), b"new patient")?;
             }
             Ok::<_, tde::Error>(())
@@ -80,6 +80,19 @@ fn main() -> tde::Result<()> {
             "    rewrapped {} data key(s); no data file rewritten",
             report.wrapped_keys
         );
+        for rotated in store.rotate_data_key(Some("patients"))? {
+            println!(
+                "    new writes to {} use data key version {}",
+                rotated.table, rotated.version
+            );
+        }
+        let report = store.reencrypt(ReencryptOptions::default()).wait()?;
+        for retired in &report.retired {
+            println!(
+                "    re-encrypted {} values; data key version {} of {} retired (its wrapped key destroyed)",
+                report.resealed_values, retired.version, retired.table
+            );
+        }
         writer
             .join()
             .map_err(|_| tde::Error::InvalidArgument("writer panicked".into()))?

@@ -111,3 +111,25 @@ fn bench_page_prints_ratios_as_json() {
         assert!(r > 0.0, "{w}: {r}");
     }
 }
+
+#[test]
+fn rotate_data_and_reencrypt_a_tablespace() {
+    let cli = Cli::new();
+    let file = cli.file();
+    cli.ok(&["page", "create", &file, "--page-size", "4k"]);
+    let out = cli.ok(&["rotate", &file, "--data"]);
+    assert!(out.contains("data key version 2 is current"), "{out}");
+    let info: serde_json::Value = serde_json::from_str(&cli.ok(&["page", "info", &file, "--json"])).unwrap();
+    assert_eq!(info["data_key_version"], 2, "{info}");
+    assert!(cli.ok(&["reencrypt", &file]).contains("--wait"));
+    let out = cli.ok(&["reencrypt", &file, "--wait"]);
+    assert!(out.contains("retired: data key version 1"), "{out}");
+    let out = cli.ok(&["reencrypt", &file, "--wait"]);
+    assert!(out.contains("nothing to re-encrypt"), "{out}");
+    cli.ok(&["page", "verify", &file]);
+    assert!(
+        !cli.run(&["rotate", &file, "--data", "--table", "t"])
+            .status
+            .success()
+    );
+}

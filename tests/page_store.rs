@@ -350,3 +350,56 @@ fn a_second_handle_on_the_same_file_is_refused() {
     assert!(err.to_string().contains("open elsewhere"), "{err}");
     let _ = PageFile::Data;
 }
+
+#[test]
+fn a_data_key_rotation_seals_new_pages_under_the_new_version_and_reencryption_retires_the_old() {
+    let t = TestPages::new();
+    let path = t.path("rotating.tbs");
+    let pool = BufferPool::new(1 << 20);
+    let ts = Tablespace::create(&path, &t.options(), &pool).unwrap();
+    for n in 0..300 {
+        fill(&mut ts.write(n).unwrap(), n);
+    }
+    ts.sync().unwrap();
+    assert_eq!(ts.rotate_data_key().unwrap(), 2);
+    for n in 0..10 {
+        fill(&mut ts.write(n).unwrap(), n + 1000);
+    }
+    ts.close().unwrap();
+
+    // Both versions are in the header now; the file alone and the KMS open it.
+    t.kms.reset_calls();
+    let ts = Tablespace::open(&path, &t.options(), &pool).unwrap();
+    assert_eq!(t.kms.calls(tde::testing::KmsOp::Decrypt), 2);
+    assert_eq!(ts.info().data_key_version, 2);
+    let mut calls = Vec::new();
+    let report = ts
+        .reencrypt(Some(64 << 20), &mut |done, total| calls.push((done, total)))
+        .unwrap();
+    assert_eq!(report.rewritten, 290, "pages 0..10 were already under version 2");
+    assert_eq!(report.retired, vec![1]);
+    assert_eq!(calls.last(), Some(&(300, 300)));
+    for n in 0..300 {
+        check(&ts.read(n).unwrap(), if n < 10 { n + 1000 } else { n });
+    }
+    assert_eq!(
+        ts.reencrypt(None, &mut |_, _| {}).unwrap(),
+        tde::page::PageReencrypt::default()
+    );
+    ts.close().unwrap();
+
+    t.kms.reset_calls();
+    let ts = Tablespace::open(&path, &t.options(), &pool).unwrap();
+    assert_eq!(
+        t.kms.calls(tde::testing::KmsOp::Decrypt),
+        1,
+        "version 1 is retired"
+    );
+    assert_eq!(ts.verify().unwrap(), 300);
+    let unencrypted =
+        Tablespace::create(t.path("plain.tbs"), &t.options().insecure_unencrypted(), &pool).unwrap();
+    assert!(matches!(
+        unencrypted.rotate_data_key(),
+        Err(tde::Error::InvalidArgument(_))
+    ));
+}

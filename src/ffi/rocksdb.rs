@@ -352,3 +352,38 @@ pub(crate) fn set_value_rewrite(options: &mut rocksdb::Options, name: &str, rewr
     let name = std::ffi::CString::new(name).unwrap_or_default();
     options.set_compaction_filter_factory(RewriteFactory { name, rewrite });
 }
+
+/// Changes mutable DB-wide options of an open store (`SetDBOptions`), which the
+/// `rocksdb` crate does not expose.
+pub(crate) fn set_db_options(db: &rocksdb::DB, options: &[(&str, &str)]) -> Result<()> {
+    let owned: Vec<(std::ffi::CString, std::ffi::CString)> = options
+        .iter()
+        .map(|(k, v)| Ok((std::ffi::CString::new(*k)?, std::ffi::CString::new(*v)?)))
+        .collect::<std::result::Result<_, std::ffi::NulError>>()
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let keys: Vec<*const c_char> = owned.iter().map(|(k, _)| k.as_ptr()).collect();
+    let values: Vec<*const c_char> = owned.iter().map(|(_, v)| v.as_ptr()).collect();
+    let mut err: *mut c_char = std::ptr::null_mut();
+    // SAFETY: `as_raw_ptr` is the live `rocksdb_t` of `db`, which outlives the call; the
+    // key and value arrays hold `keys.len()` NUL-terminated strings kept alive by
+    // `owned`; RocksDB copies them into its own map and only writes `err`.
+    unsafe {
+        librocksdb_sys::rocksdb_set_db_options(
+            db.as_raw_ptr(),
+            i32::try_from(keys.len()).unwrap_or(i32::MAX),
+            keys.as_ptr(),
+            values.as_ptr(),
+            &raw mut err,
+        );
+    }
+    if err.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null `err` is a malloc'ed NUL-terminated message that we own.
+    let message = unsafe { std::ffi::CStr::from_ptr(err) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: freed exactly once, with the allocator RocksDB used.
+    unsafe { librocksdb_sys::rocksdb_free(err.cast()) };
+    Err(Error::Engine(message))
+}

@@ -51,6 +51,9 @@ use crate::secret::DataKey;
 
 type Db = DBWithThreadMode<MultiThreaded>;
 
+/// RocksDB background jobs (flushes and compactions) of a store.
+const BACKGROUND_JOBS: i32 = 2;
+
 /// The service key used when neither the store nor the table names a master key.
 pub const DEFAULT_MASTER_KEY: &str = "alias/acs/tde";
 
@@ -177,7 +180,7 @@ impl StoreOptions {
         } else {
             rocksdb::DBCompressionType::None
         });
-        opts.set_max_background_jobs(2);
+        opts.set_max_background_jobs(BACKGROUND_JOBS);
         // A damaged record anywhere but a torn tail (a crash mid-write) is an error at
         // open, not silently dropped data.
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);

@@ -56,7 +56,30 @@ fn aad(tablespace: &[u8; 16], page: u64, version: u32) -> [u8; AAD_LEN] {
     aad
 }
 
+/// The data key version a sealed physical page names (not authenticated).
+pub(crate) fn stored_version(page: &[u8]) -> u32 {
+    let reserve = &page[page.len() - RESERVE..];
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&reserve[VERSION_AT..NONCE_AT]);
+    u32::from_le_bytes(word)
+}
+
 impl Sealing {
+    /// Adds version `version` and makes it the one new pages are sealed with.
+    pub(crate) fn make_current(&mut self, version: u32, key: Arc<AeadKey>) {
+        if let Sealing::Aead { keys, current } = self {
+            keys.insert(version, key);
+            *current = version;
+        }
+    }
+
+    /// Forgets version `version`.
+    pub(crate) fn forget(&mut self, version: u32) {
+        if let Sealing::Aead { keys, .. } = self {
+            keys.remove(&version);
+        }
+    }
+
     /// Seals `buf` (one physical page holding the plain logical page) in place.
     pub(crate) fn seal(&self, tablespace: &[u8; 16], page: u64, buf: &mut [u8]) -> Result<()> {
         let logical = buf.len() - RESERVE;

@@ -52,13 +52,14 @@ mod header;
 mod io;
 mod journal;
 mod pool;
+mod rotate;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use zeroize::Zeroize;
 
 pub use codec::RESERVE;
@@ -69,6 +70,7 @@ pub use io::{FileIo, PageFile, PageIo, journal_path};
 use journal::Journal;
 use pool::{Access, Guard, Owner};
 pub use pool::{BufferPool, PageMut, PageRef, PoolStats};
+pub use rotate::PageReencrypt;
 
 use crate::cipher::{AeadKey, Suite};
 use crate::clock::{Clock, SystemClock};
@@ -241,6 +243,8 @@ struct Durable {
     /// Physical pages the committed header records.
     disk_pages: u64,
     header: Header,
+    /// The header changed (a key rotated or retired) and goes into the next commit.
+    header_changed: bool,
 }
 
 struct Inner {
@@ -251,8 +255,11 @@ struct Inner {
     name: String,
     physical: usize,
     logical: usize,
-    sealing: Sealing,
-    header_key: AeadKey,
+    /// Replaced by data key rotation (a new version) and re-encryption (retirement).
+    sealing: RwLock<Sealing>,
+    header_key: RwLock<Arc<AeadKey>>,
+    encrypted: bool,
+    kms: Arc<dyn Kms>,
     durable: Mutex<Durable>,
     sync_lock: Mutex<()>,
     /// Engine pages (highest written + 1).
@@ -563,13 +570,16 @@ impl Tablespace {
                 name: header.meta.name.clone(),
                 physical,
                 logical: physical - RESERVE,
-                sealing,
-                header_key,
+                encrypted: matches!(sealing, Sealing::Aead { .. }),
+                sealing: RwLock::new(sealing),
+                header_key: RwLock::new(Arc::new(header_key)),
+                kms: options.kms.clone(),
                 pages: AtomicU64::new(disk_pages - 1),
                 durable: Mutex::new(Durable {
                     journal,
                     disk_pages,
                     header,
+                    header_changed: false,
                 }),
                 sync_lock: Mutex::new(()),
                 poisoned: Mutex::new(None),
@@ -585,7 +595,8 @@ impl Tablespace {
     fn recover(&self, header_page: &[u8]) -> Result<()> {
         let inner = &*self.inner;
         let what_header = || format!("header of tablespace {:?}", inner.name);
-        Header::verify(header_page, &inner.header_key).map_err(|e| e.at(what_header()))?;
+        let header_key = inner.header_key.read().clone();
+        Header::verify(header_page, &header_key).map_err(|e| e.at(what_header()))?;
         let mut durable = inner.durable.lock();
         let io = &*inner.io;
         let mut buf = vec![0u8; inner.physical];
@@ -597,7 +608,7 @@ impl Tablespace {
                 .map_err(|e| io_error(io, PageFile::Journal, "reading", e))?;
             if page == 0 {
                 Header::decode(&buf)?;
-                Header::verify(&buf, &inner.header_key).map_err(|e| e.at(what_header()))?;
+                Header::verify(&buf, &header_key).map_err(|e| e.at(what_header()))?;
             } else {
                 inner.open_page(page, &mut buf, "journal frame of")?;
             }
@@ -833,8 +844,8 @@ impl Inner {
 
     fn open_page(&self, physical: u64, buf: &mut [u8], what: &str) -> Result<()> {
         let describe = || format!("{what} tablespace {:?} page {}", self.name, physical - 1);
-        self.sealing.open(&self.id, physical, buf, &describe)?;
-        if matches!(self.sealing, Sealing::Aead { .. }) {
+        self.sealing.read().open(&self.id, physical, buf, &describe)?;
+        if self.encrypted {
             bump(&self.counters.pages_opened);
         }
         Ok(())
@@ -881,11 +892,11 @@ impl Inner {
     fn append(&self, durable: &mut Durable, physical: u64, frame: &[u8], sealed: &mut Vec<u8>) -> Result<()> {
         sealed.clear();
         sealed.extend_from_slice(frame);
-        if let Err(e) = self.sealing.seal(&self.id, physical, sealed) {
+        if let Err(e) = self.sealing.read().seal(&self.id, physical, sealed) {
             sealed.zeroize();
             return Err(e);
         }
-        if matches!(self.sealing, Sealing::Aead { .. }) {
+        if self.encrypted {
             bump(&self.counters.pages_sealed);
         }
         durable
@@ -922,16 +933,18 @@ impl Inner {
                     self.append(durable, gap, &zero, &mut sealed)?;
                 }
             }
-            let mut header = durable.header.clone();
-            header.page_count = highest + 1;
-            let page = header.encode(&self.header_key)?;
+            durable.header.page_count = highest + 1;
+            durable.disk_pages = highest + 1;
+            durable.header_changed = true;
+        }
+        if durable.header_changed {
+            let page = durable.header.encode(&self.header_key.read())?;
             durable
                 .journal
                 .append(&*self.io, 0, &page)
                 .map_err(|e| self.poison(PageFile::Journal, "appending to", e))?;
             bump(&self.counters.journal_frames);
-            durable.header = header;
-            durable.disk_pages = highest + 1;
+            durable.header_changed = false;
         }
         let frames_before = durable.journal.len();
         durable

@@ -22,6 +22,8 @@ pub(crate) enum BenchCommand {
     Kv(KvArgs),
     /// The page store with sealing off vs on.
     Page(crate::bench_page::PageArgs),
+    /// A re-encryption pass vs a plain full compaction of the same store.
+    Reencrypt(crate::bench_reencrypt::ReencryptArgs),
 }
 
 #[derive(Debug, Args)]
@@ -55,14 +57,14 @@ pub(crate) fn splitmix(mut x: u64) -> u64 {
 }
 
 /// The i-th key: a bijection of i, so loading 0..n writes n distinct keys in random order.
-fn key(i: u64) -> [u8; 16] {
+pub(crate) fn key(i: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&splitmix(i).to_be_bytes());
     k[8..].copy_from_slice(&i.to_be_bytes());
     k
 }
 
-fn value(i: u64) -> [u8; VALUE_LEN] {
+pub(crate) fn value(i: u64) -> [u8; VALUE_LEN] {
     let mut v = [0u8; VALUE_LEN];
     for (n, chunk) in v.chunks_mut(8).enumerate() {
         let r = splitmix(i ^ ((n as u64) << 40)).to_le_bytes();
@@ -156,7 +158,7 @@ fn open_tde(dir: &Path, kms: &Arc<LocalKms>, cache: Option<usize>, value_seal: b
     Ok(Db::Tde(store, table))
 }
 
-fn dir_size(dir: &Path) -> u64 {
+pub(crate) fn dir_size(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
@@ -292,6 +294,7 @@ pub(crate) fn run(cmd: BenchCommand) -> CliResult {
     let args = match cmd {
         BenchCommand::Kv(args) => args,
         BenchCommand::Page(args) => return crate::bench_page::run(&args),
+        BenchCommand::Reencrypt(args) => return crate::bench_reencrypt::run(&args),
     };
     let keys = args.keys.unwrap_or(if args.quick { 200_000 } else { 1_000_000 });
     let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 5 }).max(1);

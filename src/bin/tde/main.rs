@@ -8,6 +8,7 @@ mod audit;
 mod backup;
 mod bench;
 mod bench_page;
+mod bench_reencrypt;
 mod db;
 mod kms;
 mod page;

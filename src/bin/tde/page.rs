@@ -43,7 +43,7 @@ pub(crate) enum PageCommand {
 }
 
 /// Opens a tablespace with `--kms` if given, else the KMS its header records.
-fn open(file: &Path, flag: Option<&str>, pool: &BufferPool) -> CliResult<Tablespace> {
+pub(crate) fn open(file: &Path, flag: Option<&str>, pool: &BufferPool) -> CliResult<Tablespace> {
     let uri = match flag {
         Some(f) => absolute(KmsUri::parse(f)?)?,
         None => KmsUri::parse(&Tablespace::inspect(file)?.kms)?,

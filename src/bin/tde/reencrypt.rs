@@ -13,7 +13,29 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
 }
 
+/// A page-store tablespace is a file; a key-value store is a directory.
+fn is_tablespace(path: &Path) -> bool {
+    path.is_file()
+}
+
 pub(crate) fn rotate_data(flag: Option<&str>, path: &Path, table: Option<&str>) -> CliResult {
+    if is_tablespace(path) {
+        if table.is_some() {
+            return Err("--table applies to key-value stores; a tablespace has one data key".into());
+        }
+        let ts = crate::page::open(path, flag, &tde::page::BufferPool::new(1 << 20))?;
+        let version = ts.rotate_data_key()?;
+        ts.close()?;
+        println!(
+            "{}: data key version {version} is current for new writes",
+            path.display()
+        );
+        println!(
+            "older versions stay readable until `tde reencrypt {} --wait` rewrites their pages and retires them",
+            path.display()
+        );
+        return Ok(());
+    }
     let store = open_store(path, flag)?;
     for r in store.rotate_data_key(table)? {
         println!(
@@ -35,6 +57,9 @@ pub(crate) fn run(flag: Option<&str>, path: &Path, rate: Option<f64>, wait: bool
             return Err(format!("--rate must be a positive number of MB/s, not {rate}").into());
         }
         options = options.rate_limit((rate * 1e6) as u64);
+    }
+    if is_tablespace(path) {
+        return tablespace(flag, path, options.rate_bytes(), wait);
     }
     let mut store = open_store(path, flag)?;
     let pending = store.reencrypt_status()?;
@@ -105,4 +130,39 @@ pub(crate) fn run(flag: Option<&str>, path: &Path, rate: Option<f64>, wait: bool
     } else {
         Err(format!("{} key(s) still have old versions; run again", left.len()).into())
     }
+}
+
+fn tablespace(flag: Option<&str>, path: &Path, rate: Option<u64>, wait: bool) -> CliResult {
+    let info = tde::page::Tablespace::inspect(path)?;
+    if !wait {
+        println!(
+            "{}: data key version {} is current; `tde reencrypt {} --wait` rewrites every page \
+             under an older version and retires it",
+            path.display(),
+            info.data_key_version,
+            path.display()
+        );
+        return Ok(());
+    }
+    let ts = crate::page::open(path, flag, &tde::page::BufferPool::new(16 << 20))?;
+    let page = (ts.page_size() + tde::page::RESERVE) as u64;
+    let mut progress = Progress::bytes("re-encrypting", 0);
+    let report = ts.reencrypt(rate, &mut |done, total| {
+        progress.set_total(total * page);
+        progress.set(done * page, None);
+    })?;
+    ts.close()?;
+    progress.finish(report.rewritten * page);
+    for version in &report.retired {
+        println!("retired: data key version {version}");
+    }
+    if report.retired.is_empty() {
+        println!("nothing to re-encrypt: every page uses the current data key version");
+    } else {
+        println!(
+            "done: {} pages sealed again under the current version",
+            report.rewritten
+        );
+    }
+    Ok(())
 }
