@@ -357,3 +357,87 @@ fn rewrap_carries_a_backup_to_another_kms_without_touching_its_data() {
     .unwrap();
     assert_eq!(count(&restored, "users"), 200);
 }
+
+#[test]
+fn a_tablespace_backs_up_verifies_restores_and_moves_to_another_kms() {
+    use std::sync::Arc;
+    use tde::page::{BufferPool, Tablespace};
+    let t = common::TestPages::new();
+    let pool = BufferPool::new(1 << 20);
+    let ts = Tablespace::create(t.path("orders.tbs"), &t.options(), &pool).unwrap();
+    let stamp = |ts: &Tablespace, n: u64, v: u8| {
+        let mut g = ts.write(n).unwrap();
+        g.fill(v);
+        g[..MARKER.len()].copy_from_slice(MARKER);
+    };
+    for n in 0..50 {
+        stamp(&ts, n, 1);
+    }
+    ts.sync().unwrap();
+    let dest = t.path("backups");
+    let first = tde::backup::create_tablespace(&ts, &dest).unwrap();
+    // A backup syncs first: every write so far is in it.
+    for n in 0..10 {
+        stamp(&ts, n, 2);
+    }
+    let second = tde::backup::create_tablespace(&ts, &dest).unwrap();
+    assert_ne!(first.id, second.id);
+    let manifests = tde::backup::list(&dest).unwrap();
+    assert!(
+        manifests
+            .iter()
+            .all(|m| m.kind == tde::backup::BackupKind::Tablespace)
+    );
+    for (path, bytes) in files_below(&dest) {
+        assert!(!contains(&bytes, MARKER), "plaintext in {}", path.display());
+    }
+    assert_eq!(tde::backup::verify(&dest, None).unwrap().backups, 2);
+    let deep = tde::backup::verify_deep_tablespace(&dest, None, &t.options()).unwrap();
+    assert_eq!(deep.records, Some(50));
+
+    let restored =
+        tde::backup::restore_tablespace(&dest, Some(&first.id), &t.path("old.tbs"), &t.options(), &pool)
+            .unwrap();
+    assert_eq!(restored.read(3).unwrap()[MARKER.len()], 1);
+    let restored =
+        tde::backup::restore_tablespace(&dest, None, &t.path("new.tbs"), &t.options(), &pool).unwrap();
+    assert_eq!(restored.read(3).unwrap()[MARKER.len()], 2);
+    assert!(matches!(
+        tde::backup::restore_tablespace(&dest, None, &t.path("new.tbs"), &t.options(), &pool),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        tde::backup::restore(&dest, None, &t.path("as-store"), TestStore::new().options()),
+        Err(Error::InvalidArgument(_))
+    ));
+
+    // Carried to another KMS: only that one opens it.
+    let other = Arc::new(tde::kms::local::LocalKms::create(t.path("kms-2")).unwrap());
+    let key = other.create_key(&CreateKeyOptions::default()).unwrap().key_id;
+    let moved = tde::backup::rewrap_tablespace(
+        &dest,
+        None,
+        &t.options(),
+        Some((other.clone(), Some("local:elsewhere"))),
+        &key,
+    )
+    .unwrap();
+    assert_eq!(moved.kms, "local:elsewhere");
+    let options = tde::page::TablespaceOptions::new(other);
+    let copy = tde::backup::restore_tablespace(&dest, None, &t.path("moved.tbs"), &options, &pool).unwrap();
+    assert_eq!(copy.verify().unwrap(), 50);
+    let err =
+        tde::backup::restore_tablespace(&dest, None, &t.path("nope.tbs"), &t.options(), &pool).unwrap_err();
+    assert!(matches!(err, Error::KeysUnavailable { .. }), "{err}");
+    assert!(!t.path("nope.tbs").exists(), "a failed restore leaves nothing");
+
+    // Damage is found without keys.
+    let object = dest.join("objects").join(&moved.files[0].sha256);
+    let mut bytes = std::fs::read(&object).unwrap();
+    bytes[9000] ^= 1;
+    std::fs::write(&object, bytes).unwrap();
+    assert!(matches!(
+        tde::backup::verify(&dest, None),
+        Err(Error::Corrupt { .. })
+    ));
+}

@@ -403,3 +403,40 @@ fn a_data_key_rotation_seals_new_pages_under_the_new_version_and_reencryption_re
         Err(tde::Error::InvalidArgument(_))
     ));
 }
+
+#[test]
+fn a_tablespace_moves_to_another_master_key_or_kms_without_rewriting_pages() {
+    use tde::kms::local::{CreateKeyOptions, LocalKms};
+    let t = TestPages::new();
+    let path = t.path("moving.tbs");
+    let pool = BufferPool::new(1 << 20);
+    let first_key = t.local().create_key(&CreateKeyOptions::default()).unwrap().key_id;
+    let ts = Tablespace::create(&path, &t.options().master_key(first_key), &pool).unwrap();
+    for n in 0..20 {
+        fill(&mut ts.write(n).unwrap(), n);
+    }
+    ts.sync().unwrap();
+    let old_key = ts.info().master_key;
+    let new_key = t.local().create_key(&CreateKeyOptions::default()).unwrap().key_id;
+    ts.rewrap(Some(&new_key)).unwrap();
+    ts.close().unwrap();
+    t.local().disable_key(&old_key).unwrap();
+    let ts = Tablespace::open(&path, &t.options(), &pool).unwrap();
+    assert_eq!(ts.info().master_key, new_key);
+    assert_eq!(ts.verify().unwrap(), 20);
+
+    let other = Arc::new(LocalKms::create(t.path("kms-2")).unwrap());
+    let moved_key = other.create_key(&CreateKeyOptions::default()).unwrap().key_id;
+    ts.migrate(other.clone(), &moved_key, Some("local:elsewhere"))
+        .unwrap();
+    ts.close().unwrap();
+    assert_eq!(Tablespace::inspect(&path).unwrap().kms, "local:elsewhere");
+    assert!(
+        Tablespace::open(&path, &t.options(), &pool).is_err(),
+        "the old KMS no longer opens it"
+    );
+    let ts = Tablespace::open(&path, &tde::page::TablespaceOptions::new(other), &pool).unwrap();
+    for n in 0..20 {
+        check(&ts.read(n).unwrap(), n);
+    }
+}

@@ -32,6 +32,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::kms::Timestamp;
 use crate::kv::{Store, StoreOptions};
+use crate::page::{BufferPool, Tablespace, TablespaceOptions};
 
 const FORMAT: u32 = 1;
 const OBJECTS: &str = "objects";
@@ -48,11 +49,31 @@ pub struct BackupFile {
     pub sha256: String,
 }
 
+/// What a backup holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupKind {
+    /// A key-value store (its files and keyring).
+    #[default]
+    Store,
+    /// A page-store tablespace (one file; its header holds the wrapped keys).
+    Tablespace,
+}
+
+impl BackupKind {
+    fn is_store(&self) -> bool {
+        *self == BackupKind::Store
+    }
+}
+
 /// A backup's manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Format version.
     pub format: u32,
+    /// A store or a tablespace.
+    #[serde(default, skip_serializing_if = "BackupKind::is_store")]
+    pub kind: BackupKind,
     /// Backup id (sortable by time).
     pub id: String,
     /// When it was taken.
@@ -226,6 +247,7 @@ fn ingest(store: &Store, checkpoint: &Path, dest: &Path) -> Result<BackupReport>
     let mut manifest = Manifest {
         format: FORMAT,
         id: new_id(dest)?,
+        kind: BackupKind::Store,
         created: now,
         store_id: store.store_id(),
         kms: store.recorded_kms(),
@@ -349,6 +371,12 @@ fn check_copy(path: &Path, object: &Path, manifest: &Manifest, file: &BackupFile
 /// (a disabled or deleted master key); [`Error::Io`].
 pub fn restore(dest: &Path, id: Option<&str>, path: &Path, options: StoreOptions) -> Result<Store> {
     let manifest = find(dest, id)?;
+    if manifest.kind != BackupKind::Store {
+        return Err(Error::InvalidArgument(format!(
+            "backup {} holds a tablespace; restore it with restore_tablespace",
+            manifest.id
+        )));
+    }
     if path.exists() {
         let mut entries = std::fs::read_dir(path).map_err(|e| io("reading", path, e))?;
         if entries.next().is_some() {
@@ -429,6 +457,12 @@ pub fn rewrap(
     use crate::secret::WrappedKey;
 
     let mut manifest = find(dest, id)?;
+    if manifest.kind != BackupKind::Store {
+        return Err(Error::InvalidArgument(format!(
+            "backup {} holds a tablespace; rewrap it with rewrap_tablespace",
+            manifest.id
+        )));
+    }
     let scratch = tempfile::Builder::new()
         .prefix(".rewrap-")
         .tempdir_in(dest)
@@ -502,6 +536,188 @@ pub fn rewrap(
         .collect();
     for sha in old.into_iter().filter(|s| !referenced.contains(s)) {
         let _ = std::fs::remove_file(dest.join(OBJECTS).join(sha));
+    }
+    Ok(manifest)
+}
+
+/// Backs up a page-store tablespace: a consistent copy of its file (synced and
+/// checkpointed first; see [`Tablespace::export`]) into `dest`, as ciphertext. The
+/// tablespace's header carries its wrapped keys, so the one file is the whole backup.
+///
+/// # Errors
+/// As [`Tablespace::export`]; [`Error::Io`] (earlier backups in `dest` are intact).
+pub fn create_tablespace(ts: &Tablespace, dest: &Path) -> Result<BackupReport> {
+    let objects = dest.join(OBJECTS);
+    for d in [&objects, &dest.join(BACKUPS)] {
+        std::fs::create_dir_all(d).map_err(|e| io("creating", d, e))?;
+    }
+    let info = ts.info();
+    let mut scratch = tempfile::Builder::new()
+        .prefix(".tablespace-")
+        .tempfile_in(dest)
+        .map_err(|e| io("creating a file in", dest, e))?;
+    let size = ts.export(scratch.as_file_mut())?;
+    scratch
+        .as_file()
+        .sync_all()
+        .map_err(|e| io("syncing", scratch.path(), e))?;
+    let (_, sha256) = sha256_file(scratch.path())?;
+    let object = objects.join(&sha256);
+    let copied = if object.exists() {
+        0
+    } else {
+        scratch
+            .persist(&object)
+            .map_err(|e| io("storing", &object, e.error))?;
+        size
+    };
+    sync_dir(&objects)?;
+    let mut manifest = Manifest {
+        format: FORMAT,
+        kind: BackupKind::Tablespace,
+        id: new_id(dest)?,
+        created: SystemClock.now(),
+        store_id: info.id,
+        kms: info.kms,
+        files: vec![BackupFile {
+            name: info.name,
+            size,
+            sha256,
+        }],
+        checksum: String::new(),
+    };
+    manifest.checksum = manifest.checksum_of()?;
+    write_manifest(dest, &manifest)?;
+    Ok(BackupReport {
+        id: manifest.id,
+        files: 1,
+        bytes: size,
+        copied_bytes: copied,
+    })
+}
+
+fn tablespace_manifest(dest: &Path, id: Option<&str>) -> Result<Manifest> {
+    let manifest = find(dest, id)?;
+    match (manifest.kind, manifest.files.as_slice()) {
+        (BackupKind::Tablespace, [_]) => Ok(manifest),
+        (BackupKind::Tablespace, _) => Err(corrupt(
+            dest,
+            format!(
+                "backup {} of a tablespace must hold exactly one file",
+                manifest.id
+            ),
+        )),
+        (BackupKind::Store, _) => Err(Error::InvalidArgument(format!(
+            "backup {} holds a key-value store; restore it with restore",
+            manifest.id
+        ))),
+    }
+}
+
+/// Restores tablespace backup `id` (the latest if `None`) to the new file `path` and opens
+/// it (which needs the KMS). On failure nothing is left at `path`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] if `path` exists or the backup is of a store;
+/// [`Error::Corrupt`] if the copy does not match its checksum;
+/// [`Error::KeysUnavailable`] if the KMS will not unwrap the keys; [`Error::Io`].
+pub fn restore_tablespace(
+    dest: &Path,
+    id: Option<&str>,
+    path: &Path,
+    options: &TablespaceOptions,
+    pool: &BufferPool,
+) -> Result<Tablespace> {
+    let manifest = tablespace_manifest(dest, id)?;
+    if path.exists() || crate::page::journal_path(path).exists() {
+        return Err(Error::InvalidArgument(format!(
+            "{} already exists; restore into a new file",
+            path.display()
+        )));
+    }
+    let file = &manifest.files[0];
+    let object = dest.join(OBJECTS).join(&file.sha256);
+    let result = copy_durably(&object, path)
+        .and_then(|()| check_copy(path, &object, &manifest, file))
+        .and_then(|()| Tablespace::open(path, options, pool));
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(crate::page::journal_path(path));
+    }
+    result
+}
+
+/// As [`verify`], then restores the tablespace backup into a temporary file inside `dest`
+/// and authenticates every page (needs the KMS). `records` counts pages.
+///
+/// # Errors
+/// As [`verify`] and [`restore_tablespace`]; [`Error::Authentication`] for a page.
+pub fn verify_deep_tablespace(
+    dest: &Path,
+    id: Option<&str>,
+    options: &TablespaceOptions,
+) -> Result<VerifyReport> {
+    let mut report = verify(dest, id)?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".deep-verify-")
+        .tempdir_in(dest)
+        .map_err(|e| io("creating a directory in", dest, e))?;
+    let pool = BufferPool::new(4 << 20);
+    let ts = restore_tablespace(dest, id, &scratch.path().join("tablespace"), options, &pool)?;
+    report.records = Some(ts.verify()?);
+    Ok(report)
+}
+
+/// Rewraps tablespace backup `id` (the latest if `None`) for master key `to_key` of the
+/// KMS `to` (within one KMS when `to` is `None`): the copy is opened with `options`
+/// (its current KMS), rewrapped or migrated, and stored as the backup's new file under
+/// the same id. Only the header page differs; the pages stay as they are.
+///
+/// # Errors
+/// [`Error::Kms`] if a key refuses (the backup is unchanged); [`Error::Io`].
+pub fn rewrap_tablespace(
+    dest: &Path,
+    id: Option<&str>,
+    options: &TablespaceOptions,
+    to: Option<(std::sync::Arc<dyn crate::kms::Kms>, Option<&str>)>,
+    to_key: &str,
+) -> Result<Manifest> {
+    let mut manifest = tablespace_manifest(dest, id)?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".rewrap-")
+        .tempdir_in(dest)
+        .map_err(|e| io("creating a directory in", dest, e))?;
+    let copy = scratch.path().join("tablespace");
+    let pool = BufferPool::new(4 << 20);
+    let ts = restore_tablespace(dest, Some(&manifest.id), &copy, options, &pool)?;
+    match to {
+        Some((kms, uri)) => ts.migrate(kms, to_key, uri)?,
+        None => ts.rewrap(Some(to_key))?,
+    }
+    let info = ts.info();
+    ts.close()?;
+    let (size, sha256) = sha256_file(&copy)?;
+    let object = dest.join(OBJECTS).join(&sha256);
+    if !object.exists() {
+        copy_durably(&copy, &object)?;
+    }
+    sync_dir(&dest.join(OBJECTS))?;
+    let old = std::mem::replace(
+        &mut manifest.files[0],
+        BackupFile {
+            name: info.name,
+            size,
+            sha256,
+        },
+    );
+    manifest.kms = info.kms;
+    manifest.checksum = manifest.checksum_of()?;
+    write_manifest(dest, &manifest)?;
+    let referenced = list(dest)?
+        .into_iter()
+        .any(|m| m.files.iter().any(|f| f.sha256 == old.sha256));
+    if !referenced {
+        let _ = std::fs::remove_file(dest.join(OBJECTS).join(old.sha256));
     }
     Ok(manifest)
 }

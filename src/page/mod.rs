@@ -259,7 +259,8 @@ struct Inner {
     sealing: RwLock<Sealing>,
     header_key: RwLock<Arc<AeadKey>>,
     encrypted: bool,
-    kms: Arc<dyn Kms>,
+    /// Replaced by a migration to another KMS.
+    kms: RwLock<Arc<dyn Kms>>,
     durable: Mutex<Durable>,
     sync_lock: Mutex<()>,
     /// Engine pages (highest written + 1).
@@ -573,7 +574,7 @@ impl Tablespace {
                 encrypted: matches!(sealing, Sealing::Aead { .. }),
                 sealing: RwLock::new(sealing),
                 header_key: RwLock::new(Arc::new(header_key)),
-                kms: options.kms.clone(),
+                kms: RwLock::new(options.kms.clone()),
                 pages: AtomicU64::new(disk_pages - 1),
                 durable: Mutex::new(Durable {
                     journal,
@@ -909,6 +910,11 @@ impl Inner {
 
     fn sync(&self, checkpoint: bool) -> Result<()> {
         let _one_at_a_time = self.sync_lock.lock();
+        self.sync_locked(checkpoint)
+    }
+
+    /// As [`Inner::sync`], with `sync_lock` held by the caller.
+    fn sync_locked(&self, checkpoint: bool) -> Result<()> {
         self.check_poisoned()?;
         let mut sealed = Vec::with_capacity(self.physical);
         for (physical, pin) in self.pool.inner.dirty_frames(self.owner) {

@@ -14,7 +14,8 @@ use super::{PageFile, Tablespace, context, header_key, io_error, page_key};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::keyring::{DkVersion, RetiredVersion, RetryPolicy};
-use crate::kms::DataKeySpec;
+use crate::kms::{DataKeySpec, Kms};
+use crate::secret::WrappedKey;
 
 /// Pages rewritten between two commits.
 const BATCH_PAGES: u64 = 256;
@@ -54,8 +55,9 @@ impl Tablespace {
             .max()
             .unwrap_or(0)
             + 1;
+        let kms = inner.kms.read().clone();
         let generated = RetryPolicy::default().run(|| {
-            inner.kms.generate_data_key(
+            kms.generate_data_key(
                 &envelope.cmk,
                 DataKeySpec::from(envelope.suite),
                 &context(&inner.id, version),
@@ -177,6 +179,114 @@ impl Tablespace {
             sealing.forget(*version);
         }
         Ok(report)
+    }
+}
+
+impl Tablespace {
+    /// Rewraps the tablespace's data keys under `to_key`, or under the current version of
+    /// their own master key if `None` (after the KMS rotated it): the KMS re-encrypts each
+    /// wrapped key; no page changes. Durable with the next [`Tablespace::sync`]; sync
+    /// before disabling the old master key.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] if a master key refuses (nothing changes).
+    pub fn rewrap(&self, to_key: Option<&str>) -> Result<()> {
+        let kms = self.inner.kms.read().clone();
+        self.rewrap_with(
+            to_key,
+            &|edk, context, dest| {
+                Ok(RetryPolicy::default().run(|| kms.re_encrypt(edk, context, dest, context))?)
+            },
+            None,
+        )
+    }
+
+    /// Moves the tablespace to master key `to_key` of the KMS `to`: every data key is
+    /// unwrapped by the current KMS and wrapped by `to`, in memory; the header records
+    /// `to_kms_uri` (default: `to`'s description) and the tablespace uses `to` from then
+    /// on. No page changes. Durable with the next [`Tablespace::sync`].
+    ///
+    /// # Errors
+    /// [`Error::Kms`] if either KMS refuses (nothing changes).
+    pub fn migrate(&self, to: Arc<dyn Kms>, to_key: &str, to_kms_uri: Option<&str>) -> Result<()> {
+        let from = self.inner.kms.read().clone();
+        let uri = to_kms_uri.map_or_else(|| to.describe(), ToOwned::to_owned);
+        self.rewrap_with(
+            Some(to_key),
+            &|edk, context, dest| {
+                let plain = RetryPolicy::default().run(|| from.decrypt(edk, context))?;
+                Ok(RetryPolicy::default().run(|| to.encrypt(dest, plain.expose(), context))?)
+            },
+            Some((to.clone(), uri)),
+        )
+    }
+
+    /// Rewraps every version with `wrap(edk, context, master key)`; with `moved_to`, the
+    /// tablespace switches to that KMS (and records its URI) in the same step.
+    fn rewrap_with(
+        &self,
+        to_key: Option<&str>,
+        wrap: &dyn Fn(&[u8], &crate::kms::EncryptionContext, &str) -> Result<Vec<u8>>,
+        moved_to: Option<(Arc<dyn Kms>, String)>,
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        if !inner.encrypted {
+            return Err(Error::InvalidArgument(format!(
+                "tablespace {:?} is not encrypted",
+                inner.name
+            )));
+        }
+        let _one = inner.sync_lock.lock();
+        let mut envelope = inner.durable.lock().header.meta.envelope.clone();
+        let dest = to_key.unwrap_or(&envelope.cmk).to_owned();
+        for v in &mut envelope.versions {
+            let wrapped = wrap(v.edk.as_bytes(), &context(&inner.id, v.version), &dest)?;
+            v.edk = WrappedKey::from_bytes(wrapped);
+        }
+        let target = moved_to
+            .as_ref()
+            .map_or_else(|| inner.kms.read().clone(), |(kms, _)| kms.clone());
+        let key_id = target.describe_key(&dest).map(|d| d.key_id);
+        for v in &mut envelope.versions {
+            if let Ok(id) = &key_id {
+                v.cmk_id.clone_from(id);
+            }
+        }
+        envelope.cmk = dest;
+        let mut durable = inner.durable.lock();
+        durable.header.meta.envelope = envelope;
+        if let Some((kms, uri)) = moved_to {
+            durable.header.meta.kms = uri;
+            *inner.kms.write() = kms;
+        }
+        durable.header_changed = true;
+        Ok(())
+    }
+
+    /// Writes a consistent copy of the tablespace file to `out`: syncs and checkpoints,
+    /// then copies the file while no checkpoint can change it. Returns the bytes written.
+    /// The copy is ciphertext, and opens alone with the KMS.
+    ///
+    /// # Errors
+    /// As [`Tablespace::checkpoint`]; [`Error::Io`] if `out` fails.
+    pub fn export(&self, out: &mut dyn std::io::Write) -> Result<u64> {
+        let inner = &*self.inner;
+        let _one = inner.sync_lock.lock();
+        inner.sync_locked(true)?;
+        let len = inner.durable.lock().disk_pages * inner.physical as u64;
+        let mut buf = vec![0u8; inner.physical * 64];
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(buf.len() as u64) as usize;
+            inner
+                .io
+                .read_exact_at(PageFile::Data, at, &mut buf[..n])
+                .map_err(|e| io_error(&*inner.io, PageFile::Data, "reading", e))?;
+            out.write_all(&buf[..n])
+                .map_err(|e| Error::io("writing the copy of a tablespace", e))?;
+            at += n as u64;
+        }
+        Ok(len)
     }
 }
 
