@@ -133,3 +133,36 @@ fn rotate_data_and_reencrypt_a_tablespace() {
             .success()
     );
 }
+
+#[test]
+fn back_up_restore_rewrap_and_migrate_a_tablespace() {
+    let cli = Cli::new();
+    let file = cli.file();
+    cli.ok(&["page", "create", &file]);
+    let dest = cli.tmp.path().join("backups").to_string_lossy().into_owned();
+    let id = cli.ok(&["backup", "create", &file, &dest]);
+    assert!(cli.ok(&["backup", "list", &dest]).contains("tablespace"));
+    assert!(
+        cli.ok(&["backup", "verify", &dest, "--deep"])
+            .contains("authenticated")
+    );
+    let key = cli.ok(&["kms", "create-key"]).lines().next().unwrap().to_owned();
+    cli.ok(&["backup", "rewrap", &dest, "--to-key", &key]);
+    let restored = cli.tmp.path().join("restored.tbs").to_string_lossy().into_owned();
+    let out = cli.ok(&["backup", "restore", &dest, &restored, "--id", id.trim()]);
+    assert!(out.contains("restored tablespace"), "{out}");
+    cli.ok(&["rotate", &restored, "--master", "--to-key", &key]);
+    let info: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["page", "info", &restored, "--json"])).unwrap();
+    assert_eq!(info["master_key"], key.as_str(), "{info}");
+    let other = cli.tmp.path().join("kms-2").to_string_lossy().into_owned();
+    cli.ok(&["--kms", &other, "kms", "init"]);
+    let moved_key = cli
+        .ok(&["--kms", &other, "kms", "create-key"])
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    cli.ok(&["migrate", &restored, "--to-key", &moved_key, "--to-kms", &other]);
+    cli.ok(&["page", "verify", &restored]);
+}

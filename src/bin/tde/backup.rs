@@ -3,18 +3,21 @@
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
+use tde::backup::BackupKind;
 use tde::kms::KmsUri;
 use tde::kv::StoreOptions;
+use tde::page::TablespaceOptions;
 
 use crate::CliResult;
 use crate::db::{absolute, connect, open_store};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BackupCommand {
-    /// Back up a store into DEST (created if needed). Only files not already in DEST are
-    /// copied; every backup stays restorable on its own.
+    /// Back up a store (a directory) or a page-store tablespace (a file) into DEST
+    /// (created if needed). Only files not already in DEST are copied; every backup stays
+    /// restorable on its own.
     Create {
-        /// Directory of the store.
+        /// Directory of the store, or tablespace file.
         path: PathBuf,
         /// Backup destination.
         dest: PathBuf,
@@ -51,11 +54,12 @@ pub(crate) enum BackupCommand {
         #[arg(long)]
         id: Option<String>,
     },
-    /// Restore the latest backup (or --id) into NEWPATH, a new directory; needs the KMS.
+    /// Restore the latest backup (or --id) into NEWPATH, a new directory (a new file for
+    /// a tablespace); needs the KMS.
     Restore {
         /// Backup destination.
         dest: PathBuf,
-        /// Directory to restore into (must not exist or be empty).
+        /// Directory (or tablespace file) to restore into; must not exist (or be empty).
         newpath: PathBuf,
         /// The backup to restore (default: the latest).
         #[arg(long)]
@@ -63,20 +67,35 @@ pub(crate) enum BackupCommand {
     },
 }
 
-/// Store options for a backup: `--kms` if given, else the KMS its manifest records.
-fn options_for(dest: &Path, id: Option<&str>, flag: Option<&str>) -> CliResult<StoreOptions> {
+/// How to open what a backup holds.
+struct Options {
+    store: StoreOptions,
+    tablespace: TablespaceOptions,
+}
+
+/// Options for a backup: `--kms` if given, else the KMS its manifest records.
+fn options_for(dest: &Path, id: Option<&str>, flag: Option<&str>) -> CliResult<Options> {
     let uri = match flag {
         Some(f) => absolute(KmsUri::parse(f)?)?,
         None => KmsUri::parse(&tde::backup::find(dest, id)?.kms)?,
     };
-    Ok(StoreOptions::new(connect(&uri)?).kms_uri(uri.to_string()))
+    let kms = connect(&uri)?;
+    Ok(Options {
+        store: StoreOptions::new(kms.clone()).kms_uri(uri.to_string()),
+        tablespace: TablespaceOptions::new(kms).kms_uri(uri.to_string()),
+    })
 }
 
 pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
     match cmd {
         BackupCommand::Create { path, dest } => {
-            let store = open_store(&path, flag)?;
-            let report = tde::backup::create(&store, &dest)?;
+            let report = if path.is_file() {
+                let ts = crate::page::open(&path, flag, &tde::page::BufferPool::new(4 << 20))?;
+                tde::backup::create_tablespace(&ts, &dest)?
+            } else {
+                let store = open_store(&path, flag)?;
+                tde::backup::create(&store, &dest)?
+            };
             println!("{}", report.id);
             eprintln!(
                 "backup {} of {}: {} files, {} bytes, {} bytes copied (the rest was already in {})",
@@ -91,8 +110,12 @@ pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
         BackupCommand::List { dest } => {
             for m in tde::backup::list(&dest)? {
                 let bytes: u64 = m.files.iter().map(|f| f.size).sum();
+                let kind = match m.kind {
+                    BackupKind::Store => "store",
+                    BackupKind::Tablespace => "tablespace",
+                };
                 println!(
-                    "{}  {}  store {}  {} files  {bytes} bytes",
+                    "{}  {}  {kind} {}  {} files  {bytes} bytes",
                     m.id,
                     m.created,
                     m.store_id,
@@ -102,7 +125,13 @@ pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
         }
         BackupCommand::Verify { dest, id, deep } => {
             let report = if deep {
-                tde::backup::verify_deep(&dest, id.as_deref(), options_for(&dest, id.as_deref(), flag)?)?
+                let options = options_for(&dest, id.as_deref(), flag)?;
+                match tde::backup::find(&dest, id.as_deref())?.kind {
+                    BackupKind::Store => tde::backup::verify_deep(&dest, id.as_deref(), options.store)?,
+                    BackupKind::Tablespace => {
+                        tde::backup::verify_deep_tablespace(&dest, id.as_deref(), &options.tablespace)?
+                    }
+                }
             } else {
                 tde::backup::verify(&dest, id.as_deref())?
             };
@@ -111,7 +140,7 @@ pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
                 report.backups, report.files, report.bytes
             );
             if let Some(records) = report.records {
-                println!("{records} records authenticated");
+                println!("{records} records (or pages) authenticated");
             }
         }
         BackupCommand::Rewrap {
@@ -133,15 +162,17 @@ pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
                 }
                 None => (from.clone(), from_uri.clone(), true),
             };
-            let m = tde::backup::rewrap(
-                &dest,
-                id.as_deref(),
-                &*from,
-                &*to,
-                same,
-                &to_key,
-                Some(&to_uri.to_string()),
-            )?;
+            let uri = to_uri.to_string();
+            let m = match tde::backup::find(&dest, id.as_deref())?.kind {
+                BackupKind::Store => {
+                    tde::backup::rewrap(&dest, id.as_deref(), &*from, &*to, same, &to_key, Some(&uri))?
+                }
+                BackupKind::Tablespace => {
+                    let options = TablespaceOptions::new(from).kms_uri(from_uri.to_string());
+                    let target = (!same).then(|| (to, Some(uri.as_str())));
+                    tde::backup::rewrap_tablespace(&dest, id.as_deref(), &options, target, &to_key)?
+                }
+            };
             println!(
                 "backup {} rewrapped for {to_key} (KMS {to_uri}); no data file changed",
                 m.id
@@ -149,7 +180,26 @@ pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
         }
         BackupCommand::Restore { dest, newpath, id } => {
             let options = options_for(&dest, id.as_deref(), flag)?;
-            let store = tde::backup::restore(&dest, id.as_deref(), &newpath, options)?;
+            if tde::backup::find(&dest, id.as_deref())?.kind == BackupKind::Tablespace {
+                let pool = tde::page::BufferPool::new(4 << 20);
+                let ts = tde::backup::restore_tablespace(
+                    &dest,
+                    id.as_deref(),
+                    &newpath,
+                    &options.tablespace,
+                    &pool,
+                )?;
+                let info = ts.info();
+                ts.close()?;
+                println!(
+                    "restored tablespace {} into {} ({} pages)",
+                    info.id,
+                    newpath.display(),
+                    info.page_count
+                );
+                return Ok(());
+            }
+            let store = tde::backup::restore(&dest, id.as_deref(), &newpath, options.store)?;
             println!(
                 "restored store {} into {} ({} tables)",
                 store.store_id(),

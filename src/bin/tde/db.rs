@@ -312,6 +312,19 @@ pub(crate) fn rotate(
     table: Option<&str>,
     to_key: Option<&str>,
 ) -> CliResult {
+    if path.is_file() {
+        if table.is_some() {
+            return Err("--table applies to key-value stores; a tablespace has one envelope".into());
+        }
+        let ts = crate::page::open(path, flag, &tde::page::BufferPool::new(1 << 20))?;
+        ts.rewrap(to_key)?;
+        ts.close()?;
+        println!(
+            "rewrapped the data keys of {}; no page was rewritten",
+            path.display()
+        );
+        return Ok(());
+    }
     let store = open_store(path, flag)?;
     let report = store.rewrap(table, to_key)?;
     println!(
@@ -343,6 +356,20 @@ pub(crate) fn watch(flag: Option<&str>, path: &Path, interval: u64, once: bool) 
 }
 
 pub(crate) fn migrate(flag: Option<&str>, path: &Path, to_key: &str, to_kms: Option<&str>) -> CliResult {
+    if path.is_file() {
+        let ts = crate::page::open(path, flag, &tde::page::BufferPool::new(1 << 20))?;
+        let uri = match to_kms {
+            Some(u) => absolute(KmsUri::parse(u)?)?,
+            None => KmsUri::parse(&ts.info().kms)?,
+        };
+        ts.migrate(connect(&uri)?, to_key, Some(&uri.to_string()))?;
+        ts.close()?;
+        println!(
+            "moved {} to {to_key} (KMS {uri}); no page was rewritten",
+            path.display()
+        );
+        return Ok(());
+    }
     let store = open_store(path, flag)?;
     let (to, uri) = match to_kms {
         Some(u) => {
