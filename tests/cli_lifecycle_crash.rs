@@ -189,7 +189,10 @@ fn a_killed_backup_leaves_the_store_and_earlier_backups_intact() {
         let out = cli.ok(&["backup", "verify", &dest]);
         assert!(!out.contains("FAILED"), "{out}");
     }
-    cli.ok(&["backup", "create", &db, &dest]);
+    let (_, progress) = cli.ok_in(&["backup", "create", &db, &dest], b"");
+    assert!(progress.contains("backing up: done"), "{progress}");
+    let (_, progress) = cli.ok_in(&["backup", "verify", &dest], b"");
+    assert!(progress.contains("verifying: done"), "{progress}");
     let restored = cli.path("restored");
     cli.ok(&["backup", "restore", &dest, &restored]);
     cli.verify(&restored, rows);

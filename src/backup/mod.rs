@@ -210,18 +210,35 @@ fn new_id(dest: &Path) -> Result<String> {
 /// [`Error::Io`] (the store is unchanged; earlier backups in `dest` are intact);
 /// [`Error::Engine`] if RocksDB cannot take the checkpoint.
 pub fn create(store: &Store, dest: &Path) -> Result<BackupReport> {
+    create_with_progress(store, dest, &mut |_, _| {})
+}
+
+/// As [`create`], calling `progress(bytes done, bytes total)` after each file.
+///
+/// # Errors
+/// As [`create`].
+pub fn create_with_progress(
+    store: &Store,
+    dest: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<BackupReport> {
     let objects = dest.join(OBJECTS);
     let backups = dest.join(BACKUPS);
     for d in [&objects, &backups] {
         std::fs::create_dir_all(d).map_err(|e| io("creating", d, e))?;
     }
     let checkpoint = store.checkpoint()?;
-    let result = ingest(store, &checkpoint.dir, dest);
+    let result = ingest(store, &checkpoint.dir, dest, progress);
     drop(checkpoint);
     result
 }
 
-fn ingest(store: &Store, checkpoint: &Path, dest: &Path) -> Result<BackupReport> {
+fn ingest(
+    store: &Store,
+    checkpoint: &Path,
+    dest: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<BackupReport> {
     let objects = dest.join(OBJECTS);
     let mut names: Vec<String> = std::fs::read_dir(checkpoint)
         .map_err(|e| io("reading", checkpoint, e))?
@@ -229,6 +246,11 @@ fn ingest(store: &Store, checkpoint: &Path, dest: &Path) -> Result<BackupReport>
         .collect::<std::io::Result<_>>()
         .map_err(|e| io("reading", checkpoint, e))?;
     names.sort();
+    let total: u64 = names
+        .iter()
+        .filter_map(|n| std::fs::metadata(checkpoint.join(n)).ok())
+        .map(|m| m.len())
+        .sum();
     let mut files = Vec::with_capacity(names.len());
     let (mut bytes, mut copied) = (0u64, 0u64);
     for name in names {
@@ -241,6 +263,7 @@ fn ingest(store: &Store, checkpoint: &Path, dest: &Path) -> Result<BackupReport>
         }
         bytes += size;
         files.push(BackupFile { name, size, sha256 });
+        progress(bytes.min(total), total);
     }
     sync_dir(&objects)?;
     let now = SystemClock.now();
@@ -318,10 +341,23 @@ pub fn find(dest: &Path, id: Option<&str>) -> Result<Manifest> {
 /// # Errors
 /// [`Error::Corrupt`] naming the backup and file; [`Error::Io`].
 pub fn verify(dest: &Path, id: Option<&str>) -> Result<VerifyReport> {
+    verify_with_progress(dest, id, &mut |_, _| {})
+}
+
+/// As [`verify`], calling `progress(bytes done, bytes total)` after each file.
+///
+/// # Errors
+/// As [`verify`].
+pub fn verify_with_progress(
+    dest: &Path,
+    id: Option<&str>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerifyReport> {
     let manifests = match id {
         Some(_) => vec![find(dest, id)?],
         None => list(dest)?,
     };
+    let total: u64 = manifests.iter().flat_map(|m| &m.files).map(|f| f.size).sum();
     let mut report = VerifyReport {
         backups: 0,
         files: 0,
@@ -340,6 +376,7 @@ pub fn verify(dest: &Path, id: Option<&str>) -> Result<VerifyReport> {
             check_copy(&object, &object, manifest, file)?;
             report.files += 1;
             report.bytes += file.size;
+            progress(report.bytes, total);
         }
         report.backups += 1;
     }

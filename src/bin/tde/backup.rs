@@ -10,6 +10,7 @@ use tde::page::TablespaceOptions;
 
 use crate::CliResult;
 use crate::db::{absolute, connect, open_store};
+use crate::progress::Progress;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BackupCommand {
@@ -94,7 +95,13 @@ pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
                 tde::backup::create_tablespace(&ts, &dest)?
             } else {
                 let store = open_store(&path, flag)?;
-                tde::backup::create(&store, &dest)?
+                let mut progress = Progress::bytes("backing up", 0);
+                let report = tde::backup::create_with_progress(&store, &dest, &mut |done, total| {
+                    progress.set_total(total);
+                    progress.set(done, None);
+                })?;
+                progress.finish(report.bytes);
+                report
             };
             println!("{}", report.id);
             eprintln!(
@@ -133,14 +140,20 @@ pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
                     }
                 }
             } else {
-                tde::backup::verify(&dest, id.as_deref())?
+                let mut progress = Progress::bytes("verifying", 0);
+                let report = tde::backup::verify_with_progress(&dest, id.as_deref(), &mut |done, total| {
+                    progress.set_total(total);
+                    progress.set(done, None);
+                })?;
+                progress.finish(report.bytes);
+                report
             };
             println!(
                 "{} backup(s), {} files, {} bytes: checksums match",
                 report.backups, report.files, report.bytes
             );
             if let Some(records) = report.records {
-                println!("{records} records (or pages) authenticated");
+                println!("{records} records authenticated");
             }
         }
         BackupCommand::Rewrap {
