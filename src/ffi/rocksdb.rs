@@ -283,15 +283,6 @@ extern "C" fn tde_rs_context_release(ctx: *mut c_void) {
     }));
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn private_layouts_match_this_rocksdb_build() {
-        super::layout_check().expect("the shim's view of rocksdb_options_t / rocksdb_env_t is wrong");
-        assert_eq!(super::prefix_length(), crate::kv::PREFIX_LEN);
-    }
-}
-
 /// Rewrites values during compaction: `rewrite(key, value, out)` returns true after
 /// writing the replacement value into `out`, false to keep the value as it is.
 pub(crate) type Rewrite = Arc<dyn Fn(&[u8], &[u8], &mut Vec<u8>) -> bool + Send + Sync>;
@@ -386,4 +377,13 @@ pub(crate) fn set_db_options(db: &rocksdb::DB, options: &[(&str, &str)]) -> Resu
     // SAFETY: freed exactly once, with the allocator RocksDB used.
     unsafe { librocksdb_sys::rocksdb_free(err.cast()) };
     Err(Error::Engine(message))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn private_layouts_match_this_rocksdb_build() {
+        super::layout_check().expect("the shim's view of rocksdb_options_t / rocksdb_env_t is wrong");
+        assert_eq!(super::prefix_length(), crate::kv::PREFIX_LEN);
+    }
 }

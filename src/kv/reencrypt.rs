@@ -227,6 +227,9 @@ fn file_number(name: &str) -> Option<u64> {
     name.trim_start_matches('/').strip_suffix(".sst")?.parse().ok()
 }
 
+/// A key range to compact: smallest and largest key (inclusive), `None` for open ends.
+type KeyRange = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Live SST files of column family `cf`: (number, size, smallest key, largest key).
 type LiveSst = (u64, u64, Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -476,7 +479,7 @@ impl Pass<'_> {
                 .rate
                 .map_or(STEP_BYTES, |r| r.clamp(1 << 20, STEP_BYTES));
             let per_group = (step_bytes / self.options.threads as u64).max(1);
-            let mut groups: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> = Vec::new();
+            let mut groups: Vec<KeyRange> = Vec::new();
             let mut files = stale.iter().peekable();
             while groups.len() < self.options.threads && files.peek().is_some() {
                 let (mut start, mut end, mut bytes) = (None::<Vec<u8>>, None::<Vec<u8>>, 0);

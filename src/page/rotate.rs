@@ -17,6 +17,9 @@ use crate::keyring::{DkVersion, RetiredVersion, RetryPolicy};
 use crate::kms::{DataKeySpec, Kms};
 use crate::secret::WrappedKey;
 
+/// Wraps one data key again: (wrapped key, its encryption context, master key).
+type Wrap<'a> = dyn Fn(&[u8], &crate::kms::EncryptionContext, &str) -> Result<Vec<u8>> + 'a;
+
 /// Pages rewritten between two commits.
 const BATCH_PAGES: u64 = 256;
 
@@ -226,7 +229,7 @@ impl Tablespace {
     fn rewrap_with(
         &self,
         to_key: Option<&str>,
-        wrap: &dyn Fn(&[u8], &crate::kms::EncryptionContext, &str) -> Result<Vec<u8>>,
+        wrap: &Wrap<'_>,
         moved_to: Option<(Arc<dyn Kms>, String)>,
     ) -> Result<()> {
         let inner = &*self.inner;

@@ -182,7 +182,7 @@ pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
                 }
                 BackupKind::Tablespace => {
                     let options = TablespaceOptions::new(from).kms_uri(from_uri.to_string());
-                    let target = (!same).then(|| (to, Some(uri.as_str())));
+                    let target = (!same).then_some((to, Some(uri.as_str())));
                     tde::backup::rewrap_tablespace(&dest, id.as_deref(), &options, target, &to_key)?
                 }
             };

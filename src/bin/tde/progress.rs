@@ -62,7 +62,7 @@ impl Progress {
                 if *total == 0 && done == 0 && note.is_none() {
                     return;
                 }
-                let percent = |d: u64| if *total == 0 { 100 } else { d * 100 / *total };
+                let percent = |d: u64| (d * 100).checked_div(*total).unwrap_or(100);
                 let due = match last {
                     None => true,
                     Some((at, before)) => {
