@@ -4,64 +4,13 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
-use common::{contains, files_below};
-
-struct Cli {
-    tmp: tempfile::TempDir,
-}
-
-impl Cli {
-    fn new() -> Cli {
-        let cli = Cli {
-            tmp: tempfile::tempdir().unwrap(),
-        };
-        cli.ok(&["kms", "init"]);
-        cli
-    }
-
-    fn store(&self) -> String {
-        self.tmp.path().join("db").to_string_lossy().into_owned()
-    }
-
-    fn cmd(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tde"));
-        cmd.env("TDE_KMS", self.tmp.path().join("kms"))
-            .env_remove("TDE_KMS_PASSPHRASE")
-            .env("HOME", self.tmp.path().join("home"));
-        cmd
-    }
-
-    fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
-        common::run_with_stdin(self.cmd().args(args), stdin)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.ok_in(args, b"")
-    }
-
-    fn ok_in(&self, args: &[&str], stdin: &[u8]) -> String {
-        let out = self.run(args, stdin);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args, b"");
-        assert!(!out.status.success(), "{args:?} unexpectedly succeeded");
-        String::from_utf8(out.stderr).unwrap()
-    }
-}
+use common::{Cli, contains, files_below};
 
 #[test]
 fn create_tables_records_scan_and_verify() {
     let cli = Cli::new();
-    let db = cli.store();
+    let db = cli.path("db");
     cli.ok(&["db", "create", &db]);
     let key = cli.ok(&["kms", "create-key", "--alias", "alias/pii"]);
     let key = key.trim();
@@ -115,9 +64,8 @@ fn create_tables_records_scan_and_verify() {
 
     // The store keeps using the KMS it was created with, even if TDE_KMS changes.
     let out = cli
-        .cmd()
+        .cmd(&["get", &db, "people", "p/1"])
         .env("TDE_KMS", cli.tmp.path().join("elsewhere"))
-        .args(["get", &db, "people", "p/1"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -137,7 +85,7 @@ fn create_tables_records_scan_and_verify() {
 #[test]
 fn load_writes_batches_and_leaves_no_plaintext() {
     let cli = Cli::new();
-    let db = cli.store();
+    let db = cli.path("db");
     cli.ok(&["db", "create", &db]);
     cli.ok(&["table", "create", &db, "t"]);
     let mut input = String::new();

@@ -5,106 +5,60 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
+
+use common::Cli;
 use std::time::Duration;
 
-struct Cli {
-    tmp: tempfile::TempDir,
+/// Starts `args` and kills it (SIGKILL) after `after`; whether it finished first does not
+/// matter.
+fn kill_after(cli: &Cli, args: &[&str], after: Duration) {
+    let mut child = cli
+        .cmd(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
-impl Cli {
-    fn new() -> Cli {
-        let cli = Cli {
-            tmp: tempfile::tempdir().unwrap(),
-        };
-        cli.ok(&["kms", "init"]);
-        cli.ok(&["kms", "create-key", "--alias", "alias/app"]);
-        cli
-    }
+/// A store with tables `a` (the service key) and `b` (alias/app), `rows` rows each.
+fn store(cli: &Cli, rows: usize) -> String {
+    cli.ok(&["kms", "create-key", "--alias", "alias/app"]);
+    let db = cli.path("db");
+    cli.ok(&["db", "create", &db]);
+    cli.ok(&["table", "create", &db, "a"]);
+    cli.ok(&["table", "create", &db, "b", "--key", "alias/app"]);
+    load(cli, &db, 0, rows);
+    db
+}
 
-    fn path(&self, name: &str) -> String {
-        self.tmp.path().join(name).to_string_lossy().into_owned()
+fn load(cli: &Cli, db: &str, from: usize, to: usize) {
+    for table in ["a", "b"] {
+        let lines: String = (from..to)
+            .map(|i| format!("k{i:08}\tvalue {i} {}\n", "z".repeat(90)))
+            .collect();
+        cli.ok_in(&["load", db, table], lines.as_bytes());
     }
+}
 
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tde"));
-        cmd.args(args)
-            .env("TDE_KMS", self.tmp.path().join("kms"))
-            .env_remove("TDE_KMS_PASSPHRASE")
-            .env("HOME", self.tmp.path().join("home"));
-        cmd
-    }
-
-    fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
-        common::run_with_stdin(&mut self.cmd(args), stdin)
-    }
-
-    fn ok_in(&self, args: &[&str], stdin: &[u8]) -> (String, String) {
-        let out = self.run(args, stdin);
+/// Every table reads back completely and authentically, with `rows` rows each.
+fn verify(cli: &Cli, db: &str, rows: usize) {
+    let out = cli.ok(&["verify", db]);
+    for table in ["a", "b"] {
         assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            out.contains(&format!("{table}: {rows} records, all authentic")),
+            "{out}"
         );
-        (
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        self.ok_in(args, b"").0
-    }
-
-    /// Starts `args` and kills it (SIGKILL) after `after`; whether it finished first
-    /// does not matter.
-    fn kill_after(&self, args: &[&str], after: Duration) {
-        let mut child = self
-            .cmd(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(after);
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-
-    /// A store with tables `a` (the service key) and `b` (alias/app), `rows` rows each.
-    fn store(&self, rows: usize) -> String {
-        let db = self.path("db");
-        self.ok(&["db", "create", &db]);
-        self.ok(&["table", "create", &db, "a"]);
-        self.ok(&["table", "create", &db, "b", "--key", "alias/app"]);
-        self.load(&db, 0, rows);
-        db
-    }
-
-    fn load(&self, db: &str, from: usize, to: usize) {
-        for table in ["a", "b"] {
-            let lines: String = (from..to)
-                .map(|i| format!("k{i:08}\tvalue {i} {}\n", "z".repeat(90)))
-                .collect();
-            self.ok_in(&["load", db, table], lines.as_bytes());
-        }
-    }
-
-    /// Every table reads back completely and authentically, with `rows` rows each.
-    fn verify(&self, db: &str, rows: usize) {
-        let out = self.ok(&["verify", db]);
-        for table in ["a", "b"] {
-            assert!(
-                out.contains(&format!("{table}: {rows} records, all authentic")),
-                "{out}"
-            );
-        }
     }
 }
 
 #[test]
 fn rotate_data_and_reencrypt_from_the_cli() {
     let cli = Cli::new();
-    let db = cli.store(20_000);
+    let db = store(&cli, 20_000);
     let out = cli.ok(&["rotate", &db, "--data"]);
     assert!(out.contains("a: data key version 2 is current"), "{out}");
     assert!(out.contains("(store): data key version 2"), "{out}");
@@ -113,7 +67,7 @@ fn rotate_data_and_reencrypt_from_the_cli() {
     assert!(status.contains("a: version(s) 1 to retire"), "{status}");
     assert!(status.contains("--wait"), "{status}");
 
-    let (out, progress) = cli.ok_in(&["reencrypt", &db, "--wait", "--rate", "50"], b"");
+    let (out, progress) = cli.ok_both(&["reencrypt", &db, "--wait", "--rate", "50"], b"");
     assert!(out.contains("retired: a data key version 1"), "{out}");
     assert!(out.contains("retired: b data key version 1"), "{out}");
     assert!(out.contains("retired: (store) data key version 1"), "{out}");
@@ -125,7 +79,7 @@ fn rotate_data_and_reencrypt_from_the_cli() {
     assert!(progress.contains("re-encrypting: done"), "{progress}");
     assert!(progress.contains("MiB ("), "{progress}");
     assert!(cli.ok(&["reencrypt", &db]).contains("nothing to re-encrypt"));
-    cli.verify(&db, 20_000);
+    verify(&cli, &db, 20_000);
     let audit = cli.ok(&["audit", "show", &db]);
     assert!(audit.contains("retire-data-key"), "{audit}");
 
@@ -141,18 +95,19 @@ fn rotate_data_and_reencrypt_from_the_cli() {
 fn a_killed_reencryption_resumes_and_loses_nothing() {
     let cli = Cli::new();
     let mut rows = 100_000;
-    let db = cli.store(rows);
+    let db = store(&cli, rows);
     cli.ok(&["rotate", &db, "--data"]);
     let mut remaining = Vec::new();
     for (round, ms) in [150u64, 400, 700, 1000].into_iter().enumerate() {
         // ~20 MiB of old files at 8 MB/s: each kill lands mid-pass.
-        cli.kill_after(
+        kill_after(
+            &cli,
             &["reencrypt", &db, "--wait", "--rate", "8"],
             Duration::from_millis(ms),
         );
-        cli.verify(&db, rows);
+        verify(&cli, &db, rows);
         // Acknowledged writes between crashes.
-        cli.load(&db, rows, rows + 1000);
+        load(&cli, &db, rows, rows + 1000);
         rows += 1000;
         let status = cli.ok(&["reencrypt", &db]);
         remaining.push(status.clone());
@@ -165,61 +120,63 @@ fn a_killed_reencryption_resumes_and_loses_nothing() {
         remaining.iter().any(|s| s.contains("pass in progress")),
         "no kill landed mid-pass: {remaining:?}"
     );
-    let (out, _) = cli.ok_in(&["reencrypt", &db, "--wait"], b"");
+    let out = cli.ok(&["reencrypt", &db, "--wait"]);
     assert!(
         out.contains("done") || out.contains("nothing to re-encrypt"),
         "{out}"
     );
     assert!(cli.ok(&["reencrypt", &db]).contains("nothing to re-encrypt"));
-    cli.verify(&db, rows);
+    verify(&cli, &db, rows);
 }
 
 #[test]
 fn a_killed_backup_leaves_the_store_and_earlier_backups_intact() {
     let cli = Cli::new();
     let mut rows = 30_000;
-    let db = cli.store(rows);
+    let db = store(&cli, rows);
     let dest = cli.path("backups");
     cli.ok(&["backup", "create", &db, &dest]);
     for ms in [5u64, 20, 60, 120, 250] {
-        cli.load(&db, rows, rows + 500);
+        load(&cli, &db, rows, rows + 500);
         rows += 500;
-        cli.kill_after(&["backup", "create", &db, &dest], Duration::from_millis(ms));
-        cli.verify(&db, rows);
+        kill_after(&cli, &["backup", "create", &db, &dest], Duration::from_millis(ms));
+        verify(&cli, &db, rows);
         let out = cli.ok(&["backup", "verify", &dest]);
         assert!(!out.contains("FAILED"), "{out}");
     }
-    let (_, progress) = cli.ok_in(&["backup", "create", &db, &dest], b"");
+    let (_, progress) = cli.ok_both(&["backup", "create", &db, &dest], b"");
     assert!(progress.contains("backing up: done"), "{progress}");
-    let (_, progress) = cli.ok_in(&["backup", "verify", &dest], b"");
+    let (_, progress) = cli.ok_both(&["backup", "verify", &dest], b"");
     assert!(progress.contains("verifying: done"), "{progress}");
     let restored = cli.path("restored");
     cli.ok(&["backup", "restore", &dest, &restored]);
-    cli.verify(&restored, rows);
+    verify(&cli, &restored, rows);
 }
 
 #[test]
 fn a_killed_master_key_rotation_or_migration_leaves_a_store_that_opens() {
     let cli = Cli::new();
     let rows = 5_000;
-    let db = cli.store(rows);
+    let db = store(&cli, rows);
     let other = cli.path("kms2");
     cli.ok(&["--kms", &other, "kms", "init"]);
     cli.ok(&["--kms", &other, "kms", "create-key", "--alias", "alias/moved"]);
     for ms in [0u64, 3, 8, 15, 30, 60] {
-        cli.kill_after(
+        kill_after(
+            &cli,
             &["rotate", &db, "--master", "--to-key", "alias/app"],
             Duration::from_millis(ms),
         );
-        cli.verify(&db, rows);
-        cli.kill_after(
+        verify(&cli, &db, rows);
+        kill_after(
+            &cli,
             &["migrate", &db, "--to-key", "alias/moved", "--to-kms", &other],
             Duration::from_millis(ms),
         );
         // The store opens with whichever keyring the crash left: the old or the new.
-        cli.verify(&db, rows);
+        verify(&cli, &db, rows);
     }
     cli.ok(&["migrate", &db, "--to-key", "alias/moved", "--to-kms", &other]);
     cli.ok(&["rotate", &db, "--master"]);
-    cli.verify(&db, rows);
+    verify(&cli, &db, rows);
 }

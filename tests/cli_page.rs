@@ -2,54 +2,15 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::sync::Arc;
 
-use common::contains;
+use common::{Cli, contains};
 use tde::page::{BufferPool, Tablespace, TablespaceOptions};
-
-struct Cli {
-    tmp: tempfile::TempDir,
-}
-
-impl Cli {
-    fn new() -> Cli {
-        let cli = Cli {
-            tmp: tempfile::tempdir().unwrap(),
-        };
-        assert!(cli.run(&["kms", "init"]).status.success());
-        cli
-    }
-
-    fn file(&self) -> String {
-        self.tmp.path().join("orders.tdb").to_string_lossy().into_owned()
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_tde"))
-            .args(args)
-            .env("TDE_KMS", self.tmp.path().join("kms"))
-            .env_remove("TDE_KMS_PASSPHRASE")
-            .env("HOME", self.tmp.path().join("home"))
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-}
 
 #[test]
 fn create_info_and_verify_a_tablespace_and_detect_tampering() {
     let cli = Cli::new();
-    let file = cli.file();
+    let file = cli.path("orders.tdb");
     let id = cli.ok(&["page", "create", &file, "--page-size", "4k"]);
     let info: serde_json::Value = serde_json::from_str(&cli.ok(&["page", "info", &file, "--json"])).unwrap();
     assert_eq!(info["id"].as_str().unwrap(), id.trim());
@@ -73,7 +34,7 @@ fn create_info_and_verify_a_tablespace_and_detect_tampering() {
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[4096 * 6 + 10] ^= 0x40;
     std::fs::write(&file, bytes).unwrap();
-    let out = cli.run(&["page", "verify", &file]);
+    let out = cli.run(&["page", "verify", &file], b"");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -81,11 +42,14 @@ fn create_info_and_verify_a_tablespace_and_detect_tampering() {
         "{err}"
     );
 
-    let out = cli.run(&[
-        "page",
-        "info",
-        &cli.tmp.path().join("kms").join("root.key").to_string_lossy(),
-    ]);
+    let out = cli.run(
+        &[
+            "page",
+            "info",
+            &cli.tmp.path().join("kms").join("root.key").to_string_lossy(),
+        ],
+        b"",
+    );
     assert!(!out.status.success(), "a file that is not a tablespace");
 }
 
@@ -115,7 +79,7 @@ fn bench_page_prints_ratios_as_json() {
 #[test]
 fn rotate_data_and_reencrypt_a_tablespace() {
     let cli = Cli::new();
-    let file = cli.file();
+    let file = cli.path("orders.tdb");
     cli.ok(&["page", "create", &file, "--page-size", "4k"]);
     let out = cli.ok(&["rotate", &file, "--data"]);
     assert!(out.contains("data key version 2 is current"), "{out}");
@@ -128,7 +92,7 @@ fn rotate_data_and_reencrypt_a_tablespace() {
     assert!(out.contains("nothing to re-encrypt"), "{out}");
     cli.ok(&["page", "verify", &file]);
     assert!(
-        !cli.run(&["rotate", &file, "--data", "--table", "t"])
+        !cli.run(&["rotate", &file, "--data", "--table", "t"], b"")
             .status
             .success()
     );
@@ -137,7 +101,7 @@ fn rotate_data_and_reencrypt_a_tablespace() {
 #[test]
 fn back_up_restore_rewrap_and_migrate_a_tablespace() {
     let cli = Cli::new();
-    let file = cli.file();
+    let file = cli.path("orders.tdb");
     cli.ok(&["page", "create", &file]);
     let dest = cli.tmp.path().join("backups").to_string_lossy().into_owned();
     let id = cli.ok(&["backup", "create", &file, &dest]);

@@ -72,6 +72,19 @@ pub struct Envelope {
     pub reencrypt: Option<ReencryptState>,
 }
 
+impl Envelope {
+    /// The number the next data key version gets (retired numbers are never reused).
+    pub fn next_version(&self) -> u32 {
+        self.versions
+            .iter()
+            .map(|v| v.version)
+            .chain(self.retired.iter().map(|r| r.version))
+            .max()
+            .unwrap_or(0)
+            + 1
+    }
+}
+
 /// A data key version that no data uses any more: its wrapped key is gone.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RetiredVersion {

@@ -15,7 +15,7 @@ use super::{SealCount, Store, cf_name, value_key};
 use crate::audit::{AuditEvent, Reason};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::keyring::{self, Envelope, RetryPolicy, STORE_TABLE_ID};
+use crate::keyring::{self, Envelope, KeyringData, RetryPolicy, STORE_TABLE_ID};
 use crate::secret::WrappedKey;
 
 /// What a rewrap did.
@@ -25,6 +25,24 @@ pub struct RewrapReport {
     pub envelopes: usize,
     /// Wrapped data keys replaced.
     pub wrapped_keys: usize,
+}
+
+/// The envelopes a rotation of `table` touches: that table's, or (for `None`) the
+/// store-level key's and every table's, each with the name the audit trail uses.
+fn targets<'a>(data: &'a KeyringData, table: Option<&str>) -> Result<Vec<(String, &'a Envelope)>> {
+    match table {
+        Some(name) => {
+            let entry = data
+                .tables
+                .iter()
+                .find(|t| t.name == name)
+                .ok_or_else(|| Error::NoSuchTable(name.to_owned()))?;
+            Ok(vec![(entry.name.clone(), &entry.envelope)])
+        }
+        None => Ok(std::iter::once(("(store)".to_owned(), &data.store_key))
+            .chain(data.tables.iter().map(|t| (t.name.clone(), &t.envelope)))
+            .collect()),
+    }
 }
 
 /// A data key version made current by [`Store::rotate_data_key`].
@@ -50,31 +68,12 @@ impl Store {
         let inner = &self.inner;
         let mut keyring = inner.keyring.lock();
         let data = keyring.data().clone();
-        let targets: Vec<(String, &Envelope)> = match table {
-            Some(name) => {
-                let entry = data
-                    .tables
-                    .iter()
-                    .find(|t| t.name == name)
-                    .ok_or_else(|| Error::NoSuchTable(name.to_owned()))?;
-                vec![(entry.name.clone(), &entry.envelope)]
-            }
-            None => std::iter::once(("(store)".to_owned(), &data.store_key))
-                .chain(data.tables.iter().map(|t| (t.name.clone(), &t.envelope)))
-                .collect(),
-        };
+        let targets = targets(&data, table)?;
         let kms = inner.kms();
         let now = inner.clock.now();
         let mut made = Vec::with_capacity(targets.len());
         for (name, envelope) in targets {
-            let version = envelope
-                .versions
-                .iter()
-                .map(|v| v.version)
-                .chain(envelope.retired.iter().map(|r| r.version))
-                .max()
-                .unwrap_or(0)
-                + 1;
+            let version = envelope.next_version();
             let generated = keyring::generate(
                 &*kms,
                 &data.store_id,
@@ -157,21 +156,7 @@ impl Store {
         // Serialises with table creation and drop; the data path never takes this lock.
         let mut keyring = inner.keyring.lock();
         let data = keyring.data().clone();
-        let mut targets: Vec<(String, Envelope)> = Vec::new();
-        match table {
-            Some(name) => {
-                let entry = data
-                    .tables
-                    .iter()
-                    .find(|t| t.name == name)
-                    .ok_or_else(|| Error::NoSuchTable(name.to_owned()))?;
-                targets.push((entry.name.clone(), entry.envelope.clone()));
-            }
-            None => {
-                targets.push(("(store)".to_owned(), data.store_key.clone()));
-                targets.extend(data.tables.iter().map(|t| (t.name.clone(), t.envelope.clone())));
-            }
-        }
+        let targets = targets(&data, table)?;
         let retry = RetryPolicy::default();
         let kms = inner.kms();
         let mut report = RewrapReport {

@@ -41,23 +41,11 @@ impl Tablespace {
     /// [`Error::InvalidArgument`] for an unencrypted tablespace; [`Error::Kms`].
     pub fn rotate_data_key(&self) -> Result<u32> {
         let inner = &*self.inner;
-        if !inner.encrypted {
-            return Err(Error::InvalidArgument(format!(
-                "tablespace {:?} is not encrypted",
-                inner.name
-            )));
-        }
+        inner.check_encrypted()?;
         let _one = inner.sync_lock.lock();
         inner.check_poisoned()?;
         let envelope = inner.durable.lock().header.meta.envelope.clone();
-        let version = envelope
-            .versions
-            .iter()
-            .map(|v| v.version)
-            .chain(envelope.retired.iter().map(|r| r.version))
-            .max()
-            .unwrap_or(0)
-            + 1;
+        let version = envelope.next_version();
         let kms = inner.kms.read().clone();
         let generated = RetryPolicy::default().run(|| {
             kms.generate_data_key(
@@ -233,12 +221,7 @@ impl Tablespace {
         moved_to: Option<(Arc<dyn Kms>, String)>,
     ) -> Result<()> {
         let inner = &*self.inner;
-        if !inner.encrypted {
-            return Err(Error::InvalidArgument(format!(
-                "tablespace {:?} is not encrypted",
-                inner.name
-            )));
-        }
+        inner.check_encrypted()?;
         let _one = inner.sync_lock.lock();
         let mut envelope = inner.durable.lock().header.meta.envelope.clone();
         let dest = to_key.unwrap_or(&envelope.cmk).to_owned();
@@ -294,6 +277,17 @@ impl Tablespace {
 }
 
 impl super::Inner {
+    fn check_encrypted(&self) -> Result<()> {
+        if self.encrypted {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "tablespace {:?} is not encrypted",
+                self.name
+            )))
+        }
+    }
+
     /// The stored bytes of `physical` (newest committed copy: journal, else file), not
     /// opened.
     fn read_raw(&self, physical: u64, buf: &mut [u8]) -> Result<()> {

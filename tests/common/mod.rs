@@ -182,3 +182,67 @@ pub fn unsealed() -> tde::kv::TableOptions {
         ..tde::kv::TableOptions::default()
     }
 }
+
+/// The `tde` command line against a local KMS in a temporary directory (`TDE_KMS`).
+pub struct Cli {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Cli {
+    /// A new directory with an initialised KMS.
+    pub fn new() -> Cli {
+        let cli = Cli {
+            tmp: tempfile::tempdir().expect("tempdir"),
+        };
+        cli.ok(&["kms", "init"]);
+        cli
+    }
+
+    /// `name` inside the directory, as a string for arguments.
+    pub fn path(&self, name: &str) -> String {
+        self.tmp.path().join(name).to_string_lossy().into_owned()
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tde"));
+        cmd.args(args)
+            .env("TDE_KMS", self.tmp.path().join("kms"))
+            .env_remove("TDE_KMS_PASSPHRASE")
+            .env("HOME", self.tmp.path().join("home"));
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str], stdin: &[u8]) -> std::process::Output {
+        run_with_stdin(&mut self.cmd(args), stdin)
+    }
+
+    /// Runs `args`, which must succeed; returns (stdout, stderr).
+    pub fn ok_both(&self, args: &[&str], stdin: &[u8]) -> (String, String) {
+        let out = self.run(args, stdin);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).expect("utf-8 stdout"),
+            String::from_utf8(out.stderr).expect("utf-8 stderr"),
+        )
+    }
+
+    /// Runs `args` with `stdin`, which must succeed; returns stdout.
+    pub fn ok_in(&self, args: &[&str], stdin: &[u8]) -> String {
+        self.ok_both(args, stdin).0
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        self.ok_in(args, b"")
+    }
+
+    /// Runs `args`, which must fail; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args, b"");
+        assert!(!out.status.success(), "{args:?} unexpectedly succeeded");
+        String::from_utf8(out.stderr).expect("utf-8 stderr")
+    }
+}
