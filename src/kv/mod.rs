@@ -235,6 +235,19 @@ impl Default for TableOptions {
 }
 
 impl StoreInner {
+    /// Flushes every memtable to SST files and syncs the WAL.
+    pub(crate) fn flush_all(&self) -> Result<()> {
+        let names: Vec<String> = std::iter::once("default".to_owned())
+            .chain(self.tables.read().values().map(|t| t.cf.clone()))
+            .collect();
+        for name in names {
+            if let Some(cf) = self.db.cf_handle(&name) {
+                self.db.flush_cf(&cf).map_err(engine)?;
+            }
+        }
+        self.db.flush_wal(true).map_err(engine)
+    }
+
     /// The KMS the store uses now.
     pub(crate) fn kms(&self) -> Arc<dyn Kms> {
         self.kms.read().clone()
@@ -779,13 +792,7 @@ impl Store {
     /// # Errors
     /// [`Error::Engine`].
     pub fn flush(&self) -> Result<()> {
-        let db = &self.inner.db;
-        for name in self.column_families() {
-            if let Some(cf) = db.cf_handle(&name) {
-                db.flush_cf(&cf).map_err(engine)?;
-            }
-        }
-        db.flush_wal(true).map_err(engine)
+        self.inner.flush_all()
     }
 
     /// Compacts every table fully (rewrites every SST file).

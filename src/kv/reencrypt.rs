@@ -520,7 +520,7 @@ impl Pass<'_> {
             self.report.rewritten_bytes += gone;
             let done = {
                 let mut p = self.progress.lock();
-                p.done_bytes = (p.done_bytes + gone).min(p.total_bytes.max(p.done_bytes + gone));
+                p.done_bytes += gone;
                 p.done_bytes
             };
             if let Some(rate) = self.options.rate {
@@ -622,20 +622,12 @@ impl Pass<'_> {
         self.check_cancel()?;
         self.progress.lock().table = Some("(store)".to_owned());
         let inner = self.inner;
-        let flush_all = || {
-            for name in std::iter::once("default".to_owned())
-                .chain(inner.tables.read().values().map(|t| t.cf.clone()))
-            {
-                if let Some(cf) = inner.db.cf_handle(&name) {
-                    inner.db.flush_cf(&cf).map_err(engine)?;
-                }
-            }
-            inner.db.flush_wal(true).map_err(engine)
-        };
-        let Some(plan) = self.plan(STORE_TABLE_ID, flush_all)? else {
+        // The store-level key needs no file boundary: every file's header names its version.
+        let Some(plan) = self.plan(STORE_TABLE_ID, || Ok(()))? else {
             return Ok(());
         };
-        flush_all()?;
+        // Every table's memtable to SST files, so the WAL under the old version retires.
+        inner.flush_all()?;
         let mut remaining = Vec::new();
         let entries = std::fs::read_dir(&inner.path)
             .map_err(|e| Error::io(format!("reading {}", inner.path.display()), e))?;
