@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::TestStore;
 use tde::audit::{self, AUDIT_FILE, Reason};
 use tde::kms::local::CreateKeyOptions;
@@ -59,13 +57,7 @@ fn the_cli_shows_the_trail_and_detects_tampering() {
     drop(store);
     drop(t.open().unwrap());
     let path = t.path();
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_tde"))
-            .args(args)
-            .env("HOME", t.tmp.path())
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| common::tde_at_home(t.tmp.path(), args);
     let p = path.to_string_lossy().into_owned();
     let shown = run(&["audit", "show", &p]);
     assert!(shown.status.success());

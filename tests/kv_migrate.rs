@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -84,13 +83,7 @@ fn a_refusing_target_changes_nothing_and_the_cli_migrates() {
     let kms = format!("local:{}", t.tmp.path().join("kms").display());
     let to = format!("local:{}", other_dir.display());
     let path = t.path().to_string_lossy().into_owned();
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_tde"))
-            .args(args)
-            .env("HOME", t.tmp.path())
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| common::tde_at_home(t.tmp.path(), args);
     let out = run(&["--kms", &kms, "migrate", &path, "--to-key", &key, "--to-kms", &to]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Later commands use the recorded (new) KMS.

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::{TestStore, fingerprint};
@@ -121,13 +120,7 @@ fn the_cli_rewraps_and_refuses_a_disabled_target() {
     drop(t.create());
     let kms = format!("local:{}", t.tmp.path().join("kms").display());
     let path = t.path().to_string_lossy().into_owned();
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_tde"))
-            .args(args)
-            .env("HOME", t.tmp.path())
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| common::tde_at_home(t.tmp.path(), args);
     let out = run(&["--kms", &kms, "rotate", &path, "--master", "--to-key", &k2]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no data file was rewritten"));

@@ -246,3 +246,12 @@ impl Cli {
         String::from_utf8(out.stderr).expect("utf-8 stderr")
     }
 }
+
+/// Runs `tde args` with `HOME` at `home` (the KMS comes from `--kms` in `args`).
+pub fn tde_at_home(home: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tde"))
+        .args(args)
+        .env("HOME", home)
+        .output()
+        .expect("run tde")
+}

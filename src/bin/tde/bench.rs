@@ -49,6 +49,15 @@ const VALUE_LEN: usize = 100;
 const CACHE_BYTES: usize = 512 << 20;
 const WORKLOADS: [&str; 4] = ["fillrandom", "readrandom_cached", "readrandom_uncached", "scan"];
 
+/// The AES backend this build uses, for reports.
+pub(crate) fn backend() -> &'static str {
+    if cfg!(feature = "aws-lc") {
+        "aws-lc"
+    } else {
+        "rustcrypto"
+    }
+}
+
 pub(crate) fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -300,11 +309,7 @@ pub(crate) fn run(cmd: BenchCommand) -> CliResult {
     let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 5 }).max(1);
     let tmp = tempfile::tempdir()?;
     let kms = Arc::new(LocalKms::create(tmp.path().join("kms"))?);
-    let backend = if cfg!(feature = "aws-lc") {
-        "aws-lc"
-    } else {
-        "rustcrypto"
-    };
+    let backend = backend();
     let sealing = if args.no_value_seal { "off" } else { "on" };
     eprintln!(
         "tde bench kv: {keys} keys, {VALUE_LEN}-byte values, {rounds} rounds, AES-256 ({backend}), value sealing {sealing}"

@@ -152,11 +152,7 @@ pub(crate) fn run(args: &PageArgs) -> CliResult {
     };
     let tmp = tempfile::tempdir()?;
     let kms = Arc::new(LocalKms::create(tmp.path().join("kms"))?);
-    let backend = if cfg!(feature = "aws-lc") {
-        "aws-lc"
-    } else {
-        "rustcrypto"
-    };
+    let backend = crate::bench::backend();
     eprintln!(
         "tde bench page: {mib} MiB in {pages} pages of {} KiB, {rounds} rounds, AES-256-GCM ({backend}), data under {}",
         size.bytes() >> 10,
