@@ -10,6 +10,7 @@
 //! decrypts before verifying has its output zeroed.
 
 mod engine;
+mod gcm;
 pub(crate) mod kdf;
 mod nonce;
 mod sealed;

@@ -21,6 +21,8 @@ pub const STREAM_IV_LEN: usize = 16;
 
 /// Counter blocks encrypted per batch (the AES-NI path pipelines them).
 const BATCH: usize = 256;
+/// The batch for short inputs.
+const SMALL_BATCH: usize = 16;
 
 enum Engine {
     Aes(Box<Aes256Enc>),
@@ -96,37 +98,29 @@ impl FileStream {
 fn ctr<C: BlockCipherEncrypt<BlockSize = U16>>(cipher: &C, iv: u128, offset: u64, data: &mut [u8]) {
     let mut counter = iv.wrapping_add(u128::from(offset / 16));
     let mut skip = (offset % 16) as usize;
+    // Small writes (a WAL record) need a few blocks; zero only what a call can use.
+    let mut small = [Array::<u8, U16>::default(); SMALL_BATCH];
+    let mut large;
+    let blocks: &mut [Array<u8, U16>] = if (skip + data.len()).div_ceil(16) <= SMALL_BATCH {
+        &mut small
+    } else {
+        large = [Array::<u8, U16>::default(); BATCH];
+        &mut large
+    };
     let mut rest = data;
-    let mut blocks = [Array::<u8, U16>::default(); BATCH];
     while !rest.is_empty() {
         // One batch covers a partial first block, whole blocks, and a partial last one.
-        let n = (skip + rest.len()).div_ceil(16).min(BATCH);
+        let n = (skip + rest.len()).div_ceil(16).min(blocks.len());
         for block in &mut blocks[..n] {
             *block = Array::from(counter.to_be_bytes());
             counter = counter.wrapping_add(1);
         }
         cipher.encrypt_blocks(&mut blocks[..n]);
-        let mut keystream = &blocks[..n];
-        if skip != 0 {
-            let take = (16 - skip).min(rest.len());
-            let (chunk, tail) = rest.split_at_mut(take);
-            xor(chunk, &keystream[0][skip..]);
-            rest = tail;
-            keystream = &keystream[1..];
-            skip = 0;
-        }
-        let whole = (rest.len() / 16).min(keystream.len());
-        let (head, tail) = rest.split_at_mut(whole * 16);
-        for (chunk, block) in head.chunks_exact_mut(16).zip(keystream) {
-            xor16(chunk, block);
-        }
+        let keystream = &Array::slice_as_flattened(&blocks[..n])[skip..];
+        let (chunk, tail) = rest.split_at_mut(keystream.len().min(rest.len()));
+        xor(chunk, keystream);
         rest = tail;
-        if let Some(last) = keystream.get(whole)
-            && rest.len() < 16
-        {
-            xor(rest, last);
-            rest = &mut [];
-        }
+        skip = 0;
     }
 }
 
@@ -156,18 +150,11 @@ fn aws_lc_ctr(key: &aws_lc_rs::cipher::EncryptingKey, iv: u128, offset: u64, dat
     run(rest, counter)
 }
 
-fn xor(data: &mut [u8], keystream: &[u8]) {
+/// `data ^= keystream` over the shorter of the two (vectorized by the compiler).
+pub(crate) fn xor(data: &mut [u8], keystream: &[u8]) {
     for (d, k) in data.iter_mut().zip(keystream) {
         *d ^= k;
     }
-}
-
-fn xor16(data: &mut [u8], keystream: &[u8]) {
-    let mut d = [0u8; 16];
-    d.copy_from_slice(data);
-    let mut k = [0u8; 16];
-    k.copy_from_slice(keystream);
-    data.copy_from_slice(&(u128::from_ne_bytes(d) ^ u128::from_ne_bytes(k)).to_ne_bytes());
 }
 
 #[cfg(test)]
