@@ -19,7 +19,7 @@ use tde::secret::DataKey;
 const SIZES: [usize; 3] = [100, 4 * 1024, 16 * 1024];
 
 fn label(size: usize) -> String {
-    if size % 1024 == 0 {
+    if size.is_multiple_of(1024) {
         format!("{}KiB", size / 1024)
     } else {
         format!("{size}B")
