@@ -20,8 +20,15 @@ use crate::keyring::TableEntry;
 
 /// A table's value keys and which one seals new values.
 pub(crate) struct Keys {
-    map: HashMap<u32, Arc<AeadKey>>,
+    /// By version. A table has one or two live versions; a scan beats hashing.
+    versions: Vec<(u32, Arc<AeadKey>)>,
     current: u32,
+}
+
+impl Keys {
+    fn get(&self, version: u32) -> Option<&Arc<AeadKey>> {
+        self.versions.iter().find(|(v, _)| *v == version).map(|(_, k)| k)
+    }
 }
 
 pub(crate) struct TableState {
@@ -52,7 +59,7 @@ impl TableState {
             seal: entry.value_seal,
             suite: entry.envelope.suite,
             keys: RwLock::new(Keys {
-                map: keys,
+                versions: keys.into_iter().collect(),
                 current: entry.envelope.current,
             }),
             revoked: RwLock::new(None),
@@ -65,26 +72,27 @@ impl TableState {
     /// every write sealed under an older version is in the memtable.
     pub(crate) fn make_current(&self, version: u32, key: Arc<AeadKey>) {
         let mut keys = self.keys.write();
-        keys.map.insert(version, key);
+        keys.versions.retain(|(v, _)| *v != version);
+        keys.versions.push((version, key));
         keys.current = version;
     }
 
     /// Forgets a value key version (wiped once no operation in flight holds it). Returns
     /// once every read that might still need it has finished.
     pub(crate) fn forget(&self, version: u32) {
-        self.keys.write().map.remove(&version);
+        self.keys.write().versions.retain(|(v, _)| *v != version);
     }
 
     /// The value key of `version` (for the seal-count check).
     pub(crate) fn key(&self, version: u32) -> Option<Arc<AeadKey>> {
-        self.keys.read().map.get(&version).cloned()
+        self.keys.read().get(version).cloned()
     }
 
     /// Fails closed: every later operation returns [`Error::KeyRevoked`] and the value
     /// keys are dropped (wiped, once no operation in flight still holds one).
     pub(crate) fn revoke(&self, key: &str, why: &str) {
         *self.revoked.write() = Some((key.to_owned(), why.to_owned()));
-        self.keys.write().map.clear();
+        self.keys.write().versions.clear();
     }
 
     pub(crate) fn is_revoked(&self) -> bool {
@@ -121,7 +129,7 @@ impl TableState {
         if sealed.key_version == keys.current {
             return false;
         }
-        let (Some(old), Some(new)) = (keys.map.get(&sealed.key_version), keys.map.get(&keys.current)) else {
+        let (Some(old), Some(new)) = (keys.get(sealed.key_version), keys.get(keys.current)) else {
             self.reseal_failures.fetch_add(1, Ordering::Relaxed);
             return false;
         };
@@ -185,7 +193,7 @@ impl TableState {
         let Some(keys) = keys else {
             return Ok(value.to_vec());
         };
-        let Some(aead) = keys.map.get(&keys.current) else {
+        let Some(aead) = keys.get(keys.current) else {
             self.check()?;
             return Err(Error::InvalidArgument(format!(
                 "table {:?} has no current data key",
@@ -205,7 +213,7 @@ impl TableState {
     fn decode_locked(&self, keys: &Keys, store_id: &[u8; 16], key: &[u8], stored: &[u8]) -> Result<Vec<u8>> {
         let location = || format!("table {:?}, key {}", self.name, key_preview(key));
         let sealed = Sealed::parse(stored).map_err(|_| Error::Authentication { location: location() })?;
-        let Some(aead) = keys.map.get(&sealed.key_version) else {
+        let Some(aead) = keys.get(sealed.key_version) else {
             self.check()?;
             return Err(Error::Authentication {
                 location: format!(

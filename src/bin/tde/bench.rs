@@ -58,6 +58,26 @@ pub(crate) fn backend() -> &'static str {
     }
 }
 
+/// The CPU features this binary was compiled for that matter to the ciphers. Features
+/// not compiled in are still used when the CPU has them, through run-time dispatch, which
+/// costs tens of nanoseconds per call (see the README's performance section).
+pub(crate) fn compiled_features() -> String {
+    let features = [
+        ("avx2", cfg!(target_feature = "avx2")),
+        ("aes", cfg!(target_feature = "aes")),
+        ("pclmulqdq", cfg!(target_feature = "pclmulqdq")),
+        ("avx512f", cfg!(target_feature = "avx512f")),
+        ("vaes", cfg!(target_feature = "vaes")),
+        ("vpclmulqdq", cfg!(target_feature = "vpclmulqdq")),
+    ];
+    let on: Vec<&str> = features.iter().filter(|f| f.1).map(|f| f.0).collect();
+    if on.is_empty() {
+        "baseline".into()
+    } else {
+        on.join("+")
+    }
+}
+
 pub(crate) fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -311,8 +331,9 @@ pub(crate) fn run(cmd: BenchCommand) -> CliResult {
     let kms = Arc::new(LocalKms::create(tmp.path().join("kms"))?);
     let backend = backend();
     let sealing = if args.no_value_seal { "off" } else { "on" };
+    let features = compiled_features();
     eprintln!(
-        "tde bench kv: {keys} keys, {VALUE_LEN}-byte values, {rounds} rounds, AES-256 ({backend}), value sealing {sealing}"
+        "tde bench kv: {keys} keys, {VALUE_LEN}-byte values, {rounds} rounds, AES-256 ({backend}, compiled for {features}), value sealing {sealing}"
     );
 
     let mut per_round: Vec<([[f64; 2]; 4], [u64; 2])> = Vec::new();
@@ -342,6 +363,7 @@ pub(crate) fn run(cmd: BenchCommand) -> CliResult {
                 "rounds": rounds,
                 "value_bytes": VALUE_LEN,
                 "backend": backend,
+                "compiled_features": features,
                 "value_seal": !args.no_value_seal,
                 "workloads": workloads,
                 "ratios": ratios,

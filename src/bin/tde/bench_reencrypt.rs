@@ -118,10 +118,9 @@ pub(crate) fn run(args: &ReencryptArgs) -> CliResult {
     }
     let (c, e, ratio) = (median(compaction), median(reencrypt), median(ratios));
     println!("full compaction (no key change): {c:.1} MB/s");
-    println!(
-        "re-encryption (rotate + pass, {} compactions at once): {e:.1} MB/s",
-        options.thread_count()
-    );
+    let threads = options.thread_count();
+    let plural = if threads == 1 { "" } else { "s" };
+    println!("re-encryption (rotate + pass, {threads} compaction{plural} at once): {e:.1} MB/s");
     println!("ratio (re-encryption / compaction): {ratio:.3}");
     if args.json {
         println!(
