@@ -73,20 +73,15 @@ impl<C: BlockCipherEncrypt<BlockSize = U16>> Gcm<C> {
             return false;
         }
         if buf.len() <= SMALL {
-            // One block-cipher call: the keystream and the tag mask together.
-            let mut stream = [Block::default(); SMALL / 16 + 1];
-            let blocks = counter_blocks(nonce, 1, buf.len().div_ceil(16) + 1, &mut stream);
-            self.cipher.encrypt_blocks(blocks);
-            let expected = self.tag(&blocks[0], aad, buf);
-            if !equal(&expected, tag) {
+            let mut scratch = [Block::default(); SMALL / 16 + 1];
+            let blocks = self.mask_and_stream(nonce, buf.len(), &mut scratch);
+            if !equal(&self.tag(&blocks[0], aad, buf), tag) {
                 return false;
             }
             xor_stream(buf, &blocks[1..]);
             return true;
         }
-        let mut mask = [Block::default(); 1];
-        self.cipher.encrypt_blocks(counter_blocks(nonce, 1, 1, &mut mask));
-        if !equal(&self.tag(&mask[0], aad, buf), tag) {
+        if !equal(&self.tag(&self.mask(nonce), aad, buf), tag) {
             return false;
         }
         self.apply_keystream_from(nonce, 2, buf);
@@ -96,15 +91,33 @@ impl<C: BlockCipherEncrypt<BlockSize = U16>> Gcm<C> {
     /// XORs the keystream into `buf` and returns the tag mask E(J0).
     fn apply_keystream(&self, nonce: &[u8; NONCE_LEN], buf: &mut [u8]) -> Block {
         if buf.len() <= SMALL {
-            let mut stream = [Block::default(); SMALL / 16 + 1];
-            let blocks = counter_blocks(nonce, 1, buf.len().div_ceil(16) + 1, &mut stream);
-            self.cipher.encrypt_blocks(blocks);
+            let mut scratch = [Block::default(); SMALL / 16 + 1];
+            let blocks = self.mask_and_stream(nonce, buf.len(), &mut scratch);
             xor_stream(buf, &blocks[1..]);
             return blocks[0];
         }
+        let mask = self.mask(nonce);
+        self.apply_keystream_from(nonce, 2, buf);
+        mask
+    }
+
+    /// E(J0) followed by the keystream for `len` (at most [`SMALL`]) bytes, in one
+    /// block-cipher call.
+    fn mask_and_stream<'a>(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        len: usize,
+        scratch: &'a mut [Block],
+    ) -> &'a [Block] {
+        let blocks = counter_blocks(nonce, 1, len.div_ceil(16) + 1, scratch);
+        self.cipher.encrypt_blocks(blocks);
+        blocks
+    }
+
+    /// The tag mask E(J0) alone.
+    fn mask(&self, nonce: &[u8; NONCE_LEN]) -> Block {
         let mut mask = [Block::default(); 1];
         self.cipher.encrypt_blocks(counter_blocks(nonce, 1, 1, &mut mask));
-        self.apply_keystream_from(nonce, 2, buf);
         mask[0]
     }
 
