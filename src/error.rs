@@ -91,9 +91,16 @@ pub enum Error {
     #[error("no table named {0:?}")]
     NoSuchTable(String),
 
-    /// The storage engine reported an error (RocksDB's status text).
-    #[error("storage engine: {0}")]
-    Engine(String),
+    /// The storage engine reported an error: `kind` says whether it saw corrupt bytes
+    /// (damage or tampering: do not retry, restore from a backup), an I/O failure (disk
+    /// full, device error), or something else; `message` is RocksDB's status text.
+    #[error("storage engine ({kind}): {message}")]
+    Engine {
+        /// What kind of failure.
+        kind: EngineErrorKind,
+        /// The engine's message.
+        message: String,
+    },
 
     /// The table's master key was disabled, scheduled for deletion, deleted or is no
     /// longer permitted, as the key-state watch found: the table failed closed and its
@@ -150,6 +157,10 @@ impl Error {
         match self {
             Error::Kms(e) => e.is_retryable(),
             Error::KeysUnavailable { failures } => failures.iter().all(|f| f.error.is_retryable()),
+            Error::Engine {
+                kind: EngineErrorKind::Busy,
+                ..
+            } => true,
             _ => false,
         }
     }
@@ -170,6 +181,41 @@ impl Error {
                 location: location.into(),
             },
             other => other,
+        }
+    }
+}
+
+/// What kind of failure the storage engine reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EngineErrorKind {
+    /// Bytes on disk are corrupt: damaged, truncated or modified.
+    Corruption,
+    /// The operating system failed an I/O operation (disk full, device error).
+    Io,
+    /// The engine is busy or timed out; a retry may succeed.
+    Busy,
+    /// Anything else (a bad argument, an unsupported operation, an internal error).
+    Other,
+}
+
+impl std::fmt::Display for EngineErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineErrorKind::Corruption => "corruption",
+            EngineErrorKind::Io => "I/O error",
+            EngineErrorKind::Busy => "busy",
+            EngineErrorKind::Other => "error",
+        })
+    }
+}
+
+impl Error {
+    /// An engine error of kind `kind`.
+    pub(crate) fn engine(kind: EngineErrorKind, message: impl Into<String>) -> Error {
+        Error::Engine {
+            kind,
+            message: message.into(),
         }
     }
 }

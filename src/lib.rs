@@ -70,4 +70,4 @@ pub mod secret;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use error::{Error, Result};
+pub use error::{EngineErrorKind, Error, Result};

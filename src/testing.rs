@@ -26,6 +26,8 @@ pub struct FaultyKms<K> {
     throttle_next: AtomicUsize,
     denied_keys: Mutex<Vec<String>>,
     calls: [AtomicU64; 5],
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 /// Which operation a call count is for.
@@ -53,6 +55,8 @@ impl<K: Kms> FaultyKms<K> {
             throttle_next: AtomicUsize::new(0),
             denied_keys: Mutex::new(Vec::new()),
             calls: Default::default(),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -97,13 +101,23 @@ impl<K: Kms> FaultyKms<K> {
         for c in &self.calls {
             c.store(0, Ordering::SeqCst);
         }
+        self.max_in_flight.store(0, Ordering::SeqCst);
+    }
+
+    /// The most calls that were in their (injected) latency at once since the last
+    /// [`FaultyKms::reset_calls`].
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
     }
 
     fn enter(&self, op: KmsOp, key: Option<&str>) -> KmsResult<()> {
         self.calls[op as usize].fetch_add(1, Ordering::SeqCst);
         let latency = *self.latency.lock();
         if !latency.is_zero() {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
             std::thread::sleep(latency);
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
         if self.outage.load(Ordering::SeqCst) {
             return Err(KmsError::new(KmsErrorKind::Unavailable, "injected outage"));

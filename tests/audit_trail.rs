@@ -68,6 +68,14 @@ fn the_cli_shows_the_trail_and_detects_tampering() {
     );
     let ok = run(&["audit", "verify", &p]);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let kms = format!("local:{}", t.tmp.path().join("kms").display());
+    let deep = run(&["--kms", &kms, "audit", "verify", &p, "--deep"]);
+    assert!(deep.status.success(), "{}", String::from_utf8_lossy(&deep.stderr));
+    assert!(
+        String::from_utf8_lossy(&deep.stdout).contains("authenticated with the store's keys"),
+        "{}",
+        String::from_utf8_lossy(&deep.stdout)
+    );
 
     let file = path.join(AUDIT_FILE);
     let original = std::fs::read_to_string(&file).unwrap();

@@ -90,7 +90,8 @@ fn describe(cli: &Cli, key: &str) -> serde_json::Value {
 fn init_create_list_describe() {
     let cli = Cli::new();
     cli.init();
-    assert!(cli.kms_dir().join("root.key").exists());
+    assert!(tde::kms::local::default_key_file(&cli.kms_dir()).exists());
+    assert!(!cli.kms_dir().join("root.key").exists());
     let err = cli.fails(&["kms", "init"], b"");
     assert!(err.contains("already exists"), "{err}");
 
@@ -343,4 +344,21 @@ fn root_key_file_elsewhere() {
     assert!(!cli.kms_dir().join("root.key").exists());
     cli.create_key(&[]);
     assert!(Path::new(&root).exists());
+}
+
+#[test]
+fn rotate_root_and_change_passphrase() {
+    let cli = Cli::new();
+    cli.init();
+    let key = cli.create_key(&[]);
+    let blob = cli.encrypt(&key, b"secret", &["a=b"]);
+    let root = tde::kms::local::default_key_file(&cli.kms_dir());
+    let before = std::fs::read(&root).unwrap();
+    cli.ok(&["kms", "rotate-root"]);
+    assert_ne!(std::fs::read(&root).unwrap(), before);
+    let out = cli.decrypt(&blob, &["a=b"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"secret");
+    let err = cli.fails(&["kms", "change-passphrase"], b"");
+    assert!(err.contains("TDE_KMS_NEW_PASSPHRASE"), "{err}");
 }

@@ -398,7 +398,11 @@ fn passphrase_protected_kms_needs_the_right_passphrase() -> Result<()> {
 #[test]
 fn root_key_file_must_be_private_and_right() {
     let t = TestKms::new();
-    let root = t.dir().join("root.key");
+    let root = tde::kms::local::default_key_file(&t.dir());
+    assert!(
+        !t.dir().join("root.key").exists(),
+        "the root key is kept out of the KMS directory"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -414,7 +418,7 @@ fn root_key_file_must_be_private_and_right() {
     let other = tempfile::tempdir().unwrap();
     LocalKms::create(other.path().join("kms")).unwrap();
     let err = LocalKms::builder(t.dir())
-        .root_key_file(other.path().join("kms").join("root.key"))
+        .root_key_file(tde::kms::local::default_key_file(&other.path().join("kms")))
         .open()
         .unwrap_err();
     assert!(

@@ -13,13 +13,26 @@
 //! ```text
 //! DEST/objects/<sha256>       one file per distinct content (SST files are shared)
 //! DEST/backups/<id>.json      manifest: id, time, store id, KMS, files (name, size,
-//!                             sha256), and a SHA-256 of the manifest itself
+//!                             sha256), an HMAC under the store's keys, and a SHA-256
 //! ```
 //!
 //! Security notes: nothing in a backup is plaintext, and no key is in it unwrapped. A
 //! restored store uses random nonces like any other, so writing to it after a restore
 //! cannot repeat a nonce under the same key with more than the usual (negligible)
 //! probability.
+//!
+//! A destination is hostile input: whoever can write it can write anything there. Every
+//! manifest field is validated before use (ids and file names are short names of a fixed
+//! alphabet, object names are 64 hex digits, sizes and counts are bounded); manifests and
+//! objects are opened without following symbolic links, and `objects/` and `backups/`
+//! must be real directories; scratch work (deep verification, rewrapping) happens in the
+//! system's temporary directory, never in the destination; nothing outside `objects/`
+//! and `backups/` is ever changed or removed. The SHA-256 checksum of a manifest finds
+//! accidental damage without keys. Authenticity needs the keys: each manifest carries an
+//! HMAC-SHA256 under a key derived from the store's (or tablespace's) data key, checked
+//! by restore, `verify --deep` and rewrap, so a manifest edited to name other objects (an
+//! older keyring, another backup's files) is refused. Replacing a whole destination with
+//! an older genuine copy cannot be told apart from that older state.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -28,15 +41,25 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::cipher::kdf::MacKey;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::kms::Timestamp;
 use crate::kv::{Store, StoreOptions};
 use crate::page::{BufferPool, Tablespace, TablespaceOptions};
 
-const FORMAT: u32 = 1;
+/// Format 2: manifests carry an HMAC. Format 1 manifests had none and are refused.
+const FORMAT: u32 = 2;
 const OBJECTS: &str = "objects";
 const BACKUPS: &str = "backups";
+/// What a manifest's HMAC key is derived for.
+pub(crate) const MANIFEST_MAC_LABEL: &[u8] = b"tde backup manifest\0";
+/// Bounds on what a manifest may say.
+const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+const MAX_FILES: usize = 1_000_000;
+const MAX_NAME: usize = 255;
+const MAX_ID: usize = 64;
+const MAX_TEXT: usize = 4096;
 
 /// One file of a backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +107,13 @@ pub struct Manifest {
     pub kms: String,
     /// Every file, keyring included.
     pub files: Vec<BackupFile>,
-    /// SHA-256 of this manifest's JSON with this field empty (hex).
+    /// The data key version (store-level key, or the tablespace's key) whose derived key
+    /// made `mac`.
+    pub mac_version: u32,
+    /// HMAC-SHA256 (hex) of this manifest's JSON with `mac` and `checksum` empty.
+    pub mac: String,
+    /// SHA-256 of this manifest's JSON with this field empty (hex): finds damage without
+    /// keys, proves nothing against someone who can rewrite the manifest.
     pub checksum: String,
 }
 
@@ -110,7 +139,7 @@ pub struct VerifyReport {
     pub files: usize,
     /// Bytes hashed.
     pub bytes: u64,
-    /// With `--deep`: records authenticated.
+    /// With `--deep`: records authenticated (and every manifest's HMAC checked).
     pub records: Option<u64>,
 }
 
@@ -126,20 +155,85 @@ fn corrupt(path: &Path, detail: String) -> Error {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<(u64, String)> {
-    let mut file = File::open(path).map_err(|e| io("reading", path, e))?;
+/// Whether `name` is a plain file name tde would write: letters, digits, `.`, `_`, `-`,
+/// not starting with a dot, at most 255 bytes. Never a path.
+fn is_plain_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn is_text(s: &str) -> bool {
+    s.len() <= MAX_TEXT && !s.chars().any(char::is_control)
+}
+
+/// Opens `path` for reading without following a symbolic link, and only if it is a
+/// regular file.
+fn open_regular(path: &Path) -> Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    let file = options.open(path).map_err(|e| match e.raw_os_error() {
+        #[cfg(unix)]
+        Some(libc::ELOOP) => corrupt(path, "is a symbolic link".into()),
+        _ => io("opening", path, e),
+    })?;
+    let meta = file.metadata().map_err(|e| io("reading", path, e))?;
+    if !meta.is_file() {
+        return Err(corrupt(path, "is not a regular file".into()));
+    }
+    Ok(file)
+}
+
+/// The destination's `objects/` and `backups/` directories, created when `create` is
+/// set. Refuses them if they are symbolic links or not directories.
+fn layout(dest: &Path, create: bool) -> Result<(PathBuf, PathBuf)> {
+    let dirs = (dest.join(OBJECTS), dest.join(BACKUPS));
+    for d in [&dirs.0, &dirs.1] {
+        if create && std::fs::symlink_metadata(d).is_err() {
+            std::fs::create_dir_all(d).map_err(|e| io("creating", d, e))?;
+        }
+        let meta = std::fs::symlink_metadata(d).map_err(|e| io("reading", d, e))?;
+        if !meta.is_dir() {
+            return Err(corrupt(d, "is not a directory (a symbolic link?)".into()));
+        }
+    }
+    Ok(dirs)
+}
+
+/// The object holding `file`'s bytes (its name was validated with the manifest).
+fn object_path(dest: &Path, file: &BackupFile) -> PathBuf {
+    dest.join(OBJECTS).join(&file.sha256)
+}
+
+fn sha256_of(mut reader: impl Read, path: &Path, limit: u64) -> Result<(u64, String)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
-        let n = file.read(&mut buf).map_err(|e| io("reading", path, e))?;
+        let n = reader.read(&mut buf).map_err(|e| io("reading", path, e))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
         size += n as u64;
+        if size > limit {
+            break;
+        }
     }
     Ok((size, crate::hex::encode(&hasher.finalize())))
+}
+
+fn sha256_file(path: &Path) -> Result<(u64, String)> {
+    sha256_of(open_regular(path)?, path, u64::MAX)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -151,27 +245,176 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// Copies `from` to `to` through a temporary file, fsynced, then renamed.
 fn copy_durably(from: &Path, to: &Path) -> Result<()> {
     let tmp = to.with_extension("tmp");
-    std::fs::copy(from, &tmp).map_err(|e| io("copying to", &tmp, e))?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io("syncing", &tmp, e))?;
+    let mut source = open_regular(from)?;
+    let mut out = File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
+    std::io::copy(&mut source, &mut out)
+        .and_then(|_| out.sync_all())
+        .map_err(|e| io("copying to", &tmp, e))?;
     std::fs::rename(&tmp, to).map_err(|e| io("renaming", &tmp, e))
 }
 
+/// Copies the object of `file` to `to`, checking its size and SHA-256 on the way: a
+/// mismatch leaves nothing at `to`, and no more than the recorded size is ever read.
+fn copy_verified(dest: &Path, manifest: &Manifest, file: &BackupFile, to: &Path) -> Result<()> {
+    let object = object_path(dest, file);
+    if std::fs::symlink_metadata(&object).is_err() {
+        return Err(corrupt(
+            &object,
+            format!("backup {}: {} is missing", manifest.id, file.name),
+        ));
+    }
+    let tmp = to.with_file_name(format!(
+        ".{}.tmp",
+        to.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+    ));
+    let result = (|| {
+        let source = open_regular(&object)?;
+        let mut out = File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
+        let mut hasher = Sha256::new();
+        let mut reader = source.take(file.size.saturating_add(1));
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| io("reading", &object, e))?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            if size > file.size {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(|e| io("writing", &tmp, e))?;
+        }
+        if size != file.size || crate::hex::encode(&hasher.finalize()) != file.sha256 {
+            return Err(mismatch(&object, manifest, file));
+        }
+        out.sync_all().map_err(|e| io("syncing", &tmp, e))?;
+        std::fs::rename(&tmp, to).map_err(|e| io("renaming", &tmp, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn mismatch(object: &Path, manifest: &Manifest, file: &BackupFile) -> Error {
+    corrupt(
+        object,
+        format!(
+            "backup {}: {} does not match its checksum",
+            manifest.id, file.name
+        ),
+    )
+}
+
 impl Manifest {
-    fn checksum_of(&self) -> Result<String> {
+    fn unsigned_json(&self, keep_mac: bool) -> Result<Vec<u8>> {
         let mut unsigned = self.clone();
         unsigned.checksum = String::new();
-        let bytes = serde_json::to_vec(&unsigned).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        Ok(crate::hex::encode(&Sha256::digest(&bytes)))
+        if !keep_mac {
+            unsigned.mac = String::new();
+        }
+        serde_json::to_vec(&unsigned).map_err(|e| Error::InvalidArgument(e.to_string()))
     }
 
-    fn read(path: &Path) -> Result<Manifest> {
-        let bytes = std::fs::read(path).map_err(|e| io("reading", path, e))?;
+    fn checksum_of(&self) -> Result<String> {
+        Ok(crate::hex::encode(&Sha256::digest(self.unsigned_json(true)?)))
+    }
+
+    /// Sets the HMAC under `key` (derived from data key version `version`) and the
+    /// checksum.
+    fn seal(&mut self, version: u32, key: &MacKey) -> Result<()> {
+        self.mac_version = version;
+        self.mac = crate::hex::encode(&key.tag(&[MANIFEST_MAC_LABEL, &self.unsigned_json(false)?]));
+        self.checksum = self.checksum_of()?;
+        Ok(())
+    }
+
+    /// Checks the HMAC with `key` (derived from data key version `mac_version`).
+    ///
+    /// # Errors
+    /// [`Error::Authentication`] naming the backup.
+    fn authenticate(&self, key: Option<MacKey>) -> Result<()> {
+        let tag = crate::hex::decode(&self.mac).unwrap_or_default();
+        let signed = self.unsigned_json(false)?;
+        let ok = key.is_some_and(|k| k.verify(&[MANIFEST_MAC_LABEL, &signed], &tag));
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Authentication {
+                location: format!(
+                    "manifest of backup {} (edited, or made to name other files)",
+                    self.id
+                ),
+            })
+        }
+    }
+
+    /// Checks every field before any is used.
+    fn validate(&self, path: &Path, expected_id: &str) -> Result<()> {
+        let bad = |detail: String| Err(corrupt(path, detail));
+        if self.id != expected_id {
+            return bad(format!(
+                "the manifest's id {:?} is not its file name",
+                short(&self.id)
+            ));
+        }
+        let hex32 = self.store_id.len() == 32 && self.store_id.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex32 || !is_text(&self.kms) || self.mac.len() > 128 {
+            return bad("malformed store id, KMS or MAC".into());
+        }
+        if self.files.is_empty() || self.files.len() > MAX_FILES {
+            return bad(format!("{} files", self.files.len()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for f in &self.files {
+            if !is_plain_name(&f.name, MAX_NAME) || !names.insert(f.name.as_str()) {
+                return bad(format!("bad or repeated file name {:?}", short(&f.name)));
+            }
+            if !is_sha256_hex(&f.sha256) {
+                return bad(format!("{}: bad object name {:?}", f.name, short(&f.sha256)));
+            }
+            if f.size > 1 << 50 {
+                return bad(format!("{}: size {} is out of range", f.name, f.size));
+            }
+        }
+        match self.kind {
+            BackupKind::Tablespace if self.files.len() != 1 => bad(format!(
+                "backup {} of a tablespace must hold exactly one file",
+                self.id
+            )),
+            BackupKind::Store
+                if !self
+                    .files
+                    .iter()
+                    .any(|f| f.name.starts_with(crate::keyring::KEYRING_FILE)) =>
+            {
+                bad(format!("backup {} of a store holds no keyring", self.id))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn read(path: &Path, id: &str) -> Result<Manifest> {
+        let file = open_regular(path)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| io("reading", path, e))?;
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(corrupt(path, format!("larger than {MAX_MANIFEST_BYTES} bytes")));
+        }
         let manifest: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| corrupt(path, format!("manifest: {e}")))?;
         if manifest.format != FORMAT {
-            return Err(corrupt(path, format!("unsupported format {}", manifest.format)));
+            return Err(corrupt(
+                path,
+                format!(
+                    "format {} (this version of tde reads format {FORMAT}, whose manifests are authenticated)",
+                    manifest.format
+                ),
+            ));
         }
         if manifest.checksum_of()? != manifest.checksum {
             return Err(corrupt(
@@ -179,8 +422,39 @@ impl Manifest {
                 "the manifest was modified (checksum mismatch)".into(),
             ));
         }
+        manifest.validate(path, id)?;
         Ok(manifest)
     }
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Whether `id` has the shape of a backup id (`20261129T081900.123456789Z`, perhaps
+/// followed by `+` signs).
+fn is_backup_id(id: &str) -> bool {
+    is_plain_name(id, MAX_ID)
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'T' | b'Z' | b'.' | b'+'))
+}
+
+/// The ids of the manifests in `dest`, sorted; other files are ignored.
+fn manifest_ids(dest: &Path) -> Result<Vec<String>> {
+    let (_, backups) = layout(dest, false)?;
+    let entries = std::fs::read_dir(&backups).map_err(|e| io("reading", &backups, e))?;
+    let mut ids = Vec::new();
+    for entry in entries {
+        let name = entry.map_err(|e| io("reading", &backups, e))?.file_name();
+        if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json"))
+            && is_backup_id(id)
+        {
+            ids.push(id.to_owned());
+        }
+    }
+    ids.sort();
+    Ok(ids)
 }
 
 /// A new backup id: the time to the nanosecond, so ids sort in the order backups were
@@ -195,10 +469,16 @@ fn new_id(dest: &Path) -> Result<String> {
         .to_string()
         .replace([':', '-'], "");
     let mut id = format!("{}.{nanos:09}Z", stamp.trim_end_matches('Z'));
-    if let Some(last) = list(dest)?.last()
-        && last.id >= id
+    if let Some(last) = manifest_ids(dest)?.last()
+        && *last >= id
     {
-        id = format!("{}+", last.id);
+        id = format!("{last}+");
+    }
+    if !is_backup_id(&id) {
+        return Err(Error::InvalidArgument(format!(
+            "{} holds too many backups taken in the same nanosecond",
+            dest.display()
+        )));
     }
     Ok(id)
 }
@@ -208,7 +488,8 @@ fn new_id(dest: &Path) -> Result<String> {
 ///
 /// # Errors
 /// [`Error::Io`] (the store is unchanged; earlier backups in `dest` are intact);
-/// [`Error::Engine`] if RocksDB cannot take the checkpoint.
+/// [`Error::Corrupt`] if `dest`'s layout was tampered with; [`Error::Engine`] if RocksDB
+/// cannot take the checkpoint.
 pub fn create(store: &Store, dest: &Path) -> Result<BackupReport> {
     create_with_progress(store, dest, &mut |_, _| {})
 }
@@ -222,15 +503,29 @@ pub fn create_with_progress(
     dest: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<BackupReport> {
-    let objects = dest.join(OBJECTS);
-    let backups = dest.join(BACKUPS);
-    for d in [&objects, &backups] {
-        std::fs::create_dir_all(d).map_err(|e| io("creating", d, e))?;
-    }
+    layout(dest, true)?;
     let checkpoint = store.checkpoint()?;
     let result = ingest(store, &checkpoint.dir, dest, progress);
     drop(checkpoint);
     result
+}
+
+/// Stores `path` as an object of `dest` unless it is there already; returns (size,
+/// sha256, bytes copied).
+fn store_object(dest: &Path, path: &Path) -> Result<(u64, String, u64)> {
+    let (size, sha256) = sha256_file(path)?;
+    let object = dest.join(OBJECTS).join(&sha256);
+    match std::fs::symlink_metadata(&object) {
+        Ok(meta) if meta.is_file() && meta.len() == size => Ok((size, sha256, 0)),
+        // A damaged or planted entry under that name: replace it with the real bytes.
+        _ => {
+            if std::fs::symlink_metadata(&object).is_ok() {
+                std::fs::remove_file(&object).map_err(|e| io("replacing", &object, e))?;
+            }
+            copy_durably(path, &object)?;
+            Ok((size, sha256, size))
+        }
+    }
 }
 
 fn ingest(
@@ -239,7 +534,6 @@ fn ingest(
     dest: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<BackupReport> {
-    let objects = dest.join(OBJECTS);
     let mut names: Vec<String> = std::fs::read_dir(checkpoint)
         .map_err(|e| io("reading", checkpoint, e))?
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
@@ -254,30 +548,27 @@ fn ingest(
     let mut files = Vec::with_capacity(names.len());
     let (mut bytes, mut copied) = (0u64, 0u64);
     for name in names {
-        let path = checkpoint.join(&name);
-        let (size, sha256) = sha256_file(&path)?;
-        let object = objects.join(&sha256);
-        if !object.exists() {
-            copy_durably(&path, &object)?;
-            copied += size;
-        }
+        let (size, sha256, n) = store_object(dest, &checkpoint.join(&name))?;
+        copied += n;
         bytes += size;
         files.push(BackupFile { name, size, sha256 });
         progress(bytes.min(total), total);
     }
-    sync_dir(&objects)?;
-    let now = SystemClock.now();
+    sync_dir(&dest.join(OBJECTS))?;
+    let (version, key) = store.manifest_key()?;
     let mut manifest = Manifest {
         format: FORMAT,
         id: new_id(dest)?,
         kind: BackupKind::Store,
-        created: now,
+        created: SystemClock.now(),
         store_id: store.store_id(),
         kms: store.recorded_kms(),
         files,
+        mac_version: 0,
+        mac: String::new(),
         checksum: String::new(),
     };
-    manifest.checksum = manifest.checksum_of()?;
+    manifest.seal(version, &key)?;
     write_manifest(dest, &manifest)?;
     Ok(BackupReport {
         id: manifest.id,
@@ -290,31 +581,30 @@ fn ingest(
 fn write_manifest(dest: &Path, manifest: &Manifest) -> Result<()> {
     let backups = dest.join(BACKUPS);
     let path = backups.join(format!("{}.json", manifest.id));
-    let tmp = path.with_extension("tmp");
+    let tmp = backups.join(format!(".{}.json.tmp", manifest.id));
     let json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    File::create(&tmp)
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
         .and_then(|mut f| f.write_all(&json).and_then(|()| f.sync_all()))
         .map_err(|e| io("writing", &tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| io("renaming", &tmp, e))?;
     sync_dir(&backups)
 }
 
-/// Every backup in `dest`, oldest first.
+/// Every backup in `dest`, oldest first. Manifests are checked for damage (checksum) and
+/// well-formedness, not yet for authenticity (that needs the keys).
 ///
 /// # Errors
-/// [`Error::Io`]; [`Error::Corrupt`] for a damaged manifest.
+/// [`Error::Io`]; [`Error::Corrupt`] for a damaged or malformed manifest.
 pub fn list(dest: &Path) -> Result<Vec<Manifest>> {
     let backups = dest.join(BACKUPS);
-    let entries = std::fs::read_dir(&backups).map_err(|e| io("reading", &backups, e))?;
-    let mut out = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(|e| io("reading", &backups, e))?.path();
-        if path.extension().is_some_and(|x| x == "json") {
-            out.push(Manifest::read(&path)?);
-        }
-    }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
+    manifest_ids(dest)?
+        .iter()
+        .map(|id| Manifest::read(&backups.join(format!("{id}.json")), id))
+        .collect()
 }
 
 /// The backup `id`, or the latest.
@@ -322,21 +612,24 @@ pub fn list(dest: &Path) -> Result<Vec<Manifest>> {
 /// # Errors
 /// [`Error::InvalidArgument`] if there is none (or no such id); as [`list`].
 pub fn find(dest: &Path, id: Option<&str>) -> Result<Manifest> {
-    let all = list(dest)?;
-    match id {
-        Some(id) => all.into_iter().find(|m| m.id == id),
-        None => all.into_iter().last(),
-    }
-    .ok_or_else(|| {
+    let missing = || {
         Error::InvalidArgument(match id {
             Some(id) => format!("{} has no backup {id}", dest.display()),
             None => format!("{} holds no backup", dest.display()),
         })
-    })
+    };
+    let ids = manifest_ids(dest)?;
+    let id = match id {
+        Some(id) => ids.into_iter().find(|i| i == id),
+        None => ids.into_iter().last(),
+    }
+    .ok_or_else(missing)?;
+    Manifest::read(&dest.join(BACKUPS).join(format!("{id}.json")), &id)
 }
 
 /// Checks every backup in `dest` (or only `id`) without any key: each manifest's
-/// checksum, and each file's presence, size and SHA-256.
+/// checksum and fields, and each file's presence, size and SHA-256. This finds damage;
+/// authenticity needs the keys ([`verify_deep`]).
 ///
 /// # Errors
 /// [`Error::Corrupt`] naming the backup and file; [`Error::Io`].
@@ -357,7 +650,10 @@ pub fn verify_with_progress(
         Some(_) => vec![find(dest, id)?],
         None => list(dest)?,
     };
-    let total: u64 = manifests.iter().flat_map(|m| &m.files).map(|f| f.size).sum();
+    let total: u64 = manifests
+        .iter()
+        .flat_map(|m| &m.files)
+        .fold(0u64, |sum, f| sum.saturating_add(f.size));
     let mut report = VerifyReport {
         backups: 0,
         files: 0,
@@ -366,14 +662,7 @@ pub fn verify_with_progress(
     };
     for manifest in &manifests {
         for file in &manifest.files {
-            let object = dest.join(OBJECTS).join(&file.sha256);
-            if !object.exists() {
-                return Err(corrupt(
-                    &object,
-                    format!("backup {}: {} is missing", manifest.id, file.name),
-                ));
-            }
-            check_copy(&object, &object, manifest, file)?;
+            check_object(dest, manifest, file)?;
             report.files += 1;
             report.bytes += file.size;
             progress(report.bytes, total);
@@ -383,29 +672,31 @@ pub fn verify_with_progress(
     Ok(report)
 }
 
-/// Checks that `path` (a copy of `object`) has the size and SHA-256 `file` records.
-fn check_copy(path: &Path, object: &Path, manifest: &Manifest, file: &BackupFile) -> Result<()> {
-    let (size, sha256) = sha256_file(path)?;
-    if size != file.size || sha256 != file.sha256 {
+/// Checks that the object of `file` is there with the size and SHA-256 it records.
+fn check_object(dest: &Path, manifest: &Manifest, file: &BackupFile) -> Result<()> {
+    let object = object_path(dest, file);
+    if std::fs::symlink_metadata(&object).is_err() {
         return Err(corrupt(
-            object,
-            format!(
-                "backup {}: {} does not match its checksum",
-                manifest.id, file.name
-            ),
+            &object,
+            format!("backup {}: {} is missing", manifest.id, file.name),
         ));
+    }
+    let (size, sha256) = sha256_of(open_regular(&object)?, &object, file.size)?;
+    if size != file.size || sha256 != file.sha256 {
+        return Err(mismatch(&object, manifest, file));
     }
     Ok(())
 }
 
 /// Restores backup `id` (or the latest) of `dest` into `path`, which must not exist or
-/// be empty, and opens it with `options` (which name the KMS). On any failure, what was
-/// written to `path` is removed.
+/// be empty, opens it with `options` (which name the KMS), and checks the manifest's
+/// HMAC with the store's keys. On any failure, what was written to `path` is removed.
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] if `path` holds anything; [`Error::Corrupt`] if a file does
-/// not match its checksum; [`Error::KeysUnavailable`] if the KMS will not unwrap the keys
-/// (a disabled or deleted master key); [`Error::Io`].
+/// not match its checksum; [`Error::Authentication`] if the manifest or the keyring was
+/// forged; [`Error::KeysUnavailable`] if the KMS will not unwrap the keys (a disabled or
+/// deleted master key); [`Error::Io`].
 pub fn restore(dest: &Path, id: Option<&str>, path: &Path, options: StoreOptions) -> Result<Store> {
     let manifest = find(dest, id)?;
     if manifest.kind != BackupKind::Store {
@@ -424,7 +715,12 @@ pub fn restore(dest: &Path, id: Option<&str>, path: &Path, options: StoreOptions
         }
     }
     std::fs::create_dir_all(path).map_err(|e| io("creating", path, e))?;
-    let result = restore_into(dest, &manifest, path).and_then(|()| Store::open(path, options));
+    let result = restore_into(dest, &manifest, path)
+        .and_then(|()| Store::open(path, options))
+        .and_then(|store| {
+            manifest.authenticate(store.manifest_key_at(manifest.mac_version))?;
+            Ok(store)
+        });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(path);
     }
@@ -433,31 +729,30 @@ pub fn restore(dest: &Path, id: Option<&str>, path: &Path, options: StoreOptions
 
 fn restore_into(dest: &Path, manifest: &Manifest, path: &Path) -> Result<()> {
     for file in &manifest.files {
-        if file.name.contains(['/', '\\']) || file.name.starts_with('.') {
-            return Err(corrupt(
-                dest,
-                format!("backup {}: bad file name {:?}", manifest.id, file.name),
-            ));
-        }
-        let object = dest.join(OBJECTS).join(&file.sha256);
-        let target = path.join(&file.name);
-        copy_durably(&object, &target)?;
-        check_copy(&target, &object, manifest, file)?;
+        copy_verified(dest, manifest, file, &path.join(&file.name))?;
     }
     sync_dir(path)
 }
 
-/// As [`verify`], then restores the backup into a temporary directory inside `dest` and
-/// reads and authenticates every record of every table (needs the KMS).
+/// A scratch directory for work on a backup, in the system's temporary directory (never
+/// inside the destination).
+fn scratch(what: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(what)
+        .tempdir()
+        .map_err(|e| io("creating a directory in", &std::env::temp_dir(), e))
+}
+
+/// As [`verify`], then restores the backup into a temporary directory (in the system's
+/// temporary directory), checks its manifest's HMAC and reads and authenticates every
+/// record of every table (needs the KMS).
 ///
 /// # Errors
-/// As [`verify`] and [`restore`]; [`Error::Authentication`] for a record that fails.
+/// As [`verify`] and [`restore`]; [`Error::Authentication`] for a record or manifest
+/// that fails.
 pub fn verify_deep(dest: &Path, id: Option<&str>, options: StoreOptions) -> Result<VerifyReport> {
     let mut report = verify(dest, id)?;
-    let scratch = tempfile::Builder::new()
-        .prefix(".deep-verify-")
-        .tempdir_in(dest)
-        .map_err(|e| io("creating a directory in", dest, e))?;
+    let scratch = scratch(".tde-deep-verify-")?;
     let target: PathBuf = scratch.path().join("store");
     let store = restore(dest, id, &target, options)?;
     let mut records = 0u64;
@@ -475,12 +770,15 @@ pub fn verify_deep(dest: &Path, id: Option<&str>, options: StoreOptions) -> Resu
 /// Rewraps the data keys of backup `id` (or the latest) in `dest` for master key `to_key`
 /// of the KMS `to`, without touching its data files: each EDK is re-encrypted inside the
 /// KMS when `to` is the KMS that wrapped it (`from`), else unwrapped by `from` and wrapped
-/// by `to` in memory. The backup's keyring and manifest are replaced atomically (same id);
-/// its `kms` becomes `to_kms_uri` (default: `to`'s description). The old keyring's files
-/// are removed from `dest` once no backup refers to them.
+/// by `to` in memory. The keyring and the manifest are authenticated first (which
+/// unwraps the store-level key with `from`). The backup's keyring and manifest are
+/// replaced atomically (same id); its `kms` becomes `to_kms_uri` (default: `to`'s
+/// description). The old keyring's objects are removed from `dest` once no backup refers
+/// to them.
 ///
 /// # Errors
-/// [`Error::Kms`] if a key refuses (nothing changes); [`Error::Corrupt`], [`Error::Io`].
+/// [`Error::Kms`] if a key refuses (nothing changes); [`Error::Authentication`] if the
+/// manifest or keyring was forged; [`Error::Corrupt`], [`Error::Io`].
 pub fn rewrap(
     dest: &Path,
     id: Option<&str>,
@@ -490,7 +788,7 @@ pub fn rewrap(
     to_key: &str,
     to_kms_uri: Option<&str>,
 ) -> Result<Manifest> {
-    use crate::keyring::{KEYRING_FILE, Keyring};
+    use crate::keyring::{KEYRING_FILE, Keyring, STORE_TABLE_ID};
     use crate::secret::WrappedKey;
 
     let mut manifest = find(dest, id)?;
@@ -500,21 +798,38 @@ pub fn rewrap(
             manifest.id
         )));
     }
-    let scratch = tempfile::Builder::new()
-        .prefix(".rewrap-")
-        .tempdir_in(dest)
-        .map_err(|e| io("creating a directory in", dest, e))?;
+    layout(dest, false)?;
+    let scratch = scratch(".tde-rewrap-")?;
     let is_keyring = |name: &str| name.starts_with(KEYRING_FILE);
     for file in manifest.files.iter().filter(|f| is_keyring(&f.name)) {
-        std::fs::copy(
-            dest.join(OBJECTS).join(&file.sha256),
-            scratch.path().join(&file.name),
-        )
-        .map_err(|e| io("copying into", scratch.path(), e))?;
+        copy_verified(dest, &manifest, file, &scratch.path().join(&file.name))?;
     }
     let mut keyring = Keyring::open(scratch.path())?;
-    let key_id = to.describe_key(to_key)?.key_id;
     let store_id = keyring.data().store_id.clone();
+    if store_id != manifest.store_id {
+        return Err(corrupt(
+            dest,
+            format!("backup {}: its keyring belongs to another store", manifest.id),
+        ));
+    }
+    // Authenticate the keyring and the manifest before changing anything.
+    let store_keys = keyring
+        .data()
+        .store_key
+        .versions
+        .iter()
+        .map(|v| {
+            let context = crate::keyring::context(&store_id, STORE_TABLE_ID, v.version);
+            let spec = crate::kms::DataKeySpec::from(keyring.data().store_key.suite);
+            Ok((v.version, from.decrypt_data_key(&v.edk, spec, &context)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    keyring.authenticate(store_keys.iter().map(|(v, k)| (*v, k)))?;
+    manifest.authenticate(keyring.mac_key(manifest.mac_version, MANIFEST_MAC_LABEL))?;
+    let mac_key = keyring.mac_key(manifest.mac_version, MANIFEST_MAC_LABEL);
+    drop(store_keys);
+
+    let key_id = to.describe_key(to_key)?.key_id;
     let rewrap_one = |table_id: u32, version: u32, edk: &WrappedKey| -> Result<WrappedKey> {
         let context = crate::keyring::context(&store_id, table_id, version);
         let bytes = if same_kms {
@@ -549,32 +864,33 @@ pub fn rewrap(
         .map(|f| f.sha256.clone())
         .collect();
     for file in manifest.files.iter_mut().filter(|f| is_keyring(&f.name)) {
-        let path = scratch.path().join(&file.name);
-        let (size, sha256) = sha256_file(&path)?;
-        let object = dest.join(OBJECTS).join(&sha256);
-        if !object.exists() {
-            copy_durably(&path, &object)?;
-        }
-        *file = BackupFile {
-            name: file.name.clone(),
-            size,
-            sha256,
-        };
+        let (size, sha256, _) = store_object(dest, &scratch.path().join(&file.name))?;
+        file.size = size;
+        file.sha256 = sha256;
     }
     sync_dir(&dest.join(OBJECTS))?;
     manifest.kms = keyring.data().kms.clone();
-    manifest.checksum = manifest.checksum_of()?;
+    let mac_key = mac_key.ok_or_else(|| Error::InvalidArgument("no manifest key".into()))?;
+    manifest.seal(manifest.mac_version, &mac_key)?;
     write_manifest(dest, &manifest)?;
+    remove_unreferenced(dest, old)?;
+    Ok(manifest)
+}
 
-    // Old wrapped keys that no backup refers to any more.
+/// Removes the objects `candidates` (validated object names) that no backup in `dest`
+/// refers to any more.
+fn remove_unreferenced(dest: &Path, candidates: Vec<String>) -> Result<()> {
     let referenced: std::collections::HashSet<String> = list(dest)?
         .into_iter()
         .flat_map(|m| m.files.into_iter().map(|f| f.sha256))
         .collect();
-    for sha in old.into_iter().filter(|s| !referenced.contains(s)) {
+    for sha in candidates
+        .into_iter()
+        .filter(|s| is_sha256_hex(s) && !referenced.contains(s))
+    {
         let _ = std::fs::remove_file(dest.join(OBJECTS).join(sha));
     }
-    Ok(manifest)
+    Ok(())
 }
 
 /// Backs up a page-store tablespace: a consistent copy of its file (synced and
@@ -584,31 +900,22 @@ pub fn rewrap(
 /// # Errors
 /// As [`Tablespace::export`]; [`Error::Io`] (earlier backups in `dest` are intact).
 pub fn create_tablespace(ts: &Tablespace, dest: &Path) -> Result<BackupReport> {
-    let objects = dest.join(OBJECTS);
-    for d in [&objects, &dest.join(BACKUPS)] {
-        std::fs::create_dir_all(d).map_err(|e| io("creating", d, e))?;
-    }
+    layout(dest, true)?;
     let info = ts.info();
-    let mut scratch = tempfile::Builder::new()
-        .prefix(".tablespace-")
-        .tempfile_in(dest)
-        .map_err(|e| io("creating a file in", dest, e))?;
-    let size = ts.export(scratch.as_file_mut())?;
-    scratch
-        .as_file()
-        .sync_all()
-        .map_err(|e| io("syncing", scratch.path(), e))?;
-    let (_, sha256) = sha256_file(scratch.path())?;
-    let object = objects.join(&sha256);
-    let copied = if object.exists() {
-        0
+    let scratch = scratch(".tde-tablespace-")?;
+    let copy = scratch.path().join("tablespace");
+    let mut file = File::create(&copy).map_err(|e| io("creating", &copy, e))?;
+    let size = ts.export(&mut file)?;
+    file.sync_all().map_err(|e| io("syncing", &copy, e))?;
+    drop(file);
+    let (_, sha256, copied) = store_object(dest, &copy)?;
+    sync_dir(&dest.join(OBJECTS))?;
+    let name = if is_plain_name(&info.name, MAX_NAME) {
+        info.name
     } else {
-        scratch
-            .persist(&object)
-            .map_err(|e| io("storing", &object, e.error))?;
-        size
+        "tablespace".to_owned()
     };
-    sync_dir(&objects)?;
+    let (version, key) = ts.manifest_key()?;
     let mut manifest = Manifest {
         format: FORMAT,
         kind: BackupKind::Tablespace,
@@ -616,14 +923,12 @@ pub fn create_tablespace(ts: &Tablespace, dest: &Path) -> Result<BackupReport> {
         created: SystemClock.now(),
         store_id: info.id,
         kms: info.kms,
-        files: vec![BackupFile {
-            name: info.name,
-            size,
-            sha256,
-        }],
+        files: vec![BackupFile { name, size, sha256 }],
+        mac_version: 0,
+        mac: String::new(),
         checksum: String::new(),
     };
-    manifest.checksum = manifest.checksum_of()?;
+    manifest.seal(version, &key)?;
     write_manifest(dest, &manifest)?;
     Ok(BackupReport {
         id: manifest.id,
@@ -635,28 +940,23 @@ pub fn create_tablespace(ts: &Tablespace, dest: &Path) -> Result<BackupReport> {
 
 fn tablespace_manifest(dest: &Path, id: Option<&str>) -> Result<Manifest> {
     let manifest = find(dest, id)?;
-    match (manifest.kind, manifest.files.as_slice()) {
-        (BackupKind::Tablespace, [_]) => Ok(manifest),
-        (BackupKind::Tablespace, _) => Err(corrupt(
-            dest,
-            format!(
-                "backup {} of a tablespace must hold exactly one file",
-                manifest.id
-            ),
-        )),
-        (BackupKind::Store, _) => Err(Error::InvalidArgument(format!(
+    match manifest.kind {
+        BackupKind::Tablespace => Ok(manifest),
+        BackupKind::Store => Err(Error::InvalidArgument(format!(
             "backup {} holds a key-value store; restore it with restore",
             manifest.id
         ))),
     }
 }
 
-/// Restores tablespace backup `id` (the latest if `None`) to the new file `path` and opens
-/// it (which needs the KMS). On failure nothing is left at `path`.
+/// Restores tablespace backup `id` (the latest if `None`) to the new file `path`, opens
+/// it (which needs the KMS) and checks the manifest's HMAC. On failure nothing is left at
+/// `path`.
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] if `path` exists or the backup is of a store;
 /// [`Error::Corrupt`] if the copy does not match its checksum;
+/// [`Error::Authentication`] if the manifest or the header was forged;
 /// [`Error::KeysUnavailable`] if the KMS will not unwrap the keys; [`Error::Io`].
 pub fn restore_tablespace(
     dest: &Path,
@@ -672,11 +972,18 @@ pub fn restore_tablespace(
             path.display()
         )));
     }
-    let file = &manifest.files[0];
-    let object = dest.join(OBJECTS).join(&file.sha256);
-    let result = copy_durably(&object, path)
-        .and_then(|()| check_copy(path, &object, &manifest, file))
-        .and_then(|()| Tablespace::open(path, options, pool));
+    let result = copy_verified(dest, &manifest, &manifest.files[0], path)
+        .and_then(|()| Tablespace::open(path, options, pool))
+        .and_then(|ts| {
+            manifest.authenticate(ts.manifest_key_at(manifest.mac_version))?;
+            if crate::hex::encode(&ts.id()) != manifest.store_id {
+                return Err(corrupt(
+                    dest,
+                    format!("backup {}: its file is another tablespace", manifest.id),
+                ));
+            }
+            Ok(ts)
+        });
     if result.is_err() {
         let _ = std::fs::remove_file(path);
         let _ = std::fs::remove_file(crate::page::journal_path(path));
@@ -684,8 +991,9 @@ pub fn restore_tablespace(
     result
 }
 
-/// As [`verify`], then restores the tablespace backup into a temporary file inside `dest`
-/// and authenticates every page (needs the KMS). `records` counts pages.
+/// As [`verify`], then restores the tablespace backup into a temporary file (in the
+/// system's temporary directory) and authenticates its manifest and every page (needs
+/// the KMS). `records` counts pages.
 ///
 /// # Errors
 /// As [`verify`] and [`restore_tablespace`]; [`Error::Authentication`] for a page.
@@ -695,10 +1003,7 @@ pub fn verify_deep_tablespace(
     options: &TablespaceOptions,
 ) -> Result<VerifyReport> {
     let mut report = verify(dest, id)?;
-    let scratch = tempfile::Builder::new()
-        .prefix(".deep-verify-")
-        .tempdir_in(dest)
-        .map_err(|e| io("creating a directory in", dest, e))?;
+    let scratch = scratch(".tde-deep-verify-")?;
     let pool = BufferPool::new(4 << 20);
     let ts = restore_tablespace(dest, id, &scratch.path().join("tablespace"), options, &pool)?;
     report.records = Some(ts.verify()?);
@@ -707,8 +1012,9 @@ pub fn verify_deep_tablespace(
 
 /// Rewraps tablespace backup `id` (the latest if `None`) for master key `to_key` of the
 /// KMS `to` (within one KMS when `to` is `None`): the copy is opened with `options`
-/// (its current KMS), rewrapped or migrated, and stored as the backup's new file under
-/// the same id. Only the header page differs; the pages stay as they are.
+/// (its current KMS) in the system's temporary directory, authenticated, rewrapped or
+/// migrated, and stored as the backup's new file under the same id. Only the header page
+/// differs; the pages stay as they are.
 ///
 /// # Errors
 /// [`Error::Kms`] if a key refuses (the backup is unchanged); [`Error::Io`].
@@ -720,10 +1026,7 @@ pub fn rewrap_tablespace(
     to_key: &str,
 ) -> Result<Manifest> {
     let mut manifest = tablespace_manifest(dest, id)?;
-    let scratch = tempfile::Builder::new()
-        .prefix(".rewrap-")
-        .tempdir_in(dest)
-        .map_err(|e| io("creating a directory in", dest, e))?;
+    let scratch = scratch(".tde-rewrap-")?;
     let copy = scratch.path().join("tablespace");
     let pool = BufferPool::new(4 << 20);
     let ts = restore_tablespace(dest, Some(&manifest.id), &copy, options, &pool)?;
@@ -732,29 +1035,16 @@ pub fn rewrap_tablespace(
         None => ts.rewrap(Some(to_key))?,
     }
     let info = ts.info();
+    let mac_key = ts.manifest_key_at(manifest.mac_version);
     ts.close()?;
-    let (size, sha256) = sha256_file(&copy)?;
-    let object = dest.join(OBJECTS).join(&sha256);
-    if !object.exists() {
-        copy_durably(&copy, &object)?;
-    }
+    let (size, sha256, _) = store_object(dest, &copy)?;
     sync_dir(&dest.join(OBJECTS))?;
-    let old = std::mem::replace(
-        &mut manifest.files[0],
-        BackupFile {
-            name: info.name,
-            size,
-            sha256,
-        },
-    );
+    let name = manifest.files[0].name.clone();
+    let old = std::mem::replace(&mut manifest.files[0], BackupFile { name, size, sha256 });
     manifest.kms = info.kms;
-    manifest.checksum = manifest.checksum_of()?;
+    let mac_key = mac_key.ok_or_else(|| Error::InvalidArgument("no manifest key".into()))?;
+    manifest.seal(manifest.mac_version, &mac_key)?;
     write_manifest(dest, &manifest)?;
-    let referenced = list(dest)?
-        .into_iter()
-        .any(|m| m.files.iter().any(|f| f.sha256 == old.sha256));
-    if !referenced {
-        let _ = std::fs::remove_file(dest.join(OBJECTS).join(old.sha256));
-    }
+    remove_unreferenced(dest, vec![old.sha256])?;
     Ok(manifest)
 }

@@ -9,3 +9,10 @@ mod fork;
 pub(crate) mod rocksdb;
 
 pub(crate) use fork::generation as fork_generation;
+
+/// The effective user id of this process.
+#[cfg(unix)]
+pub(crate) fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments, touches no memory of ours and cannot fail.
+    unsafe { libc::geteuid() }
+}

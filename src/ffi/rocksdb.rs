@@ -58,12 +58,11 @@ pub(crate) fn prefix_length() -> usize {
 /// An Env whose every file is encrypted through `crypto`, including the info LOG.
 pub(crate) fn encrypted_env(crypto: &Ctx) -> Result<rocksdb::Env> {
     let ctx = leak(crypto);
-    // SAFETY: `ctx` is a valid leaked Box<Ctx>; on success the shim takes ownership of it
-    // (released through `tde_rs_context_release` when the Env is destroyed).
+    // SAFETY: `ctx` is a valid leaked Box<Ctx>; the shim takes ownership of it in every
+    // case (released through `tde_rs_context_release` when the Env is destroyed, or at
+    // once if creation fails), so it is never freed here.
     let raw = unsafe { tde_shim_env_create(ctx) };
     if raw.is_null() {
-        // SAFETY: the shim failed before taking ownership; reclaim the box exactly once.
-        drop(unsafe { Box::from_raw(ctx.cast::<Ctx>()) });
         return Err(Error::InvalidArgument(
             "RocksDB refused the encrypted environment".into(),
         ));
@@ -79,10 +78,9 @@ pub(crate) fn add_sst_listener(options: &mut rocksdb::Options, crypto: &Ctx) -> 
     let ctx = leak(crypto);
     // SAFETY: `as_raw_ptr` returns the live `rocksdb_options_t` owned by `options`; the
     // shim only appends to its listener vector. `ctx` ownership moves to the listener.
+    // The shim takes ownership of `ctx` in every case, failure included.
     let rc = unsafe { tde_shim_options_add_listener(options.as_raw_ptr(), ctx) };
     if rc != 0 {
-        // SAFETY: the shim did not take ownership on failure.
-        drop(unsafe { Box::from_raw(ctx.cast::<Ctx>()) });
         return Err(Error::InvalidArgument("RocksDB refused the SST listener".into()));
     }
     Ok(())
@@ -376,7 +374,7 @@ pub(crate) fn set_db_options(db: &rocksdb::DB, options: &[(&str, &str)]) -> Resu
         .into_owned();
     // SAFETY: freed exactly once, with the allocator RocksDB used.
     unsafe { librocksdb_sys::rocksdb_free(err.cast()) };
-    Err(Error::Engine(message))
+    Err(Error::engine(crate::EngineErrorKind::Other, message))
 }
 
 #[cfg(test)]

@@ -217,25 +217,45 @@ extern "C" {
 // reference to `ctx` (released through tde_rs_context_release). Returns nullptr on
 // failure.
 rocksdb_env_t* tde_shim_env_create(void* ctx) {
+  // Ownership of `ctx` passes to the shim here, whatever happens: if the Context cannot
+  // even be allocated, it is released at once; after that, by the Context's destructor.
+  // The caller never frees it (no double free on an allocation failure half-way).
+  std::shared_ptr<Context> context;
   try {
-    auto context = std::make_shared<Context>(ctx);
+    context = std::make_shared<Context>(ctx);
+  } catch (...) {
+    tde_rs_context_release(ctx);
+    return nullptr;
+  }
+  try {
     auto provider = std::make_shared<TdeProvider>(context);
     Env* base = Env::Default();
+    if (base == nullptr) return nullptr;
     auto encrypted = ROCKSDB_NAMESPACE::NewEncryptedFS(base->GetFileSystem(), provider);
+    if (!encrypted) return nullptr;
     auto fs = std::make_shared<TdeFileSystem>(encrypted);
-    Env* env = new CompositeEnvWrapper(base, fs);
-    fs->env_ = env;
-    return new rocksdb_env_t{env, false};
+    std::unique_ptr<Env> env(new CompositeEnvWrapper(base, fs));
+    fs->env_ = env.get();
+    auto* out = new rocksdb_env_t{env.get(), false};
+    env.release();
+    return out;
   } catch (...) {
     return nullptr;
   }
 }
 
-// Adds a listener that reports new SST files' column families to `ctx` (takes one
-// reference to `ctx`). Returns 0 on success.
+// Adds a listener that reports new SST files' column families to `ctx`. Takes ownership
+// of one reference to `ctx` in every case (released on failure). Returns 0 on success.
 int32_t tde_shim_options_add_listener(rocksdb_options_t* opts, void* ctx) {
+  std::shared_ptr<Context> context;
   try {
-    auto context = std::make_shared<Context>(ctx);
+    context = std::make_shared<Context>(ctx);
+  } catch (...) {
+    tde_rs_context_release(ctx);
+    return -1;
+  }
+  if (opts == nullptr) return -1;
+  try {
     opts->rep.listeners.push_back(std::make_shared<TdeListener>(context));
     return 0;
   } catch (...) {

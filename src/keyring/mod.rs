@@ -6,6 +6,16 @@
 //! during an update leaves the previous or the new keyring, and one damaged copy still
 //! opens. An EDK's encryption context names the store, the table id and the DK version,
 //! so the KMS refuses to unwrap it for any other place.
+//!
+//! Security notes: the checksum of a copy only detects damage. Everything the keyring
+//! says (suites, whether values are sealed, current versions, seal counts, re-encryption
+//! plans, retired versions) is authenticated by an HMAC-SHA256 tag under a key derived
+//! from the store-level data key's current version: [`Keyring::open`] reads it
+//! unauthenticated (for display, and to know what to unwrap), and the store checks the
+//! tag right after the unwrap ([`Keyring::authenticate`]); a keyring that fails is an
+//! error at open. A keyring without keys cannot be changed. Putting back an older,
+//! genuine keyring (replay) passes its tag: that is the one change this file cannot
+//! detect by itself.
 //! Not here: using the keys (`kv`), talking to the KMS beyond unwrap/generate (`kms`).
 
 mod unwrap;
@@ -16,17 +26,26 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::cipher::Suite;
+use crate::cipher::kdf::MacKey;
 use crate::durable::{FsStorage, Replicated, Storage};
 use crate::error::{Error, Result};
 use crate::kms::{DataKeySpec, EncryptionContext, GeneratedDataKey, Kms, Timestamp};
-use crate::secret::WrappedKey;
+use crate::secret::{DataKey, WrappedKey};
 pub use unwrap::{KeyFailure, RetryPolicy};
 pub(crate) use unwrap::{UnwrapRequest, unwrap_all};
 
 /// File name of the keyring (copies `TDE-KEYRING.a` and `.b`) inside a store directory.
 pub const KEYRING_FILE: &str = "TDE-KEYRING";
 const KEYRING_MAGIC: [u8; 8] = *b"TDEKRNG\x01";
-const FORMAT: u32 = 1;
+/// Format 2: authenticated (the `mac` field). Format 1 keyrings carried no tag and are
+/// refused, since accepting them would let anyone strip the tag.
+pub(crate) const FORMAT: u32 = 2;
+const MAC_LABEL: &[u8] = b"tde keyring\0";
+const META_KEY_LABEL: &[u8] = b"tde metadata key\0";
+/// Bounds on what a keyring may hold, checked before anything is unwrapped.
+const MAX_TABLES: usize = 100_000;
+const MAX_VERSIONS: usize = 10_000;
+const MAX_NAME: usize = 1024;
 /// Table id of the store-level key (WAL, MANIFEST, OPTIONS, LOG, ...).
 pub const STORE_TABLE_ID: u32 = 0;
 
@@ -117,6 +136,11 @@ pub struct TableEntry {
     pub value_seal: bool,
     /// Its keys.
     pub envelope: Envelope,
+    /// Being dropped: its column family is dropped next, then this entry is removed; an
+    /// open that finds the mark finishes the drop (so a crash in between can neither
+    /// bring the table back nor keep its wrapped keys).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dropping: bool,
 }
 
 /// Everything the keyring file holds.
@@ -136,8 +160,41 @@ pub struct KeyringData {
     pub tables: Vec<TableEntry>,
     /// Next table id to assign.
     pub next_table_id: u32,
+    /// HMAC-SHA256 (hex) of everything else, under a key derived from the store-level
+    /// data key's current version.
+    #[serde(default)]
+    pub mac: String,
 }
 
+/// Keys derived from the store-level data key's versions, to authenticate the keyring,
+/// backup manifests and the audit trail.
+#[derive(Default)]
+pub(crate) struct MetaKeys {
+    keys: Vec<(u32, DataKey)>,
+}
+
+impl std::fmt::Debug for MetaKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaKeys").finish_non_exhaustive()
+    }
+}
+
+impl MetaKeys {
+    /// Adds version `version` of the store-level data key `dk` of store `store_id`.
+    pub(crate) fn add(&mut self, store_id: &str, version: u32, dk: &DataKey) {
+        self.keys.retain(|(v, _)| *v != version);
+        let key = crate::cipher::kdf::derive_key(dk, store_id.as_bytes(), META_KEY_LABEL, 32);
+        self.keys.push((version, key));
+    }
+
+    /// The MAC key for `purpose` under version `version`, if that version is known.
+    pub(crate) fn mac_key(&self, version: u32, purpose: &[u8]) -> Option<MacKey> {
+        self.keys
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, k)| MacKey::derive(k, b"", purpose))
+    }
+}
 /// The encryption context of a data key.
 pub fn context(store_id: &str, table_id: u32, version: u32) -> EncryptionContext {
     let table = if table_id == STORE_TABLE_ID {
@@ -185,6 +242,99 @@ pub struct Keyring {
     file: Replicated,
     seq: u64,
     data: KeyringData,
+    meta: MetaKeys,
+    authenticated: bool,
+}
+
+fn corrupt(storage: &dyn Storage, detail: impl Into<String>) -> Error {
+    Error::Corrupt {
+        what: "keyring",
+        path: storage.path(KEYRING_FILE),
+        detail: detail.into(),
+    }
+}
+
+impl KeyringData {
+    fn signed_bytes(&self, seq: u64) -> Result<Vec<u8>> {
+        let mut unsigned = self.clone();
+        unsigned.mac = String::new();
+        let mut bytes = seq.to_le_bytes().to_vec();
+        serde_json::to_writer(&mut bytes, &unsigned).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        Ok(bytes)
+    }
+
+    /// Checks that the keyring is consistent and within bounds: what an attacker could
+    /// write here is refused before it becomes a KMS call, a loop bound or a path.
+    fn validate(&self) -> std::result::Result<(), String> {
+        let hex32 = |s: &str| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex32(&self.store_id) {
+            return Err(format!("bad store id {:?}", short(&self.store_id)));
+        }
+        for (what, text) in [("KMS", &self.kms), ("default key", &self.default_key)] {
+            if text.len() > 4096 || text.chars().any(char::is_control) {
+                return Err(format!("bad {what} {:?}", short(text)));
+            }
+        }
+        if self.tables.len() > MAX_TABLES {
+            return Err(format!("{} tables, at most {MAX_TABLES}", self.tables.len()));
+        }
+        if self.store_key.table_id != STORE_TABLE_ID {
+            return Err("the store-level key has a table id".into());
+        }
+        validate_envelope(&self.store_key)?;
+        let mut ids = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
+        for t in &self.tables {
+            let id = t.envelope.table_id;
+            if id == STORE_TABLE_ID || id >= self.next_table_id || !ids.insert(id) {
+                return Err(format!("table id {id} is reserved, repeated or not yet assigned"));
+            }
+            if t.name.is_empty() || t.name.len() > MAX_NAME || !names.insert(t.name.as_str()) {
+                return Err(format!(
+                    "table name {:?} is empty, too long or repeated",
+                    short(&t.name)
+                ));
+            }
+            validate_envelope(&t.envelope).map_err(|e| format!("table {:?}: {e}", short(&t.name)))?;
+        }
+        Ok(())
+    }
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn validate_envelope(e: &Envelope) -> std::result::Result<(), String> {
+    if e.versions.is_empty() || e.versions.len() > MAX_VERSIONS || e.retired.len() > MAX_VERSIONS {
+        return Err(format!("{} key versions", e.versions.len()));
+    }
+    if e.cmk.len() > 2048 || e.cmk.chars().any(char::is_control) {
+        return Err("bad master key name".into());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for v in &e.versions {
+        if v.version == 0 || !seen.insert(v.version) || v.edk.as_bytes().len() > 64 * 1024 {
+            return Err(format!("bad data key version {}", v.version));
+        }
+    }
+    for r in &e.retired {
+        if !seen.insert(r.version) {
+            return Err(format!("version {} is both retired and live", r.version));
+        }
+    }
+    if !e.versions.iter().any(|v| v.version == e.current) {
+        return Err(format!("the current version {} has no wrapped key", e.current));
+    }
+    if let Some(plan) = &e.reencrypt
+        && plan
+            .retire
+            .iter()
+            .any(|r| *r == e.current || !e.versions.iter().any(|v| v.version == *r))
+    {
+        return Err("the re-encryption plan retires a version that is current or absent".into());
+    }
+    Ok(())
 }
 
 impl Keyring {
@@ -192,30 +342,41 @@ impl Keyring {
         Replicated::new(KEYRING_FILE, "keyring", KEYRING_MAGIC)
     }
 
-    /// Writes a new keyring into `dir`.
+    /// Writes a new keyring into `dir`, authenticated under `store_key`, the plaintext of
+    /// the store-level data key's current version.
     ///
     /// # Errors
     /// [`Error::Io`].
-    pub fn create(dir: &Path, data: KeyringData) -> Result<Keyring> {
-        Keyring::create_in(Arc::new(FsStorage::new(dir)), data)
+    pub(crate) fn create(dir: &Path, data: KeyringData, store_key: &DataKey) -> Result<Keyring> {
+        Keyring::create_in(Arc::new(FsStorage::new(dir)), data, store_key)
     }
 
     /// As [`Keyring::create`], through `storage` (tests simulate crashes with it).
     ///
     /// # Errors
     /// [`Error::Io`].
-    pub fn create_in(storage: Arc<dyn Storage>, data: KeyringData) -> Result<Keyring> {
+    pub(crate) fn create_in(
+        storage: Arc<dyn Storage>,
+        data: KeyringData,
+        store_key: &DataKey,
+    ) -> Result<Keyring> {
+        let mut meta = MetaKeys::default();
+        meta.add(&data.store_id, data.store_key.current, store_key);
         let mut keyring = Keyring {
             storage,
             file: Keyring::replicated(),
             seq: 0,
             data,
+            meta,
+            authenticated: true,
         };
         keyring.save()?;
         Ok(keyring)
     }
 
-    /// Reads the keyring of `dir`.
+    /// Reads the keyring of `dir`, not yet authenticated: what it says is as recorded
+    /// until [`Keyring::authenticate`] has checked it with the store-level data key.
+    /// Its structure and bounds are checked.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if `dir` has no keyring (not a tde store);
@@ -236,27 +397,74 @@ impl Keyring {
                 storage.path("").display()
             ))
         })?;
-        let data: KeyringData = serde_json::from_slice(&loaded.payload).map_err(|e| Error::Corrupt {
-            what: "keyring",
-            path: storage.path(KEYRING_FILE),
-            detail: e.to_string(),
-        })?;
+        let data: KeyringData =
+            serde_json::from_slice(&loaded.payload).map_err(|e| corrupt(&*storage, e.to_string()))?;
         if data.format != FORMAT {
-            return Err(Error::Corrupt {
-                what: "keyring",
-                path: storage.path(KEYRING_FILE),
-                detail: format!("unsupported format {}", data.format),
-            });
+            return Err(corrupt(
+                &*storage,
+                format!(
+                    "format {} (this version of tde reads format {FORMAT} only, whose keyrings are authenticated)",
+                    data.format
+                ),
+            ));
         }
+        data.validate().map_err(|e| corrupt(&*storage, e))?;
         Ok(Keyring {
             storage,
             file,
             seq: loaded.seq,
             data,
+            meta: MetaKeys::default(),
+            authenticated: false,
         })
     }
 
-    /// The contents.
+    /// Checks the keyring's tag with the store-level data key versions `store_keys`
+    /// (version, plaintext), unwrapped by the KMS with the contexts the keyring names,
+    /// and keeps them to authenticate later changes.
+    ///
+    /// # Errors
+    /// [`Error::Authentication`] if anything in the keyring was changed by someone without
+    /// the store's keys (or a version is missing).
+    pub(crate) fn authenticate<'a>(
+        &mut self,
+        store_keys: impl IntoIterator<Item = (u32, &'a DataKey)>,
+    ) -> Result<()> {
+        let mut meta = MetaKeys::default();
+        for (version, dk) in store_keys {
+            meta.add(&self.data.store_id, version, dk);
+        }
+        let failed = || Error::Authentication {
+            location: format!(
+                "keyring {} (edited, or taken from another store)",
+                self.storage.path(KEYRING_FILE).display()
+            ),
+        };
+        let key = meta
+            .mac_key(self.data.store_key.current, MAC_LABEL)
+            .ok_or_else(failed)?;
+        let tag = crate::hex::decode(&self.data.mac).map_err(|_| failed())?;
+        if !key.verify(&[&self.data.signed_bytes(self.seq)?], &tag) {
+            return Err(failed());
+        }
+        self.meta = meta;
+        self.authenticated = true;
+        Ok(())
+    }
+
+    /// Keeps version `version` of the store-level data key, so that the keyring can be
+    /// authenticated once that version becomes current.
+    pub(crate) fn add_store_key(&mut self, version: u32, dk: &DataKey) {
+        let store_id = self.data.store_id.clone();
+        self.meta.add(&store_id, version, dk);
+    }
+
+    /// The MAC key for `purpose` under the store-level key's version `version`.
+    pub(crate) fn mac_key(&self, version: u32, purpose: &[u8]) -> Option<MacKey> {
+        self.meta.mac_key(version, purpose)
+    }
+
+    /// The contents: as recorded, and authenticated once [`Keyring::authenticate`] passed.
     pub fn data(&self) -> &KeyringData {
         &self.data
     }
@@ -277,9 +485,28 @@ impl Keyring {
     }
 
     fn save(&mut self) -> Result<()> {
+        if !self.authenticated {
+            return Err(Error::InvalidArgument(
+                "the keyring was read without its keys and cannot be changed".into(),
+            ));
+        }
+        self.data
+            .validate()
+            .map_err(|e| Error::InvalidArgument(format!("keyring change refused: {e}")))?;
+        let seq = self.seq + 1;
+        let key = self
+            .meta
+            .mac_key(self.data.store_key.current, MAC_LABEL)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "no key for version {} of the store-level data key",
+                    self.data.store_key.current
+                ))
+            })?;
+        self.data.mac = crate::hex::encode(&key.tag(&[&self.data.signed_bytes(seq)?]));
         let payload = serde_json::to_vec(&self.data).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        self.file.write(&*self.storage, self.seq + 1, &payload)?;
-        self.seq += 1;
+        self.file.write(&*self.storage, seq, &payload)?;
+        self.seq = seq;
         Ok(())
     }
 }
@@ -316,9 +543,11 @@ mod tests {
                     name: format!("t{id}"),
                     value_seal: true,
                     envelope: envelope(id),
+                    dropping: false,
                 })
                 .collect(),
             next_table_id: tables as u32 + 1,
+            mac: String::new(),
         }
     }
 
@@ -328,9 +557,11 @@ mod tests {
             let mut completed = false;
             for cut in 0..20 {
                 let dir = tempfile::tempdir().unwrap();
-                Keyring::create(dir.path(), data(2)).unwrap();
+                let dk = DataKey::from_slice(&[9u8; 32]);
+                Keyring::create(dir.path(), data(2), &dk).unwrap();
                 let storage = CrashStorage::new(dir.path(), cut, torn);
                 let result = Keyring::open_in(storage.clone()).and_then(|mut k| {
+                    k.authenticate([(1, &dk)])?;
                     k.update(|d| {
                         d.tables.push(data(3).tables.remove(2));
                         d.next_table_id = 4;
@@ -351,6 +582,71 @@ mod tests {
                 }
             }
             assert!(completed, "the update never completed");
+        }
+    }
+
+    #[test]
+    fn an_edited_or_foreign_keyring_fails_authentication_and_cannot_be_saved_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let dk = DataKey::from_slice(&[9u8; 32]);
+        Keyring::create(dir.path(), data(2), &dk).unwrap();
+        let mut k = Keyring::open(dir.path()).unwrap();
+        assert!(k.update(|_| Ok(())).is_err(), "saved without its keys");
+        k.authenticate([(1, &dk)]).unwrap();
+        k.update(|d| {
+            d.tables[0].value_seal = false;
+            Ok(())
+        })
+        .unwrap();
+        // Someone without the key turns value sealing back on (or any other field): the
+        // checksum is easy to fix up, the tag is not.
+        let storage = FsStorage::new(dir.path());
+        let replicated = Keyring::replicated();
+        let loaded = replicated.read(&storage).unwrap().unwrap();
+        let mut forged: KeyringData = serde_json::from_slice(&loaded.payload).unwrap();
+        forged.tables[0].value_seal = true;
+        replicated
+            .write(&storage, loaded.seq + 1, &serde_json::to_vec(&forged).unwrap())
+            .unwrap();
+        let mut k = Keyring::open(dir.path()).unwrap();
+        assert!(matches!(
+            k.authenticate([(1, &dk)]),
+            Err(Error::Authentication { .. })
+        ));
+        // Another key (another store's) fails too.
+        let mut k = Keyring::open(dir.path()).unwrap();
+        let other = DataKey::from_slice(&[8u8; 32]);
+        assert!(matches!(
+            k.authenticate([(1, &other)]),
+            Err(Error::Authentication { .. })
+        ));
+    }
+
+    #[test]
+    fn inconsistent_keyrings_are_refused_before_any_unwrap() {
+        let mut bad = Vec::new();
+        let mut d = data(2);
+        d.tables[1].envelope.table_id = 1;
+        bad.push(d);
+        let mut d = data(1);
+        d.tables[0].envelope.current = 7;
+        bad.push(d);
+        let mut d = data(1);
+        d.store_key.reencrypt = Some(ReencryptState {
+            retire: vec![1],
+            boundary: 0,
+        });
+        bad.push(d);
+        let mut d = data(1);
+        d.store_id = "../../etc".into();
+        bad.push(d);
+        for d in bad {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = FsStorage::new(dir.path());
+            Keyring::replicated()
+                .write(&storage, 1, &serde_json::to_vec(&d).unwrap())
+                .unwrap();
+            assert!(matches!(Keyring::open(dir.path()), Err(Error::Corrupt { .. })));
         }
     }
 }

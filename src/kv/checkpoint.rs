@@ -24,6 +24,26 @@ impl Drop for Checkpoint {
 }
 
 impl Store {
+    /// The key that authenticates backup manifests now: (store-level data key version,
+    /// its derived HMAC key).
+    pub(crate) fn manifest_key(&self) -> Result<(u32, crate::cipher::kdf::MacKey)> {
+        let keyring = self.inner.keyring.lock();
+        let version = keyring.data().store_key.current;
+        let key = keyring
+            .mac_key(version, crate::backup::MANIFEST_MAC_LABEL)
+            .ok_or_else(|| Error::InvalidArgument(format!("no store-level data key version {version}")))?;
+        Ok((version, key))
+    }
+
+    /// The backup-manifest key under store-level data key version `version`, if the
+    /// store holds that version.
+    pub(crate) fn manifest_key_at(&self, version: u32) -> Option<crate::cipher::kdf::MacKey> {
+        self.inner
+            .keyring
+            .lock()
+            .mac_key(version, crate::backup::MANIFEST_MAC_LABEL)
+    }
+
     /// Takes a checkpoint of the store's files and keyring (flushing memtables first).
     pub(crate) fn checkpoint(&self) -> Result<Checkpoint> {
         let inner = &self.inner;

@@ -82,8 +82,19 @@ pub(crate) struct StoreFiles {
     current: RwLock<HashMap<String, (u32, u32)>>,
     /// The store-level (table 0) version for every other file.
     store_version: RwLock<u32>,
-    /// SST file name → (table id, version), announced by the listener.
-    pending: Mutex<HashMap<String, (u32, u32)>>,
+    /// SST file name → its route, announced by the listener.
+    pending: Mutex<HashMap<String, Route>>,
+}
+
+/// Where a new SST file's key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// A table's current (table id, version).
+    Table(u32, u32),
+    /// The store-level key (the `default` column family, which holds no table).
+    Store,
+    /// A column family whose table was dropped or revoked: nothing may be written for it.
+    Refused,
 }
 
 fn file_name(path: &str) -> &str {
@@ -204,12 +215,33 @@ impl FileCrypto for StoreFiles {
             ));
         }
         let name = file_name(fname);
-        let routed = if name.ends_with(".sst") {
-            self.pending.lock().remove(name)
+        let store = (0, *self.store_version.read());
+        // An SST goes under its table's key or, for the default column family, the
+        // store's; one that was not announced, or belongs to a dropped or revoked table
+        // (a compaction that was already running), is refused, never quietly written
+        // under another key.
+        let (table_id, version) = if name.ends_with(".sst") {
+            match self.pending.lock().remove(name) {
+                Some(Route::Table(table, version)) => (table, version),
+                Some(Route::Store) => store,
+                Some(Route::Refused) => {
+                    return Err((
+                        IO_ERROR,
+                        format!("{name}: its table was dropped or revoked; refusing to write it"),
+                    ));
+                }
+                None => {
+                    return Err((
+                        IO_ERROR,
+                        format!(
+                            "{name}: no table announced this file; refusing to encrypt it under another key"
+                        ),
+                    ));
+                }
+            }
         } else {
-            None
+            store
         };
-        let (table_id, version) = routed.unwrap_or((0, *self.store_version.read()));
         let key = self
             .key(table_id, version)
             .ok_or_else(|| (IO_ERROR, format!("no key for table {table_id} version {version}")))?;
@@ -258,8 +290,10 @@ impl FileCrypto for StoreFiles {
     }
 
     fn table_file_started(&self, cf: &str, path: &str) {
-        let Some(target) = self.current.read().get(cf).copied() else {
-            return;
+        let target = match self.current.read().get(cf).copied() {
+            Some((table, version)) => Route::Table(table, version),
+            None if cf == "default" => Route::Store,
+            None => Route::Refused,
         };
         let mut pending = self.pending.lock();
         if pending.len() > 10_000 {
@@ -267,5 +301,47 @@ impl FileCrypto for StoreFiles {
             pending.clear();
         }
         pending.insert(file_name(path).to_owned(), target);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> StoreFiles {
+        let files = StoreFiles::new([1; 16], 1);
+        let dk = DataKey::from_slice(&[3; 32]);
+        files.add_key(0, 1, FileKey::derive(Suite::Aes256Gcm, &dk, &[1; 16], 0, 1));
+        files.add_key(5, 1, FileKey::derive(Suite::Aes256Gcm, &dk, &[1; 16], 5, 1));
+        files.set_current("t5", 5, 1);
+        files
+    }
+
+    fn route_of(files: &StoreFiles, prefix: &[u8]) -> (u32, u32) {
+        let u32_at = |at: usize| u32::from_le_bytes(prefix[at..at + 4].try_into().unwrap());
+        assert!(files.open_stream("x", prefix).is_ok());
+        (u32_at(TABLE_AT), u32_at(VERSION_AT))
+    }
+
+    #[test]
+    fn ssts_go_under_their_tables_key_and_unrouted_ones_are_refused() {
+        let files = files();
+        let mut prefix = vec![0u8; PREFIX_LEN];
+        files.table_file_started("t5", "/db/000010.sst");
+        files.new_prefix("/db/000010.sst", &mut prefix).unwrap();
+        assert_eq!(route_of(&files, &prefix), (5, 1));
+        files.table_file_started("default", "/db/000011.sst");
+        files.new_prefix("/db/000011.sst", &mut prefix).unwrap();
+        assert_eq!(route_of(&files, &prefix), (0, 1));
+        files.new_prefix("/db/000012.log", &mut prefix).unwrap();
+        assert_eq!(route_of(&files, &prefix), (0, 1));
+        // Never announced: not quietly put under the store key.
+        assert!(files.new_prefix("/db/000013.sst", &mut prefix).is_err());
+        // A compaction of a table revoked (or dropped) while it ran.
+        files.table_file_started("t5", "/db/000014.sst");
+        files.remove_table("t5", 5);
+        files.table_file_started("t5", "/db/000015.sst");
+        assert!(files.new_prefix("/db/000014.sst", &mut prefix).is_err());
+        assert!(files.new_prefix("/db/000015.sst", &mut prefix).is_err());
     }
 }

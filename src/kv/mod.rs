@@ -39,7 +39,7 @@ pub use table::{ScanOptions, Snapshot, Table, TableIter, WriteBatch};
 use table::{TableState, Views};
 pub use watch::{KeyWatch, WatchReport};
 
-use crate::audit::{AuditEvent, AuditLog, Reason};
+use crate::audit::{AUDIT_MAC_LABEL, AuditEvent, AuditLog, Reason};
 use crate::cipher::Suite;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -297,7 +297,14 @@ impl std::fmt::Debug for Store {
 }
 
 fn engine(e: rocksdb::Error) -> Error {
-    Error::Engine(e.into_string())
+    use rocksdb::ErrorKind as K;
+    let kind = match e.kind() {
+        K::Corruption => crate::EngineErrorKind::Corruption,
+        K::IOError => crate::EngineErrorKind::Io,
+        K::Busy | K::TryAgain | K::TimedOut => crate::EngineErrorKind::Busy,
+        _ => crate::EngineErrorKind::Other,
+    };
+    Error::engine(kind, e.into_string())
 }
 
 fn cf_name(id: u32) -> String {
@@ -411,6 +418,13 @@ impl Store {
             options.suite,
             now,
         );
+        if let Ok((_, g)) = &generated {
+            let mut meta = keyring::MetaKeys::default();
+            meta.add(&store_hex, 1, &g.plaintext);
+            if let Some(key) = meta.mac_key(1, AUDIT_MAC_LABEL) {
+                audit.set_key(1, key);
+            }
+        }
         audit.append(&AuditEvent {
             op: "generate-data-key",
             key: &default_key,
@@ -418,11 +432,11 @@ impl Store {
             reason: Reason::Create,
             error: generated.as_ref().err().map(ToString::to_string),
         })?;
-        let (version, _generated) = generated?;
+        let (version, generated) = generated?;
         Keyring::create(
             path,
             KeyringData {
-                format: 1,
+                format: keyring::FORMAT,
                 store_id: store_hex,
                 kms: options.kms_uri.clone().unwrap_or_else(|| options.kms.describe()),
                 default_key: default_key.clone(),
@@ -437,8 +451,11 @@ impl Store {
                 },
                 tables: Vec::new(),
                 next_table_id: 1,
+                mac: String::new(),
             },
+            &generated.plaintext,
         )?;
+        drop(generated);
         Store::open_inner(path, options, true)
     }
 
@@ -456,7 +473,7 @@ impl Store {
     }
 
     fn open_inner(path: &Path, options: StoreOptions, create: bool) -> Result<Store> {
-        let keyring = Keyring::open(path)?;
+        let mut keyring = Keyring::open(path)?;
         let data = keyring.data().clone();
         let store_id = parse_store_id(&data.store_id)?;
 
@@ -485,6 +502,22 @@ impl Store {
             &options.retry,
         );
         let audit = AuditLog::open(path, &data.store_id)?;
+        // Nothing the keyring says counts until its tag checks out.
+        let authenticated = keys.as_ref().ok().map(|keys| {
+            keyring.authenticate(
+                owners
+                    .iter()
+                    .zip(keys)
+                    .filter(|((table, _, _), _)| *table == STORE_TABLE_ID)
+                    .map(|((_, version, _), key)| (*version, key)),
+            )
+        });
+        if let Some(Ok(())) = authenticated {
+            let current = data.store_key.current;
+            if let Some(key) = keyring.mac_key(current, AUDIT_MAC_LABEL) {
+                audit.set_key(current, key);
+            }
+        }
         audit.append_all(requests.iter().map(|r| {
             AuditEvent {
                 op: "decrypt",
@@ -502,6 +535,9 @@ impl Store {
             }
         }))?;
         let keys = keys?;
+        if let Some(Err(e)) = authenticated {
+            return Err(e);
+        }
 
         let files = Arc::new(StoreFiles::new(store_id, data.store_key.current));
         let mut by_table: BTreeMap<u32, Vec<(u32, Suite, &DataKey)>> = BTreeMap::new();
@@ -542,7 +578,9 @@ impl Store {
                     )?),
                 );
             }
-            tables.insert(entry.name.clone(), Arc::new(TableState::new(entry, aead)));
+            if !entry.dropping {
+                tables.insert(entry.name.clone(), Arc::new(TableState::new(entry, aead)));
+            }
         }
         drop(keys);
 
@@ -561,7 +599,7 @@ impl Store {
         } else {
             Db::list_cf(&opts, path).map_err(engine)?
         };
-        for entry in &data.tables {
+        for entry in data.tables.iter().filter(|t| !t.dropping) {
             let name = cf_name(entry.envelope.table_id);
             if !names.contains(&name) {
                 names.push(name);
@@ -572,18 +610,21 @@ impl Store {
             ColumnFamilyDescriptor::new(n, table_cf_options(&cf_options, state, store_id))
         });
         let db = Db::open_cf_descriptors(&opts, path, descriptors).map_err(engine)?;
-        // Column families whose table was dropped from the keyring (a crash between the
-        // two steps of a drop) hold nothing readable: finish the drop.
+        // Column families whose table is no longer in the keyring, or is marked as being
+        // dropped (a crash during a drop): finish the drop.
         for name in &names {
-            let known =
-                name == "default" || data.tables.iter().any(|t| cf_name(t.envelope.table_id) == *name);
-            if !known {
+            let live = name == "default"
+                || data
+                    .tables
+                    .iter()
+                    .any(|t| !t.dropping && cf_name(t.envelope.table_id) == *name);
+            if !live {
                 db.drop_cf(name).map_err(engine)?;
             }
         }
         let mut write_options = rocksdb::WriteOptions::default();
         write_options.set_sync(options.sync_writes);
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(StoreInner {
                 path: path.to_path_buf(),
                 db,
@@ -601,6 +642,46 @@ impl Store {
                 seal_limit: options.seal_limit,
                 reencrypting: Mutex::new(()),
             }),
+        };
+        if data.tables.iter().any(|t| t.dropping) {
+            store.finish_drops()?;
+        }
+        Ok(store)
+    }
+
+    /// Removes the keyring entries of tables whose drop a crash interrupted (their
+    /// column families are gone by now), and retires the log that held their records.
+    fn finish_drops(&self) -> Result<()> {
+        let inner = &self.inner;
+        let mut keyring = inner.keyring.lock();
+        let dropping: Vec<u32> = keyring
+            .data()
+            .tables
+            .iter()
+            .filter(|t| t.dropping)
+            .map(|t| t.envelope.table_id)
+            .collect();
+        keyring.update(|data| {
+            data.tables.retain(|t| !t.dropping);
+            Ok(())
+        })?;
+        drop(keyring);
+        for id in dropping {
+            inner.files.remove_table(&cf_name(id), id);
+        }
+        self.retire_log()
+    }
+
+    /// Verifies the store's audit trail with its keys: the hash chain, and the MAC of
+    /// every keyed record (see [`crate::audit`]).
+    ///
+    /// # Errors
+    /// [`Error::Authentication`] for a forged record; [`Error::Corrupt`] for a broken
+    /// chain; [`Error::Io`].
+    pub fn verify_audit(&self) -> Result<crate::audit::AuditReport> {
+        let keyring = self.inner.keyring.lock();
+        crate::audit::verify_keyed(&self.inner.path, &keyring.data().store_id, &|v| {
+            keyring.mac_key(v, AUDIT_MAC_LABEL)
         })
     }
 
@@ -660,6 +741,7 @@ impl Store {
         let entry = TableEntry {
             name: name.to_owned(),
             value_seal: options.value_seal,
+            dropping: false,
             envelope: Envelope {
                 table_id: id,
                 cmk,
@@ -759,8 +841,16 @@ impl Store {
             .map(|t| t.envelope.table_id)
             .ok_or_else(|| Error::NoSuchTable(name.to_owned()))?;
         let cf = cf_name(id);
-        inner.db.drop_cf(&cf).map_err(engine)?;
+        // Mark, drop, remove: a crash at any point leaves a mark that the next open
+        // finishes, never a table that comes back or keeps its wrapped keys.
+        keyring.update(|data| {
+            for t in data.tables.iter_mut().filter(|t| t.envelope.table_id == id) {
+                t.dropping = true;
+            }
+            Ok(())
+        })?;
         inner.tables.write().remove(name);
+        inner.db.drop_cf(&cf).map_err(engine)?;
         keyring.update(|data| {
             data.tables.retain(|t| t.envelope.table_id != id);
             Ok(())
@@ -828,6 +918,54 @@ mod tests {
         let kms = Arc::new(LocalKms::create(tmp.path().join("kms")).unwrap());
         let store = Store::create(tmp.path().join("db"), StoreOptions::new(kms)).unwrap();
         (tmp, store)
+    }
+
+    #[test]
+    fn a_crash_at_either_step_of_a_drop_never_brings_the_table_back() {
+        for drop_cf_before_crash in [false, true] {
+            let (tmp, store) = store();
+            store.create_table("gone", &TableOptions::default()).unwrap();
+            store.create_table("kept", &TableOptions::default()).unwrap();
+            store.table("gone").unwrap().put(b"k", b"secret").unwrap();
+            store.table("kept").unwrap().put(b"k", b"v").unwrap();
+            let id = store.tables().iter().find(|t| t.name == "gone").unwrap().id;
+            // The first step of a drop, then a crash (before or after the column family
+            // went).
+            store
+                .inner
+                .keyring
+                .lock()
+                .update(|d| {
+                    for t in d.tables.iter_mut().filter(|t| t.name == "gone") {
+                        t.dropping = true;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            if drop_cf_before_crash {
+                store.inner.db.drop_cf(&cf_name(id)).unwrap();
+            }
+            drop(store);
+            let kms = Arc::new(LocalKms::open(tmp.path().join("kms")).unwrap());
+            let store = Store::open(tmp.path().join("db"), StoreOptions::new(kms.clone())).unwrap();
+            assert!(matches!(store.table("gone"), Err(Error::NoSuchTable(_))));
+            assert_eq!(store.table("kept").unwrap().get(b"k").unwrap().unwrap(), b"v");
+            assert!(
+                store
+                    .inner
+                    .keyring
+                    .lock()
+                    .data()
+                    .tables
+                    .iter()
+                    .all(|t| t.name != "gone")
+            );
+            assert!(store.inner.db.cf_handle(&cf_name(id)).is_none());
+            drop(store);
+            // And it stays gone.
+            let store = Store::open(tmp.path().join("db"), StoreOptions::new(kms)).unwrap();
+            assert_eq!(store.tables().len(), 1);
+        }
     }
 
     fn raw_cf<'a>(store: &'a Store, table: &str) -> Arc<rocksdb::BoundColumnFamily<'a>> {

@@ -510,9 +510,12 @@ impl Pass<'_> {
             if gone == 0 {
                 stalled += 1;
                 if stalled >= 3 {
-                    return Err(Error::Engine(format!(
-                        "re-encryption of table {name:?} makes no progress: compaction leaves its old files in place"
-                    )));
+                    return Err(Error::engine(
+                        crate::EngineErrorKind::Other,
+                        format!(
+                            "re-encryption of table {name:?} makes no progress: compaction leaves its old files in place"
+                        ),
+                    ));
                 }
             } else {
                 stalled = 0;

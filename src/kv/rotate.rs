@@ -92,6 +92,9 @@ impl Store {
             })?;
             let (dk_version, generated) = generated?;
             let (id, suite) = (envelope.table_id, envelope.suite);
+            if id == STORE_TABLE_ID {
+                keyring.add_store_key(version, &generated.plaintext);
+            }
             let file_key = FileKey::derive(suite, &generated.plaintext, &inner.store_id, id, version);
             let value = (id != STORE_TABLE_ID)
                 .then(|| {
@@ -132,6 +135,9 @@ impl Store {
             inner.files.add_key(id, version, file_key);
             if id == STORE_TABLE_ID {
                 inner.files.set_store_version(version);
+                if let Some(key) = keyring.mac_key(version, crate::audit::AUDIT_MAC_LABEL) {
+                    inner.audit.set_key(version, key);
+                }
             } else {
                 inner.files.set_current(&cf_name(id), id, version);
                 if let (Some(state), Some(value)) = (tables.get(&name), value) {

@@ -27,6 +27,12 @@ impl Store {
     /// [`crate::Error::NoSuchTable`]; [`crate::Error::Engine`], [`crate::Error::Io`].
     pub fn shred_table(&self, name: &str) -> Result<()> {
         self.drop_table(name)?;
+        self.retire_log()
+    }
+
+    /// Switches to a new write-ahead log and flushes every table, so the log that held
+    /// a dropped table's records is deleted.
+    pub(crate) fn retire_log(&self) -> Result<()> {
         // A flush only switches to a new log when a memtable holds something: write one
         // marker into the (otherwise unused) default column family so the log that holds
         // the table's records is switched out and, once every table is flushed, deleted.

@@ -483,7 +483,10 @@ impl Iterator for TableIter<'_> {
                 .state
                 .decode(&self.table.store.store_id, k, v)
                 .map(|value| (k.to_vec(), value)),
-            _ => Err(Error::Engine("iterator returned no entry".into())),
+            _ => Err(Error::engine(
+                crate::EngineErrorKind::Other,
+                "iterator returned no entry",
+            )),
         };
         if item.is_err() {
             self.done = true;

@@ -81,12 +81,18 @@ impl FileIo {
             });
         }
         let journal_path = journal_path(path);
-        let journal = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&journal_path)?;
+        // The journal's name is derived, not given: never follow a link planted there.
+        let journal = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&journal_path)?
+        };
         if create && let Some(dir) = path.parent() {
             // The new directory entries must survive a crash.
             let dir = if dir.as_os_str().is_empty() {

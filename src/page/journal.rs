@@ -109,10 +109,23 @@ impl Journal {
     /// # Errors
     /// The I/O error.
     pub(crate) fn create(io: &dyn PageIo, tablespace: &[u8; 16], page_size: usize) -> io::Result<Journal> {
+        Journal::write_header(io, tablespace, page_size)?;
+        Ok(Journal::new(tablespace, page_size))
+    }
+
+    /// An empty journal whose file is not written yet (see [`Journal::write_header`]).
+    pub(crate) fn empty(tablespace: &[u8; 16], page_size: usize) -> Journal {
+        Journal::new(tablespace, page_size)
+    }
+
+    /// Empties the journal file and writes its header, durably.
+    ///
+    /// # Errors
+    /// The I/O error.
+    pub(crate) fn write_header(io: &dyn PageIo, tablespace: &[u8; 16], page_size: usize) -> io::Result<()> {
         io.set_len(PageFile::Journal, 0)?;
         io.write_all_at(PageFile::Journal, 0, &encode_header(tablespace, page_size))?;
-        io.sync(PageFile::Journal)?;
-        Ok(Journal::new(tablespace, page_size))
+        io.sync(PageFile::Journal)
     }
 
     fn new(tablespace: &[u8; 16], page_size: usize) -> Journal {

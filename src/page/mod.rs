@@ -258,6 +258,8 @@ struct Inner {
     /// Replaced by data key rotation (a new version) and re-encryption (retirement).
     sealing: RwLock<Sealing>,
     header_key: RwLock<Arc<AeadKey>>,
+    /// Keys for metadata about this tablespace (backup manifests), per data key version.
+    meta: Mutex<crate::keyring::MetaKeys>,
     encrypted: bool,
     /// Replaced by a migration to another KMS.
     kms: RwLock<Arc<dyn Kms>>,
@@ -449,6 +451,14 @@ impl Tablespace {
             .map_err(|e| read_err(data, e))?;
         let on_disk = Header::decode(&first);
         let journal_head = journal::read_header(&*io).map_err(|e| read_err(jfile, e))?;
+        if let Some((_, size)) = journal_head {
+            // Read before anything is authenticated: bound it before it sizes a buffer.
+            PageSize::from_bytes(size).map_err(|_| Error::Corrupt {
+                what: "tablespace journal",
+                path: io.describe(jfile).into(),
+                detail: format!("its header records a page size of {size} bytes"),
+            })?;
+        }
         let (id, physical) = match (&on_disk, journal_head) {
             (Ok(h), Some((jid, jsize))) if (jid, jsize) != (h.id, h.page_size as usize) => {
                 return Err(Error::Format {
@@ -477,8 +487,10 @@ impl Tablespace {
                     read_err(jfile, e)
                 }
             })?,
-            None => Journal::create(&*io, &id, physical).map_err(|e| io_error(&*io, jfile, "creating", e))?,
+            // Written only once the tablespace has opened: a failed open writes nothing.
+            None => Journal::empty(&id, physical),
         };
+        let fresh_journal = journal_head.is_none();
         // The newest committed header: from the journal if a commit changed it.
         let mut header_page = vec![0u8; physical];
         match journal.find(0) {
@@ -522,8 +534,21 @@ impl Tablespace {
             .zip(unwrapped)
             .collect();
         let header = header.clone();
-        let ts = Tablespace::assemble(io, header, keys, journal, options, pool)?;
-        ts.recover(&header_page)?;
+        let mut ts = Tablespace::assemble(io.clone(), header, keys, journal, options, pool)?;
+        let recovered = ts.recover(&header_page).and_then(|()| {
+            if fresh_journal {
+                Journal::write_header(&*io, &id, physical)
+                    .map_err(|e| io_error(&*io, jfile, "creating", e))?;
+            }
+            Ok(())
+        });
+        if let Err(e) = recovered {
+            // Nothing of a tablespace that failed to open may reach the disk: no close,
+            // no sync of the header on drop.
+            ts.closed = true;
+            ts.inner.pool.inner.unregister(ts.inner.owner);
+            return Err(e);
+        }
         Ok(ts)
     }
 
@@ -540,7 +565,9 @@ impl Tablespace {
         let current = envelope.current;
         let mut page_keys = HashMap::new();
         let mut hkey = None;
+        let mut meta = crate::keyring::MetaKeys::default();
         for (version, dk) in &keys {
+            meta.add(&crate::hex::encode(&header.id), *version, dk);
             page_keys.insert(*version, Arc::new(page_key(suite, dk, &header.id, *version)?));
             if *version == current {
                 hkey = Some(header_key(suite, dk, &header.id, *version)?);
@@ -574,6 +601,7 @@ impl Tablespace {
                 encrypted: matches!(sealing, Sealing::Aead { .. }),
                 sealing: RwLock::new(sealing),
                 header_key: RwLock::new(Arc::new(header_key)),
+                meta: Mutex::new(meta),
                 kms: RwLock::new(options.kms.clone()),
                 pages: AtomicU64::new(disk_pages - 1),
                 durable: Mutex::new(Durable {
@@ -638,7 +666,7 @@ impl Tablespace {
         let len = io
             .len(PageFile::Data)
             .map_err(|e| io_error(io, PageFile::Data, "reading", e))?;
-        let expected = durable.disk_pages * inner.physical as u64;
+        let expected = durable.disk_pages.saturating_mul(inner.physical as u64);
         if len < expected {
             return Err(Error::Corrupt {
                 what: "tablespace",
@@ -690,6 +718,29 @@ impl Tablespace {
     pub fn info(&self) -> TablespaceInfo {
         let durable = self.inner.durable.lock();
         info_of(&durable.header, self.inner.physical, self.page_count())
+    }
+
+    /// The tablespace id.
+    pub(crate) fn id(&self) -> [u8; 16] {
+        self.inner.id
+    }
+
+    /// The key that authenticates backup manifests now: (current data key version, its
+    /// derived HMAC key).
+    pub(crate) fn manifest_key(&self) -> Result<(u32, crate::cipher::kdf::MacKey)> {
+        let version = self.inner.durable.lock().header.meta.envelope.current;
+        let key = self
+            .manifest_key_at(version)
+            .ok_or_else(|| Error::InvalidArgument(format!("no data key version {version} in memory")))?;
+        Ok((version, key))
+    }
+
+    /// The backup-manifest key under data key version `version`, if held.
+    pub(crate) fn manifest_key_at(&self, version: u32) -> Option<crate::cipher::kdf::MacKey> {
+        self.inner
+            .meta
+            .lock()
+            .mac_key(version, crate::backup::MANIFEST_MAC_LABEL)
     }
 
     /// Counters since open.

@@ -56,6 +56,10 @@ impl Tablespace {
         })?;
         let pages = page_key(envelope.suite, &generated.plaintext, &inner.id, version)?;
         let header = header_key(envelope.suite, &generated.plaintext, &inner.id, version)?;
+        inner
+            .meta
+            .lock()
+            .add(&crate::hex::encode(&inner.id), version, &generated.plaintext);
         let mut durable = inner.durable.lock();
         let meta_envelope = &mut durable.header.meta.envelope;
         meta_envelope.versions.push(DkVersion {

@@ -17,13 +17,18 @@ pub(crate) enum AuditCommand {
         json: bool,
     },
     /// Check the hash chain: any edited, removed, inserted or reordered record fails.
+    /// With --deep, also open the store (needs the KMS) and check every keyed record's
+    /// MAC, which someone without the KMS cannot forge.
     Verify {
         /// Directory of the store.
         path: PathBuf,
+        /// Authenticate the records with the store's keys.
+        #[arg(long)]
+        deep: bool,
     },
 }
 
-pub(crate) fn run(cmd: AuditCommand) -> CliResult {
+pub(crate) fn run(flag: Option<&str>, cmd: AuditCommand) -> CliResult {
     match cmd {
         AuditCommand::Show { path, json } => {
             for r in tde::audit::read(&path)? {
@@ -44,10 +49,21 @@ pub(crate) fn run(cmd: AuditCommand) -> CliResult {
                 }
             }
         }
-        AuditCommand::Verify { path } => {
+        AuditCommand::Verify { path, deep: false } => {
             let keyring = tde::keyring::Keyring::open(&path)?;
             let (records, head) = tde::audit::verify(&path, &keyring.data().store_id)?;
             println!("{records} records, chain intact; last hash {head}");
+        }
+        AuditCommand::Verify { path, deep: true } => {
+            let store = crate::db::open_store(&path, flag)?;
+            let r = store.verify_audit()?;
+            println!(
+                "{} records, chain intact; {} authenticated with the store's keys, {} after the last keyed record; last hash {}",
+                r.records,
+                r.authenticated,
+                r.records - r.authenticated,
+                r.head
+            );
         }
     }
     Ok(())

@@ -19,8 +19,8 @@ pub(crate) enum KmsCommand {
     Init {
         /// Directory for the KMS.
         dir: Option<PathBuf>,
-        /// Where to create the root key file (default: DIR/root.key). Keep it on another
-        /// device than the KMS directory.
+        /// Where to create the root key file (default: DIR.keys/root.key, beside DIR).
+        /// Keep it on another device than the KMS directory.
         #[arg(long, value_name = "PATH")]
         root_key_file: Option<PathBuf>,
     },
@@ -53,6 +53,12 @@ pub(crate) enum KmsCommand {
         /// Key id or alias.
         key: String,
     },
+    /// Replace the root key file with a new random key and re-seal the KMS state under
+    /// it: copies of the KMS directory taken before no longer open with the key file.
+    RotateRoot,
+    /// Re-seal a passphrase-protected KMS under a new passphrase, read from
+    /// TDE_KMS_NEW_PASSPHRASE (the current one from TDE_KMS_PASSPHRASE).
+    ChangePassphrase,
     /// Enable a disabled key.
     Enable {
         /// Key id or alias.
@@ -204,7 +210,7 @@ pub(crate) fn run(uri: Option<&str>, cmd: KmsCommand) -> CliResult {
                 builder = builder.root_key_file(std::path::absolute(&path)?);
                 format!("root key file {}", path.display())
             } else {
-                let path = dir.join(tde::kms::local::DEFAULT_ROOT_KEY_FILE);
+                let path = tde::kms::local::default_key_file(&dir);
                 format!("root key file {}", path.display())
             };
             let kms = builder.create()?;
@@ -259,6 +265,23 @@ pub(crate) fn run(uri: Option<&str>, cmd: KmsCommand) -> CliResult {
             }
         }
         KmsCommand::Describe { key } => print_json(&open(uri)?.describe_key(&key)?)?,
+        KmsCommand::RotateRoot => {
+            let kms = open(uri)?;
+            kms.rotate_root_key()?;
+            eprintln!("rotated the root key of the local KMS in {}", kms.dir().display());
+        }
+        KmsCommand::ChangePassphrase => {
+            let new = std::env::var("TDE_KMS_NEW_PASSPHRASE")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .ok_or("set TDE_KMS_NEW_PASSPHRASE to the new passphrase")?;
+            let kms = open(uri)?;
+            kms.change_passphrase(SecretBytes::new(new.into_bytes()))?;
+            eprintln!(
+                "changed the passphrase of the local KMS in {}; use the new one in {PASSPHRASE_ENV} from now on",
+                kms.dir().display()
+            );
+        }
         KmsCommand::Enable { key } => println!("{}", state_line(&open(uri)?.enable_key(&key)?)),
         KmsCommand::Disable { key } => println!("{}", state_line(&open(uri)?.disable_key(&key)?)),
         KmsCommand::Rotate { key } => {

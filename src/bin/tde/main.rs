@@ -192,7 +192,7 @@ fn main() -> ExitCode {
         }
         Command::Watch { path, interval, once } => db::watch(cli.kms.as_deref(), &path, interval, once),
         Command::Backup(cmd) => backup::run(cli.kms.as_deref(), cmd),
-        Command::Audit(cmd) => audit::run(cmd),
+        Command::Audit(cmd) => audit::run(cli.kms.as_deref(), cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -21,11 +21,11 @@ mod state;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use zeroize::Zeroizing;
 
 pub use import::{IMPORT_TOKEN_LIFETIME_SECS, ImportParameters, WRAPPING_KEY_BITS, wrap_key_material};
-pub use root::DEFAULT_ROOT_KEY_FILE;
+pub use root::{DEFAULT_ROOT_KEY_FILE, default_key_file};
 use root::{ENVELOPE_FORMAT, Envelope, RootKey, RootSpec};
 use state::{
     ALIAS_PREFIX, DAY, KeyRecord, Material, PendingImport, SERVICE_PREFIX, SERVICE_ROTATION_DAYS, State,
@@ -45,6 +45,8 @@ const STATE_FILE: &str = "kms-state";
 const STATE_MAGIC: [u8; 8] = *b"TDEKMS\x00\x01";
 /// Environment variable holding the passphrase of a passphrase-protected local KMS.
 pub const PASSPHRASE_ENV: &str = "TDE_KMS_PASSPHRASE";
+/// Environment variable naming the root key file on open, over the recorded path.
+pub const ROOT_KEY_ENV: &str = "TDE_KMS_ROOT_KEY";
 /// Shortest and longest deletion waiting period, and the default, in days.
 pub const DELETION_WINDOW_DAYS: (u32, u32, u32) = (7, 30, 30);
 
@@ -83,6 +85,7 @@ pub struct LocalKmsBuilder {
     clock: Arc<dyn Clock>,
     key_file: Option<PathBuf>,
     passphrase: Option<SecretBytes>,
+    passphrase_given: bool,
 }
 
 impl LocalKmsBuilder {
@@ -102,7 +105,9 @@ impl LocalKmsBuilder {
     }
 
     /// Root key file. On create: where to create it (or an existing 32-byte file to use);
-    /// default `DIR/root.key`. On open: overrides the recorded path.
+    /// default `DIR.keys/root.key`, beside the KMS directory rather than inside it, in a
+    /// directory of its own (mode 0700). On open: overrides the recorded path (as does
+    /// the `TDE_KMS_ROOT_KEY` environment variable).
     #[must_use]
     pub fn root_key_file(mut self, path: impl Into<PathBuf>) -> LocalKmsBuilder {
         self.key_file = Some(path.into());
@@ -154,26 +159,28 @@ impl LocalKmsBuilder {
                 RootSpec::KeyFile { path: path.clone() }
             }
             (None, None) => {
-                if !storage
-                    .exists(DEFAULT_ROOT_KEY_FILE)
-                    .map_err(|e| Error::io("checking the root key file", e))?
-                {
-                    root::create_key_file(&*storage, DEFAULT_ROOT_KEY_FILE)?;
+                let path = root::default_key_file(&self.dir);
+                if !path.exists() {
+                    root::create_key_file_at(&path)?;
                 }
                 RootSpec::KeyFile {
-                    path: PathBuf::from(DEFAULT_ROOT_KEY_FILE),
+                    path: root::recorded_default(&self.dir),
                 }
             }
         };
-        let root = RootKey::unlock(&root_spec, &self.dir, None, self.passphrase.as_ref())?;
+        let key_file = root::key_file_of(&root_spec, &self.dir, None);
+        let key = RootKey::unlock(&root_spec, key_file.as_deref(), self.passphrase.as_ref())?;
         let kms = LocalKms {
             dir: self.dir,
             storage,
             clock: self.clock,
             file,
             kms_id: new_id()?,
-            root_spec,
-            root,
+            root: RwLock::new(Root {
+                spec: root_spec,
+                key: Arc::new(key),
+                key_file,
+            }),
             inner: Mutex::new(Inner {
                 seq: 0,
                 state: State::empty(),
@@ -200,31 +207,74 @@ impl LocalKmsBuilder {
         let file = Replicated::new(STATE_FILE, "local KMS state", STATE_MAGIC);
         let loaded = file.read(&*storage)?.ok_or_else(|| no_kms(&self.dir))?;
         let envelope = parse_envelope(&loaded.payload, &storage.path(STATE_FILE))?;
+        self.passphrase_given = self.passphrase.is_some();
         let passphrase = match self.passphrase.take() {
             Some(p) => Some(p),
             None => std::env::var(PASSPHRASE_ENV)
                 .ok()
                 .map(|p| SecretBytes::new(p.into_bytes())),
         };
-        let root = RootKey::unlock(
-            &envelope.root,
-            &self.dir,
-            self.key_file.as_deref(),
-            passphrase.as_ref(),
-        )?;
-        let state = open_state(&root, &envelope)?;
+        let key_file_override = self.key_file.clone().or_else(|| {
+            std::env::var_os(ROOT_KEY_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        let key_file = root::key_file_of(&envelope.root, &self.dir, key_file_override.as_deref());
+        if passphrase.is_some() && self.passphrase_given && key_file.is_some() {
+            return Err(KmsError::new(
+                KmsErrorKind::AccessDenied,
+                format!(
+                    "{} is not protected by a passphrase, but one was given: refusing a KMS whose protection changed",
+                    self.dir.display()
+                ),
+            )
+            .into());
+        }
+        let (key, seq, state) =
+            match RootKey::unlock(&envelope.root, key_file.as_deref(), passphrase.as_ref())
+                .and_then(|key| open_state(&key, &envelope).map(|(seq, state)| (key, seq, state)))
+            {
+                Ok(opened) => {
+                    if let Some(path) = &key_file {
+                        root::discard_next(path);
+                    }
+                    opened
+                }
+                // A root-key rotation that stopped after sealing the state under the next key.
+                Err(e)
+                    if e.kind() == KmsErrorKind::AccessDenied
+                        && key_file.as_deref().is_some_and(root::has_next) =>
+                {
+                    let path = key_file.as_deref().unwrap_or(Path::new(""));
+                    let key = RootKey::unlock(&envelope.root, Some(&root::next_of(path)), None)?;
+                    let (seq, state) = open_state(&key, &envelope)?;
+                    root::promote_next(path)?;
+                    (key, seq, state)
+                }
+                Err(e) => return Err(e.into()),
+            };
+        if seq != loaded.seq && envelope.format != root::LEGACY_FORMAT {
+            return Err(Error::Corrupt {
+                what: "local KMS state",
+                path: storage.path(STATE_FILE),
+                detail: format!(
+                    "the copy's header says sequence {} but its sealed state says {seq}",
+                    loaded.seq
+                ),
+            });
+        }
         let kms = LocalKms {
             dir: self.dir,
             storage,
             clock: self.clock,
             file,
             kms_id: envelope.kms_id,
-            root_spec: envelope.root,
-            root,
-            inner: Mutex::new(Inner {
-                seq: loaded.seq,
-                state,
+            root: RwLock::new(Root {
+                spec: envelope.root,
+                key: Arc::new(key),
+                key_file,
             }),
+            inner: Mutex::new(Inner { seq, state }),
         };
         let due = kms.inner.lock().state.transitions_due(kms.clock.now());
         if due || loaded.degraded {
@@ -251,7 +301,7 @@ fn parse_envelope(payload: &[u8], path: &Path) -> Result<Envelope> {
         path: path.to_path_buf(),
         detail: e.to_string(),
     })?;
-    if envelope.format != ENVELOPE_FORMAT {
+    if envelope.format != ENVELOPE_FORMAT && envelope.format != root::LEGACY_FORMAT {
         return Err(Error::Corrupt {
             what: "local KMS state",
             path: path.to_path_buf(),
@@ -261,15 +311,36 @@ fn parse_envelope(payload: &[u8], path: &Path) -> Result<Envelope> {
     Ok(envelope)
 }
 
-fn open_state(root: &RootKey, envelope: &Envelope) -> KmsResult<State> {
+/// What is sealed under the root key: the state and its sequence number, so that an
+/// older state cannot pass for a newer one by its (unauthenticated) file header.
+#[derive(serde::Deserialize)]
+struct Sealed {
+    seq: u64,
+    state: State,
+}
+
+#[derive(serde::Serialize)]
+struct SealedRef<'a> {
+    seq: u64,
+    state: &'a State,
+}
+
+/// Opens the sealed state: (its sequence number, the state).
+fn open_state(root: &RootKey, envelope: &Envelope) -> KmsResult<(u64, State)> {
     let aad = root::state_aad(&envelope.kms_id, &envelope.root)?;
     let json = root.open(&aad, &envelope.sealed_state, "local KMS state")?;
-    serde_json::from_slice(&json).map_err(|e| {
+    let parse_error = |e: serde_json::Error| {
         KmsError::new(
             KmsErrorKind::Internal,
             format!("the local KMS state does not parse: {e}"),
         )
-    })
+    };
+    if envelope.format == root::LEGACY_FORMAT {
+        // Written before the sequence number was sealed: counts as the oldest state.
+        return serde_json::from_slice(&json).map(|s| (0, s)).map_err(parse_error);
+    }
+    let sealed: Sealed = serde_json::from_slice(&json).map_err(parse_error)?;
+    Ok((sealed.seq, sealed.state))
 }
 
 struct Inner {
@@ -285,9 +356,17 @@ pub struct LocalKms {
     clock: Arc<dyn Clock>,
     file: Replicated,
     kms_id: String,
-    root_spec: RootSpec,
-    root: RootKey,
+    /// Replaced by root-key rotation and passphrase change (under `inner`'s lock).
+    root: RwLock<Root>,
     inner: Mutex<Inner>,
+}
+
+/// How the state is sealed now.
+struct Root {
+    spec: RootSpec,
+    key: Arc<RootKey>,
+    /// The key file, for a key-file root: where rotation writes the next key.
+    key_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for LocalKms {
@@ -361,6 +440,7 @@ impl LocalKms {
             clock: Arc::new(SystemClock),
             key_file: None,
             passphrase: None,
+            passphrase_given: false,
         }
     }
 
@@ -410,39 +490,112 @@ impl LocalKms {
             .ok_or_else(|| no_kms(&self.dir))?;
         let envelope =
             parse_envelope(&loaded.payload, &self.storage.path(STATE_FILE)).map_err(Self::storage_err)?;
-        if envelope.kms_id != self.kms_id || envelope.root != self.root_spec {
+        let (seq, state) = {
+            let root = self.root.read();
+            if envelope.kms_id != self.kms_id || envelope.root != root.spec {
+                return Err(KmsError::new(
+                    KmsErrorKind::Internal,
+                    format!(
+                        "the local KMS in {} was replaced while open (or its protection changed by another process; reopen it)",
+                        self.dir.display()
+                    ),
+                ));
+            }
+            match (open_state(&root.key, &envelope), &root.key_file) {
+                (Ok(opened), _) => opened,
+                // Another process rotated the root key (or destroyed a key, which does):
+                // the key file is authoritative.
+                (Err(e), Some(path)) if e.kind() == KmsErrorKind::AccessDenied => {
+                    let path = path.clone();
+                    drop(root);
+                    let key = RootKey::unlock(&envelope.root, Some(&path), None)?;
+                    let opened = open_state(&key, &envelope)?;
+                    self.root.write().key = Arc::new(key);
+                    opened
+                }
+                (Err(e), _) => return Err(e),
+            }
+        };
+        if seq < inner.seq {
             return Err(KmsError::new(
                 KmsErrorKind::Internal,
-                format!("the local KMS in {} was replaced while open", self.dir.display()),
+                format!(
+                    "the local KMS state in {} went back from version {} to {seq}: an older copy was put back; refusing it",
+                    self.dir.display(),
+                    inner.seq
+                ),
             ));
         }
-        inner.state = open_state(&self.root, &envelope)?;
-        inner.seq = loaded.seq;
+        inner.state = state;
+        inner.seq = seq;
         Ok(())
     }
 
     fn persist(&self, inner: &mut Inner, next: State) -> KmsResult<()> {
+        let root = self.root.read();
+        self.persist_under(inner, next, &root.spec, &root.key)
+    }
+
+    /// Seals `next` under `key` (whose spec is `spec`) and writes it with the next
+    /// sequence number.
+    fn persist_under(&self, inner: &mut Inner, next: State, spec: &RootSpec, key: &RootKey) -> KmsResult<()> {
+        let seq = inner.seq + 1;
         let mut json = Zeroizing::new(Vec::new());
-        serde_json::to_writer(&mut *json, &next).map_err(root::internal)?;
-        let aad = root::state_aad(&self.kms_id, &self.root_spec)?;
+        serde_json::to_writer(&mut *json, &SealedRef { seq, state: &next }).map_err(root::internal)?;
+        let aad = root::state_aad(&self.kms_id, spec)?;
         let envelope = Envelope {
             format: ENVELOPE_FORMAT,
             kms_id: self.kms_id.clone(),
-            root: self.root_spec.clone(),
-            sealed_state: self.root.seal(&aad, &json)?,
+            root: spec.clone(),
+            sealed_state: key.seal(&aad, &json)?,
         };
         let payload = serde_json::to_vec(&envelope).map_err(root::internal)?;
         self.file
-            .write(&*self.storage, inner.seq + 1, &payload)
+            .write(&*self.storage, seq, &payload)
             .map_err(Self::storage_err)?;
-        inner.seq += 1;
+        inner.seq = seq;
         inner.state = next;
         Ok(())
     }
 
-    /// Runs `f` on a copy of the latest state (after due transitions) and persists the
-    /// result; on any error nothing changes.
-    fn mutate<T>(&self, f: impl FnOnce(&mut State, Timestamp) -> KmsResult<T>) -> KmsResult<T> {
+    /// Seals `next` under a new root: a fresh key file for a key-file root (the old key
+    /// file is replaced, so copies of the directory taken before no longer open with the
+    /// key file there now), or `passphrase` with a fresh salt for a passphrase root.
+    fn rekey_locked(
+        &self,
+        inner: &mut Inner,
+        next: State,
+        passphrase: Option<&SecretBytes>,
+    ) -> KmsResult<()> {
+        let mut root = self.root.write();
+        match (root.key_file.clone(), passphrase) {
+            (Some(path), None) => {
+                let key = root::write_next(&path)?;
+                let spec = root.spec.clone();
+                self.persist_under(inner, next, &spec, &key)?;
+                root.key = Arc::new(key);
+                root::promote_next(&path)
+            }
+            (None, Some(passphrase)) => {
+                let spec = RootSpec::new_passphrase()?;
+                let key = RootKey::unlock(&spec, None, Some(passphrase))?;
+                self.persist_under(inner, next, &spec, &key)?;
+                root.spec = spec;
+                root.key = Arc::new(key);
+                Ok(())
+            }
+            (Some(_), Some(_)) => Err(KmsError::new(
+                KmsErrorKind::InvalidRequest,
+                "this local KMS is protected by a root key file, not a passphrase; rotate its root key instead",
+            )),
+            (None, None) => Err(KmsError::new(
+                KmsErrorKind::InvalidRequest,
+                "this local KMS is protected by a passphrase; change the passphrase instead of rotating a root key file",
+            )),
+        }
+    }
+
+    fn locked<T>(&self, f: impl FnOnce(&mut Inner) -> KmsResult<T>) -> KmsResult<T> {
         let mut inner = self.inner.lock();
         let _lock = self.storage.lock().map_err(|e| {
             KmsError::new(
@@ -452,12 +605,58 @@ impl LocalKms {
             .with_source(e)
         })?;
         self.refresh(&mut inner)?;
-        let now = self.clock.now();
-        let mut next = inner.state.clone();
-        next.apply_transitions(now, new_material)?;
-        let out = f(&mut next, now)?;
-        self.persist(&mut inner, next)?;
-        Ok(out)
+        f(&mut inner)
+    }
+
+    /// Replaces the root key file with a new random key and re-seals the state under it,
+    /// in a crash-safe order (the next key is written beside the old one, the state is
+    /// sealed under it, then the next key replaces the old file; an open after a crash
+    /// finishes whichever step was left). Afterwards a copy of the KMS directory taken
+    /// before opens only with the old key file. Outstanding import tokens become invalid.
+    ///
+    /// # Errors
+    /// `InvalidRequest` for a passphrase-protected KMS; `Internal` if a file cannot be
+    /// written (the state then opens with the old or the new key).
+    pub fn rotate_root_key(&self) -> KmsResult<()> {
+        self.locked(|inner| {
+            let state = inner.state.clone();
+            self.rekey_locked(inner, state, None)
+        })
+    }
+
+    /// Re-seals the state under a key derived from `passphrase` with a fresh salt. Copies
+    /// of the KMS directory taken before still open with the old passphrase.
+    ///
+    /// # Errors
+    /// `InvalidRequest` for a KMS protected by a root key file or an empty passphrase.
+    pub fn change_passphrase(&self, passphrase: SecretBytes) -> KmsResult<()> {
+        if passphrase.is_empty() {
+            return Err(KmsError::new(KmsErrorKind::InvalidRequest, "empty passphrase"));
+        }
+        self.locked(|inner| {
+            let state = inner.state.clone();
+            self.rekey_locked(inner, state, Some(&passphrase))
+        })
+    }
+
+    /// Runs `f` on a copy of the latest state (after due transitions) and persists the
+    /// result; on any error nothing changes.
+    fn mutate<T>(&self, f: impl FnOnce(&mut State, Timestamp) -> KmsResult<T>) -> KmsResult<T> {
+        self.locked(|inner| {
+            let now = self.clock.now();
+            let mut next = inner.state.clone();
+            next.apply_transitions(now, new_material)?;
+            let out = f(&mut next, now)?;
+            // Destroying key material is crypto-erasure: with a key file, the state moves
+            // to a new root key, so older copies of the directory no longer open.
+            let destroyed = next.destroyed.len() > inner.state.destroyed.len();
+            if destroyed && self.root.read().key_file.is_some() {
+                self.rekey_locked(inner, next, None)?;
+            } else {
+                self.persist(inner, next)?;
+            }
+            Ok(out)
+        })
     }
 
     /// Runs `f` on the latest state, applying due transitions first.
@@ -729,7 +928,13 @@ impl LocalKms {
             Ok((k.id.clone(), expires_at))
         })?;
         Ok(ImportParameters {
-            import_token: import::issue_token(&self.root, &self.kms_id, &key_id, &token_id, expires_at)?,
+            import_token: import::issue_token(
+                &self.root.read().key,
+                &self.kms_id,
+                &key_id,
+                &token_id,
+                expires_at,
+            )?,
             key_id,
             public_key_der: wrapping.public_key_der,
             public_key_pem: wrapping.public_key_pem,
@@ -754,7 +959,8 @@ impl LocalKms {
     ) -> KmsResult<KeyMetadata> {
         self.change_key(key, |k, now| {
             refuse_service(k, "imported into")?;
-            let token_id = import::check_token(&self.root, &self.kms_id, &k.id, import_token, now)?;
+            let token_id =
+                import::check_token(&self.root.read().key, &self.kms_id, &k.id, import_token, now)?;
             let pending = k
                 .import
                 .as_ref()

@@ -4,11 +4,16 @@
 //! (derived from a passphrase with Argon2id, or read from a key file of mode 0600).
 //! Not here: what the state holds (`state.rs`).
 //!
-//! Security notes: a root key file next to the KMS directory protects against the state
-//! file leaking alone (a copied backup, a stray upload); keep the root key file on
-//! another device, or use a passphrase, to protect against the whole directory leaking.
-//! The envelope's public fields (KMS id, how the root key is obtained) are bound into the
-//! state's associated data.
+//! Security notes: by default the root key file lives outside the KMS directory, in a
+//! directory of its own beside it (`DIR.keys/root.key`, modes 0700 and 0600), so that
+//! whoever can read the KMS directory cannot read the key; keep it on another device, or
+//! use a passphrase, to protect against both leaking together. KMS directories made
+//! before kept `DIR/root.key` inside, which protects against none of that: rotate the
+//! root key into a file elsewhere (`tde kms rotate-root`, with `--root-key-file`). A key
+//! file must be a regular file of exactly 32 bytes, owned by the user tde runs as and
+//! private to it, so a file planted by someone else is refused. The envelope's public
+//! fields (KMS id, how the root key is obtained) are bound into the state's associated
+//! data, and a passphrase's Argon2id parameters are bounded before anything is computed.
 
 use std::path::{Path, PathBuf};
 
@@ -22,13 +27,92 @@ use crate::secret::{DataKey, SecretBytes};
 
 /// Length of a root key in bytes.
 pub(crate) const ROOT_KEY_LEN: usize = 32;
-/// Default name of the root key file inside the KMS directory.
+/// Default name of the root key file (in `DIR.keys/` beside the KMS directory `DIR`).
 pub const DEFAULT_ROOT_KEY_FILE: &str = "root.key";
+
+/// The default root key file of the KMS in `dir`: `DIR.keys/root.key`.
+pub fn default_key_file(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map_or_else(|| "kms".into(), |n| n.to_string_lossy().into_owned());
+    dir.with_file_name(format!("{name}.keys"))
+        .join(DEFAULT_ROOT_KEY_FILE)
+}
+
+/// The default key file as recorded: relative to the KMS directory, so the two can be
+/// moved together.
+pub(crate) fn recorded_default(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map_or_else(|| "kms".into(), |n| n.to_string_lossy().into_owned());
+    PathBuf::from(format!("../{name}.keys/{DEFAULT_ROOT_KEY_FILE}"))
+}
+
+/// The key file a spec names (`override_path` wins); `None` for a passphrase.
+pub(crate) fn key_file_of(spec: &RootSpec, dir: &Path, override_path: Option<&Path>) -> Option<PathBuf> {
+    match spec {
+        RootSpec::Passphrase { .. } => None,
+        RootSpec::KeyFile { path } => Some(override_path.map_or_else(|| dir.join(path), Path::to_path_buf)),
+    }
+}
+
+/// Where a root-key rotation writes the next key, beside the current one.
+pub(crate) fn next_of(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".next");
+    path.with_file_name(name)
+}
+
+pub(crate) fn has_next(path: &Path) -> bool {
+    next_of(path).is_file()
+}
+
+/// Removes the next key of a rotation that never sealed anything under it.
+pub(crate) fn discard_next(path: &Path) {
+    let next = next_of(path);
+    if next.is_file() {
+        let _ = std::fs::remove_file(next);
+    }
+}
+
+/// Writes a new random next key beside `path` and returns it unlocked.
+pub(crate) fn write_next(path: &Path) -> KmsResult<RootKey> {
+    discard_next(path);
+    let next = next_of(path);
+    create_key_file_at(&next)?;
+    RootKey::from_bytes(&read_key_file(&next)?)
+}
+
+/// Makes the next key the key file (the state is already sealed under it).
+pub(crate) fn promote_next(path: &Path) -> KmsResult<()> {
+    let failed = |e: std::io::Error| {
+        KmsError::new(
+            KmsErrorKind::Internal,
+            format!("cannot replace root key file {}", path.display()),
+        )
+        .with_source(e)
+    };
+    std::fs::rename(next_of(path), path).map_err(failed)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(failed)
+}
 
 /// Argon2id cost parameters (RFC 9106, second recommended option: 64 MiB, 3 passes).
 const ARGON2_M_COST_KIB: u32 = 64 * 1024;
 const ARGON2_T_COST: u32 = 3;
 const ARGON2_P_COST: u32 = 1;
+/// Bounds on recorded Argon2id parameters: they are read before anything is
+/// authenticated, so a doctored envelope must not make tde allocate or compute without
+/// bound (nor weaken the derivation below today's default memory).
+const ARGON2_M_COST_RANGE: std::ops::RangeInclusive<u32> = (8 * 1024)..=(1024 * 1024);
+const ARGON2_T_COST_RANGE: std::ops::RangeInclusive<u32> = 1..=16;
+const ARGON2_P_COST_RANGE: std::ops::RangeInclusive<u32> = 1..=16;
+const SALT_LEN_RANGE: std::ops::RangeInclusive<usize> = 16..=64;
 
 /// How the root key is obtained; stored in the clear beside the sealed state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,7 +153,11 @@ pub(crate) struct Envelope {
     pub sealed_state: Vec<u8>,
 }
 
-pub(crate) const ENVELOPE_FORMAT: u32 = 1;
+/// Format 2: the sequence number is sealed with the state.
+pub(crate) const ENVELOPE_FORMAT: u32 = 2;
+/// Format 1: the state alone was sealed; read, and rewritten as format 2 at the next
+/// change.
+pub(crate) const LEGACY_FORMAT: u32 = 1;
 
 /// The unlocked root key.
 pub(crate) struct RootKey {
@@ -77,18 +165,18 @@ pub(crate) struct RootKey {
 }
 
 impl RootKey {
-    /// Derives or reads the root key as `spec` says. `passphrase` is used for passphrase
-    /// specs; `key_file` overrides the recorded key file path.
+    /// Derives or reads the root key as `spec` says: from `key_file` for key-file specs,
+    /// from `passphrase` for passphrase specs.
     pub(crate) fn unlock(
         spec: &RootSpec,
-        dir: &Path,
         key_file: Option<&Path>,
         passphrase: Option<&SecretBytes>,
     ) -> KmsResult<RootKey> {
         let bytes = match spec {
-            RootSpec::KeyFile { path } => {
-                let path = key_file.map_or_else(|| dir.join(path), Path::to_path_buf);
-                read_key_file(&path)?
+            RootSpec::KeyFile { .. } => {
+                let path = key_file
+                    .ok_or_else(|| KmsError::new(KmsErrorKind::AccessDenied, "no root key file was given"))?;
+                read_key_file(path)?
             }
             RootSpec::Passphrase {
                 salt,
@@ -105,7 +193,11 @@ impl RootKey {
                 derive(passphrase, salt, *m_cost_kib, *t_cost, *p_cost)?
             }
         };
-        let key = AeadKey::new(Suite::Aes256Gcm, 1, &DataKey::from_slice(&bytes)).map_err(internal)?;
+        RootKey::from_bytes(&bytes)
+    }
+
+    fn from_bytes(bytes: &[u8]) -> KmsResult<RootKey> {
+        let key = AeadKey::new(Suite::Aes256Gcm, 1, &DataKey::from_slice(bytes)).map_err(internal)?;
         Ok(RootKey { key })
     }
 
@@ -147,12 +239,26 @@ pub(crate) fn create_key_file(storage: &dyn Storage, name: &str) -> KmsResult<()
     })
 }
 
-/// Creates a new random root key file (mode 0600) at an arbitrary path.
+/// Creates a new random root key file (mode 0600) at an arbitrary path, and its
+/// directory (mode 0700) if missing.
 pub(crate) fn create_key_file_at(path: &Path) -> KmsResult<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    if !dir.exists() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(|e| {
+            KmsError::new(
+                KmsErrorKind::Internal,
+                format!("cannot create the root key directory {}", dir.display()),
+            )
+            .with_source(e)
+        })?;
+    }
     let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
         KmsError::new(
             KmsErrorKind::InvalidRequest,
@@ -163,18 +269,23 @@ pub(crate) fn create_key_file_at(path: &Path) -> KmsResult<()> {
 }
 
 fn read_key_file(path: &Path) -> KmsResult<Zeroizing<Vec<u8>>> {
+    use std::io::Read;
     let denied = |msg: String| KmsError::new(KmsErrorKind::AccessDenied, msg);
-    let bytes = Zeroizing::new(
-        std::fs::read(path)
-            .map_err(|e| denied(format!("cannot read root key file {}", path.display())).with_source(e))?,
-    );
+    let file = std::fs::File::open(path)
+        .map_err(|e| denied(format!("cannot read root key file {}", path.display())).with_source(e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| denied(format!("cannot stat root key file {}", path.display())).with_source(e))?;
+    if !meta.is_file() {
+        return Err(denied(format!(
+            "root key file {} is not a regular file",
+            path.display()
+        )));
+    }
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(|e| denied(format!("cannot stat root key file {}", path.display())).with_source(e))?
-            .permissions()
-            .mode();
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(denied(format!(
                 "root key file {} is accessible to other users (mode {:o}); run chmod 600 on it",
@@ -182,12 +293,23 @@ fn read_key_file(path: &Path) -> KmsResult<Zeroizing<Vec<u8>>> {
                 mode & 0o777
             )));
         }
+        let me = crate::ffi::effective_uid();
+        if meta.uid() != me {
+            return Err(denied(format!(
+                "root key file {} belongs to user {}, not to the user tde runs as ({me}); refusing a key someone else could have planted",
+                path.display(),
+                meta.uid()
+            )));
+        }
     }
+    let mut bytes = Zeroizing::new(Vec::with_capacity(ROOT_KEY_LEN + 1));
+    file.take(ROOT_KEY_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| denied(format!("cannot read root key file {}", path.display())).with_source(e))?;
     if bytes.len() != ROOT_KEY_LEN {
         return Err(denied(format!(
-            "root key file {} holds {} bytes, expected {ROOT_KEY_LEN}",
+            "root key file {} is not {ROOT_KEY_LEN} bytes long",
             path.display(),
-            bytes.len()
         )));
     }
     Ok(bytes)
@@ -197,6 +319,19 @@ fn derive(passphrase: &SecretBytes, salt: &[u8], m: u32, t: u32, p: u32) -> KmsR
     use argon2::{Algorithm, Argon2, Params, Version};
     if passphrase.is_empty() {
         return Err(KmsError::new(KmsErrorKind::AccessDenied, "empty passphrase"));
+    }
+    if !ARGON2_M_COST_RANGE.contains(&m)
+        || !ARGON2_T_COST_RANGE.contains(&t)
+        || !ARGON2_P_COST_RANGE.contains(&p)
+        || !SALT_LEN_RANGE.contains(&salt.len())
+    {
+        return Err(KmsError::new(
+            KmsErrorKind::AccessDenied,
+            format!(
+                "refusing recorded Argon2id parameters (memory {m} KiB, {t} passes, {p} lanes, {}-byte salt): outside the accepted bounds",
+                salt.len()
+            ),
+        ));
     }
     let params = Params::new(m, t, p, Some(ROOT_KEY_LEN))
         .map_err(|e| KmsError::new(KmsErrorKind::Internal, format!("bad Argon2id parameters: {e}")))?;
