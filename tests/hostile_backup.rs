@@ -227,16 +227,9 @@ fn an_edited_keyring_inside_a_backup_fails_authentication_at_restore() {
     // The attacker turns value sealing off in both keyring copies and stores them as new
     // objects with fixed-up checksums (copy header checksum and manifest checksum).
     let bytes = std::fs::read(s.dest.join("objects").join(&keyring.sha256)).unwrap();
-    let mut payload: serde_json::Value = serde_json::from_slice(&bytes[56..]).unwrap();
-    payload["tables"][0]["value_seal"] = serde_json::Value::Bool(false);
-    let payload = serde_json::to_vec(&payload).unwrap();
-    let mut forged = bytes[..16].to_vec();
-    forged.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    let mut h = Sha256::new();
-    h.update(&forged);
-    h.update(&payload);
-    forged.extend_from_slice(&h.finalize());
-    forged.extend_from_slice(&payload);
+    let forged = common::rewrite_replicated(&bytes, |k| {
+        k["tables"][0]["value_seal"] = serde_json::Value::Bool(false);
+    });
     let sha = tde::hex::encode(&Sha256::digest(&forged));
     std::fs::write(s.dest.join("objects").join(&sha), &forged).unwrap();
     s.forge(|m| {

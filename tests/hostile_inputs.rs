@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::files_below;
+use common::{Rng, files_below, rewrite_replicated};
 use sha2::{Digest, Sha256};
 use tde::kms::local::LocalKms;
 use tde::kms::{EncryptionContext, Kms};
@@ -33,97 +33,82 @@ fn cases() -> usize {
         .unwrap_or(150)
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    /// Byte-level damage: flips, truncation, extension, overwritten words.
-    fn bytes(&mut self, input: &[u8]) -> Vec<u8> {
-        let mut out = input.to_vec();
-        for _ in 0..1 + self.below(3) {
-            match self.below(5) {
-                0 if !out.is_empty() => {
-                    let i = self.below(out.len());
-                    out[i] ^= 1 << self.below(8);
-                }
-                1 => out.truncate(self.below(out.len() + 1)),
-                2 => {
-                    let n = self.below(64);
-                    out.extend((0..n).map(|_| self.next() as u8));
-                }
-                3 if out.len() >= 8 => {
-                    // A length, count or sequence field set huge.
-                    let i = self.below(out.len() - 7);
-                    let value = [u64::MAX, u64::MAX / 2, 1 << 40, u32::MAX as u64][self.below(4)];
-                    out[i..i + 8].copy_from_slice(&value.to_le_bytes());
-                }
-                _ if !out.is_empty() => {
-                    let i = self.below(out.len());
-                    out[i] = self.next() as u8;
-                }
-                _ => {}
+/// Byte-level damage: flips, truncation, extension, overwritten words, and length, count
+/// or sequence fields set huge.
+fn damage(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
+    let mut out = input.to_vec();
+    for _ in 0..1 + rng.below(3) {
+        match rng.below(5) {
+            0 if !out.is_empty() => {
+                let i = rng.below(out.len());
+                out[i] ^= 1 << rng.below(8);
             }
-        }
-        out
-    }
-
-    /// A hostile value for a JSON field.
-    fn value(&mut self, old: &serde_json::Value) -> serde_json::Value {
-        use serde_json::json;
-        const PATHS: [&str; 7] = [
-            "../../outside/canary",
-            "/etc/passwd",
-            "..",
-            "a/../../../outside",
-            "",
-            "objects/../../outside/canary",
-            "\u{0}x",
-        ];
-        match old {
-            serde_json::Value::String(_) => match self.below(3) {
-                0 => json!("x".repeat(1 << (10 + self.below(10)))),
-                _ => json!(PATHS[self.below(PATHS.len())]),
-            },
-            serde_json::Value::Number(_) => [
-                json!(u64::MAX),
-                json!(0),
-                json!(-1),
-                json!(u32::MAX),
-                json!(1u64 << 53),
-            ][self.below(5)]
-            .clone(),
-            serde_json::Value::Array(a) if !a.is_empty() && self.below(2) == 0 => {
-                let mut a = a.clone();
-                let extra = a[self.below(a.len())].clone();
-                a.push(extra);
-                json!(a)
+            1 => out.truncate(rng.below(out.len() + 1)),
+            2 => {
+                let n = rng.below(64);
+                out.extend((0..n).map(|_| rng.next() as u8));
             }
-            serde_json::Value::Bool(b) => json!(!b),
-            _ => json!(null),
+            3 if out.len() >= 8 => {
+                let i = rng.below(out.len() - 7);
+                let value = [u64::MAX, u64::MAX / 2, 1 << 40, u32::MAX as u64][rng.below(4)];
+                out[i..i + 8].copy_from_slice(&value.to_le_bytes());
+            }
+            _ if !out.is_empty() => {
+                let i = rng.below(out.len());
+                out[i] = rng.next() as u8;
+            }
+            _ => {}
         }
     }
+    out
+}
 
-    /// Sets one random leaf (or array) of `v` to a hostile value.
-    fn json(&mut self, v: &mut serde_json::Value) {
-        let mut leaves = Vec::new();
-        collect(v, &mut String::new(), &mut leaves);
-        if leaves.is_empty() {
-            return;
+/// A hostile value for a JSON field.
+fn hostile_value(rng: &mut Rng, old: &serde_json::Value) -> serde_json::Value {
+    use serde_json::json;
+    const PATHS: [&str; 7] = [
+        "../../outside/canary",
+        "/etc/passwd",
+        "..",
+        "a/../../../outside",
+        "",
+        "objects/../../outside/canary",
+        "\u{0}x",
+    ];
+    match old {
+        serde_json::Value::String(_) => match rng.below(3) {
+            0 => json!("x".repeat(1 << (10 + rng.below(10)))),
+            _ => json!(PATHS[rng.below(PATHS.len())]),
+        },
+        serde_json::Value::Number(_) => [
+            json!(u64::MAX),
+            json!(0),
+            json!(-1),
+            json!(u32::MAX),
+            json!(1u64 << 53),
+        ][rng.below(5)]
+        .clone(),
+        serde_json::Value::Array(a) if !a.is_empty() && rng.below(2) == 0 => {
+            let mut a = a.clone();
+            let extra = a[rng.below(a.len())].clone();
+            a.push(extra);
+            json!(a)
         }
-        let pointer = leaves[self.below(leaves.len())].clone();
-        if let Some(slot) = v.pointer_mut(&pointer) {
-            *slot = self.value(slot);
-        }
+        serde_json::Value::Bool(b) => json!(!b),
+        _ => json!(null),
+    }
+}
+
+/// Sets one random leaf (or array) of `v` to a hostile value.
+fn hostile_json(rng: &mut Rng, v: &mut serde_json::Value) {
+    let mut leaves = Vec::new();
+    collect(v, &mut String::new(), &mut leaves);
+    if leaves.is_empty() {
+        return;
+    }
+    let pointer = leaves[rng.below(leaves.len())].clone();
+    if let Some(slot) = v.pointer_mut(&pointer) {
+        *slot = hostile_value(rng, slot);
     }
 }
 
@@ -148,25 +133,6 @@ fn collect(v: &serde_json::Value, at: &mut String, out: &mut Vec<String>) {
         }
         _ => {}
     }
-}
-
-/// A replicated metadata copy (keyring, KMS state): header checksum fixed up around a
-/// JSON payload mutated by `change`.
-fn replicated(bytes: &[u8], change: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
-    let Ok(mut payload) = serde_json::from_slice::<serde_json::Value>(bytes.get(56..).unwrap_or_default())
-    else {
-        return bytes.to_vec();
-    };
-    change(&mut payload);
-    let payload = serde_json::to_vec(&payload).unwrap();
-    let mut out = bytes[..16].to_vec();
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    let mut h = Sha256::new();
-    h.update(&out);
-    h.update(&payload);
-    out.extend_from_slice(&h.finalize());
-    out.extend_from_slice(&payload);
-    out
 }
 
 /// The world every case starts from: a local KMS, a store with a table, a tablespace,
@@ -422,7 +388,7 @@ fn mutate_file(rng: &mut Rng, path: &Path, json: Option<Structured<'_>>) {
     };
     let mutated = match json {
         Some(structured) if rng.below(2) == 0 => structured(&bytes, rng),
-        _ => rng.bytes(&bytes),
+        _ => damage(rng, &bytes),
     };
     std::fs::write(path, mutated).unwrap();
 }
@@ -438,7 +404,7 @@ fn one_of(rng: &mut Rng, dir: &Path, filter: impl Fn(&str) -> bool) -> Option<Pa
 }
 
 fn replicated_json(bytes: &[u8], rng: &mut Rng) -> Vec<u8> {
-    replicated(bytes, |v| rng.json(v))
+    rewrite_replicated(bytes, |v| hostile_json(rng, v))
 }
 
 #[test]
@@ -475,7 +441,7 @@ fn audit_trail() {
             }
             let i = rng.below(lines.len());
             if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&lines[i]) {
-                rng.json(&mut v);
+                hostile_json(rng, &mut v);
                 lines[i] = v.to_string();
             }
             (lines.join("\n") + "\n").into_bytes()
@@ -500,7 +466,7 @@ fn tablespace_header_pages_and_journal() {
             (0, bytes.len())
         };
         let mut out = bytes[..start].to_vec();
-        out.extend(rng.bytes(&bytes[start..end]));
+        out.extend(damage(rng, &bytes[start..end]));
         out.extend_from_slice(&bytes[end..]);
         std::fs::write(&path, out).unwrap();
     });
@@ -518,7 +484,7 @@ fn backup_manifests_and_objects() {
                 let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
                     return bytes.to_vec();
                 };
-                rng.json(&mut v);
+                hostile_json(rng, &mut v);
                 // Fix up the unkeyed checksum so the mutation reaches validation.
                 v["checksum"] = serde_json::json!("");
                 if let Ok(m) = serde_json::from_value::<tde::backup::Manifest>(v.clone()) {
@@ -540,7 +506,8 @@ fn backup_manifests_and_objects() {
 fn rocksdb_file_headers_and_files_swapped_from_another_store() {
     campaign_with("store files", 16, true, |rng, root, world| {
         let store = root.join("store");
-        let kinds = |n: &str| {
+        let only = std::env::var("TDE_HOSTILE_ONLY").unwrap_or_default();
+        let kinds_of = |n: &str| {
             n.ends_with(".sst")
                 || n.ends_with(".log")
                 || n.starts_with("MANIFEST-")
@@ -548,6 +515,7 @@ fn rocksdb_file_headers_and_files_swapped_from_another_store() {
                 || n == "CURRENT"
                 || n == "IDENTITY"
         };
+        let kinds = |n: &str| n.starts_with(only.as_str()) && kinds_of(n);
         let Some(victim) = one_of(rng, &store, kinds) else {
             return;
         };
@@ -570,7 +538,7 @@ fn rocksdb_file_headers_and_files_swapped_from_another_store() {
         } else {
             bytes.len()
         };
-        let mut out = rng.bytes(&bytes[..cut]);
+        let mut out = damage(rng, &bytes[..cut]);
         if out.len() == cut {
             out.extend_from_slice(&bytes[cut..]);
         }

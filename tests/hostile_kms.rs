@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{TestKms, ctx};
-use sha2::{Digest, Sha256};
 use tde::Error;
 use tde::kms::local::{CreateKeyOptions, LocalKms};
 use tde::kms::{Kms, KmsErrorKind};
@@ -32,18 +31,12 @@ fn forge(dir: &Path, seq: Option<u64>, change: impl Fn(&mut serde_json::Value)) 
     for copy in COPIES {
         let path = dir.join(copy);
         let bytes = std::fs::read(&path).unwrap();
-        let mut envelope: serde_json::Value = serde_json::from_slice(&bytes[56..]).unwrap();
-        change(&mut envelope);
-        let payload = serde_json::to_vec(&envelope).unwrap();
-        let mut out = bytes[..8].to_vec();
-        let seq = seq.unwrap_or_else(|| u64::from_le_bytes(bytes[8..16].try_into().unwrap()));
-        out.extend_from_slice(&seq.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        let mut h = Sha256::new();
-        h.update(&out);
-        h.update(&payload);
-        out.extend_from_slice(&h.finalize());
-        out.extend_from_slice(&payload);
+        let mut out = common::rewrite_replicated(&bytes, &change);
+        if let Some(seq) = seq {
+            // The sequence number sits in the header, before the checksum's input ends.
+            out[8..16].copy_from_slice(&seq.to_le_bytes());
+            out = common::rewrite_replicated(&out, |_| {});
+        }
         std::fs::write(&path, out).unwrap();
     }
 }

@@ -4,57 +4,11 @@
 
 mod common;
 
-use common::{TestKms, TestStore, ctx};
+use common::{Rng, TestKms, TestStore, ctx};
 use tde::cipher::{AeadKey, Sealed, Suite};
 use tde::kms::Kms;
 use tde::kv::TableOptions;
 use tde::secret::DataKey;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-    /// Up to `max` random bytes.
-    fn some_bytes(&mut self, max: usize) -> Vec<u8> {
-        let n = self.below(max);
-        self.bytes(n)
-    }
-    /// A copy of `input` with a few random edits: flips, truncation, extension, splices.
-    fn mutate(&mut self, input: &[u8]) -> Vec<u8> {
-        let mut out = input.to_vec();
-        for _ in 0..1 + self.below(3) {
-            match self.below(4) {
-                0 if !out.is_empty() => {
-                    let i = self.below(out.len());
-                    out[i] ^= 1 << self.below(8);
-                }
-                1 => out.truncate(self.below(out.len() + 1)),
-                2 => {
-                    let extra = self.some_bytes(40);
-                    out.extend(extra);
-                }
-                _ if !out.is_empty() => {
-                    let i = self.below(out.len());
-                    out[i] = self.next() as u8;
-                }
-                _ => {}
-            }
-        }
-        out
-    }
-}
 
 #[test]
 fn sealed_values() {

@@ -255,3 +255,71 @@ pub fn tde_at_home(home: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .expect("run tde")
 }
+
+/// A seeded generator (splitmix64) for reproducible mutation tests.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+    /// Up to `max` random bytes.
+    pub fn some_bytes(&mut self, max: usize) -> Vec<u8> {
+        let n = self.below(max);
+        self.bytes(n)
+    }
+    /// A copy of `input` with a few random edits: flips, truncation, extension, splices.
+    pub fn mutate(&mut self, input: &[u8]) -> Vec<u8> {
+        let mut out = input.to_vec();
+        for _ in 0..1 + self.below(3) {
+            match self.below(4) {
+                0 if !out.is_empty() => {
+                    let i = self.below(out.len());
+                    out[i] ^= 1 << self.below(8);
+                }
+                1 => out.truncate(self.below(out.len() + 1)),
+                2 => {
+                    let extra = self.some_bytes(40);
+                    out.extend(extra);
+                }
+                _ if !out.is_empty() => {
+                    let i = self.below(out.len());
+                    out[i] = self.next() as u8;
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// Rewrites a replicated metadata copy (keyring, KMS state) as someone without the keys
+/// can: `change` edits its JSON payload, and the copy's unkeyed checksum is fixed up. A
+/// copy whose payload is not JSON comes back unchanged.
+pub fn rewrite_replicated(bytes: &[u8], change: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let Ok(mut payload) = serde_json::from_slice::<serde_json::Value>(bytes.get(56..).unwrap_or_default())
+    else {
+        return bytes.to_vec();
+    };
+    change(&mut payload);
+    let payload = serde_json::to_vec(&payload).expect("json");
+    let mut out = bytes[..16].to_vec();
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    let mut h = Sha256::new();
+    h.update(&out);
+    h.update(&payload);
+    out.extend_from_slice(&h.finalize());
+    out.extend_from_slice(&payload);
+    out
+}
