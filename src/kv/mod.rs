@@ -14,6 +14,7 @@
 
 mod checkpoint;
 mod files;
+mod logscan;
 mod maintain;
 mod reencrypt;
 mod rotate;
@@ -597,6 +598,8 @@ impl Store {
         let mut names: Vec<String> = if create {
             vec!["default".to_owned()]
         } else {
+            // RocksDB's log reader can loop forever on one damaged record header.
+            logscan::check_logs(&files, path)?;
             Db::list_cf(&opts, path).map_err(engine)?
         };
         for entry in data.tables.iter().filter(|t| !t.dropping) {
