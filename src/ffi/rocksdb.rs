@@ -379,6 +379,36 @@ pub(crate) fn set_db_options(db: &rocksdb::DB, options: &[(&str, &str)]) -> Resu
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    struct Nothing;
+
+    impl FileCrypto for Nothing {
+        fn new_prefix(&self, _: &str, _: &mut [u8]) -> std::result::Result<(), (i32, String)> {
+            Err((IO_ERROR, "unused".into()))
+        }
+        fn open_stream(
+            &self,
+            _: &str,
+            _: &[u8],
+        ) -> std::result::Result<crate::cipher::FileStream, (i32, String)> {
+            Err((IO_ERROR, "unused".into()))
+        }
+        fn table_file_started(&self, _: &str, _: &str) {}
+    }
+
+    #[test]
+    fn the_shim_releases_its_context_exactly_once_when_it_fails() {
+        let ctx: Ctx = Arc::new(Nothing);
+        let raw = leak(&ctx);
+        assert_eq!(Arc::strong_count(&ctx), 2);
+        // SAFETY: a null options pointer makes the shim fail after it took ownership of
+        // `raw`; it must release it (once) and Rust must not.
+        let rc = unsafe { tde_shim_options_add_listener(std::ptr::null_mut(), raw) };
+        assert_ne!(rc, 0);
+        assert_eq!(Arc::strong_count(&ctx), 1, "released exactly once");
+    }
+
     #[test]
     fn private_layouts_match_this_rocksdb_build() {
         super::layout_check().expect("the shim's view of rocksdb_options_t / rocksdb_env_t is wrong");
