@@ -184,6 +184,7 @@ impl LocalKmsBuilder {
             inner: Mutex::new(Inner {
                 seq: 0,
                 state: State::empty(),
+                legacy: false,
             }),
         };
         {
@@ -232,7 +233,7 @@ impl LocalKmsBuilder {
         }
         let (key, seq, state) =
             match RootKey::unlock(&envelope.root, key_file.as_deref(), passphrase.as_ref())
-                .and_then(|key| open_state(&key, &envelope).map(|(seq, state)| (key, seq, state)))
+                .and_then(|key| open_state(&key, &envelope, loaded.seq).map(|(seq, state)| (key, seq, state)))
             {
                 Ok(opened) => {
                     if let Some(path) = &key_file {
@@ -247,13 +248,13 @@ impl LocalKmsBuilder {
                 {
                     let path = key_file.as_deref().unwrap_or(Path::new(""));
                     let key = RootKey::unlock(&envelope.root, Some(&root::next_of(path)), None)?;
-                    let (seq, state) = open_state(&key, &envelope)?;
+                    let (seq, state) = open_state(&key, &envelope, loaded.seq)?;
                     root::promote_next(path)?;
                     (key, seq, state)
                 }
                 Err(e) => return Err(e.into()),
             };
-        if seq != loaded.seq && envelope.format != root::LEGACY_FORMAT {
+        if seq != loaded.seq {
             return Err(Error::Corrupt {
                 what: "local KMS state",
                 path: storage.path(STATE_FILE),
@@ -274,7 +275,11 @@ impl LocalKmsBuilder {
                 key: Arc::new(key),
                 key_file,
             }),
-            inner: Mutex::new(Inner { seq, state }),
+            inner: Mutex::new(Inner {
+                seq,
+                state,
+                legacy: envelope.format == root::LEGACY_FORMAT,
+            }),
         };
         let due = kms.inner.lock().state.transitions_due(kms.clock.now());
         if due || loaded.degraded {
@@ -325,8 +330,10 @@ struct SealedRef<'a> {
     state: &'a State,
 }
 
-/// Opens the sealed state: (its sequence number, the state).
-fn open_state(root: &RootKey, envelope: &Envelope) -> KmsResult<(u64, State)> {
+/// Opens the sealed state: (its sequence number, the state). A legacy state sealed no
+/// sequence number: it takes the one of the copy it came from (`header_seq`), so that
+/// the first write after the upgrade numbers past every legacy copy.
+fn open_state(root: &RootKey, envelope: &Envelope, header_seq: u64) -> KmsResult<(u64, State)> {
     let aad = root::state_aad(&envelope.kms_id, &envelope.root)?;
     let json = root.open(&aad, &envelope.sealed_state, "local KMS state")?;
     let parse_error = |e: serde_json::Error| {
@@ -336,8 +343,9 @@ fn open_state(root: &RootKey, envelope: &Envelope) -> KmsResult<(u64, State)> {
         )
     };
     if envelope.format == root::LEGACY_FORMAT {
-        // Written before the sequence number was sealed: counts as the oldest state.
-        return serde_json::from_slice(&json).map(|s| (0, s)).map_err(parse_error);
+        return serde_json::from_slice(&json)
+            .map(|s| (header_seq, s))
+            .map_err(parse_error);
     }
     let sealed: Sealed = serde_json::from_slice(&json).map_err(parse_error)?;
     Ok((sealed.seq, sealed.state))
@@ -346,6 +354,10 @@ fn open_state(root: &RootKey, envelope: &Envelope) -> KmsResult<(u64, State)> {
 struct Inner {
     seq: u64,
     state: State,
+    /// The state came from a legacy envelope, whose sequence number is not sealed. Once
+    /// a sealed one has been seen, a legacy envelope is refused: its number could be
+    /// anything.
+    legacy: bool,
 }
 
 /// The embedded local KMS. Cheap to share behind an `Arc`; every method is safe to call
@@ -501,7 +513,7 @@ impl LocalKms {
                     ),
                 ));
             }
-            match (open_state(&root.key, &envelope), &root.key_file) {
+            match (open_state(&root.key, &envelope, loaded.seq), &root.key_file) {
                 (Ok(opened), _) => opened,
                 // Another process rotated the root key (or destroyed a key, which does):
                 // the key file is authoritative.
@@ -509,14 +521,14 @@ impl LocalKms {
                     let path = path.clone();
                     drop(root);
                     let key = RootKey::unlock(&envelope.root, Some(&path), None)?;
-                    let opened = open_state(&key, &envelope)?;
+                    let opened = open_state(&key, &envelope, loaded.seq)?;
                     self.root.write().key = Arc::new(key);
                     opened
                 }
                 (Err(e), _) => return Err(e),
             }
         };
-        if seq < inner.seq {
+        if seq < inner.seq || (envelope.format == root::LEGACY_FORMAT && !inner.legacy) {
             return Err(KmsError::new(
                 KmsErrorKind::Internal,
                 format!(
@@ -555,6 +567,7 @@ impl LocalKms {
             .map_err(Self::storage_err)?;
         inner.seq = seq;
         inner.state = next;
+        inner.legacy = false;
         Ok(())
     }
 
