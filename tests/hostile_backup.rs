@@ -293,3 +293,32 @@ fn a_tablespace_backup_with_a_forged_manifest_is_refused() {
     // The genuine older one restores.
     tde::backup::restore_tablespace(&dest, Some(&first.id), &p.path("r.tbs"), &p.options(), &pool).unwrap();
 }
+
+#[test]
+fn rewrap_removes_no_object_while_any_manifest_is_unreadable() {
+    let s = Setup::new();
+    let store = s.t.open().unwrap();
+    let second = tde::backup::create(&store, &s.dest).unwrap();
+    drop(store);
+    let first = tde::backup::list(&s.dest).unwrap()[0].clone();
+    // Damage the other backup's manifest: whether it still needs an object is unknown.
+    let other = s.dest.join("backups").join(format!("{}.json", first.id));
+    std::fs::write(&other, b"{ damaged").unwrap();
+    let objects_before = files_below(&s.dest.join("objects")).len();
+    let kms = s.t.kms.clone();
+    let key = s.t.local().create_key(&Default::default()).unwrap().key_id;
+    tde::backup::rewrap(&s.dest, Some(&second.id), &*kms, &*kms, true, &key, None).unwrap();
+    // New keyring objects were added; none was removed.
+    assert!(files_below(&s.dest.join("objects")).len() > objects_before);
+    let restored = tde::backup::restore(
+        &s.dest,
+        Some(&second.id),
+        &s.t.tmp.path().join("r"),
+        s.t.options(),
+    )
+    .unwrap();
+    assert_eq!(
+        restored.table("users").unwrap().get(b"alice").unwrap().unwrap(),
+        b"v1"
+    );
+}

@@ -873,14 +873,18 @@ pub fn rewrap(
     let mac_key = mac_key.ok_or_else(|| Error::InvalidArgument("no manifest key".into()))?;
     manifest.seal(manifest.mac_version, &mac_key)?;
     write_manifest(dest, &manifest)?;
-    remove_unreferenced(dest, old)?;
+    remove_unreferenced(dest, old);
     Ok(manifest)
 }
 
 /// Removes the objects `candidates` (validated object names) that no backup in `dest`
-/// refers to any more.
-fn remove_unreferenced(dest: &Path, candidates: Vec<String>) -> Result<()> {
-    let referenced: std::collections::HashSet<String> = list(dest)?
+/// refers to any more. If any manifest cannot be read, nothing is removed: an object is
+/// only deleted when it is known to be unreferenced.
+fn remove_unreferenced(dest: &Path, candidates: Vec<String>) {
+    let Ok(all) = list(dest) else {
+        return;
+    };
+    let referenced: std::collections::HashSet<String> = all
         .into_iter()
         .flat_map(|m| m.files.into_iter().map(|f| f.sha256))
         .collect();
@@ -890,7 +894,6 @@ fn remove_unreferenced(dest: &Path, candidates: Vec<String>) -> Result<()> {
     {
         let _ = std::fs::remove_file(dest.join(OBJECTS).join(sha));
     }
-    Ok(())
 }
 
 /// Backs up a page-store tablespace: a consistent copy of its file (synced and
@@ -1045,6 +1048,6 @@ pub fn rewrap_tablespace(
     let mac_key = mac_key.ok_or_else(|| Error::InvalidArgument("no manifest key".into()))?;
     manifest.seal(manifest.mac_version, &mac_key)?;
     write_manifest(dest, &manifest)?;
-    remove_unreferenced(dest, vec![old.sha256])?;
+    remove_unreferenced(dest, vec![old.sha256]);
     Ok(manifest)
 }
