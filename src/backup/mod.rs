@@ -335,7 +335,7 @@ impl Manifest {
     ///
     /// # Errors
     /// [`Error::Authentication`] naming the backup.
-    fn authenticate(&self, key: Option<MacKey>) -> Result<()> {
+    fn authenticate(&self, key: Option<&MacKey>) -> Result<()> {
         let tag = crate::hex::decode(&self.mac).unwrap_or_default();
         let signed = self.unsigned_json(false)?;
         let ok = key.is_some_and(|k| k.verify(&[MANIFEST_MAC_LABEL, &signed], &tag));
@@ -718,7 +718,7 @@ pub fn restore(dest: &Path, id: Option<&str>, path: &Path, options: StoreOptions
     let result = restore_into(dest, &manifest, path)
         .and_then(|()| Store::open(path, options))
         .and_then(|store| {
-            manifest.authenticate(store.manifest_key_at(manifest.mac_version))?;
+            manifest.authenticate(store.manifest_key_at(manifest.mac_version).as_ref())?;
             Ok(store)
         });
     if result.is_err() {
@@ -825,8 +825,8 @@ pub fn rewrap(
         })
         .collect::<Result<Vec<_>>>()?;
     keyring.authenticate(store_keys.iter().map(|(v, k)| (*v, k)))?;
-    manifest.authenticate(keyring.mac_key(manifest.mac_version, MANIFEST_MAC_LABEL))?;
     let mac_key = keyring.mac_key(manifest.mac_version, MANIFEST_MAC_LABEL);
+    manifest.authenticate(mac_key.as_ref())?;
     drop(store_keys);
 
     let key_id = to.describe_key(to_key)?.key_id;
@@ -978,7 +978,7 @@ pub fn restore_tablespace(
     let result = copy_verified(dest, &manifest, &manifest.files[0], path)
         .and_then(|()| Tablespace::open(path, options, pool))
         .and_then(|ts| {
-            manifest.authenticate(ts.manifest_key_at(manifest.mac_version))?;
+            manifest.authenticate(ts.manifest_key_at(manifest.mac_version).as_ref())?;
             if crate::hex::encode(&ts.id()) != manifest.store_id {
                 return Err(corrupt(
                     dest,
