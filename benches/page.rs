@@ -35,7 +35,7 @@ fn fixture() -> Fixture {
         (
             "plain",
             dir.path().join("plain.tdb"),
-            base.clone().insecure_unencrypted(),
+            base.clone().dangerous().unencrypted(),
         ),
         ("tde", dir.path().join("tde.tdb"), base),
     ];

@@ -34,10 +34,7 @@ fn main() -> tde::Result<()> {
     let store = Store::create(dir.path().join("records"), options())?;
     let patients = store.create_table(
         "patients",
-        &TableOptions {
-            master_key: Some(clinic_key.clone()),
-            ..TableOptions::default()
-        },
+        &TableOptions::default().master_key(clinic_key.clone()),
     )?;
     let visits = store.create_table("visits", &TableOptions::default())?;
     for (id, name) in [(1, "Ada Lovelace"), (2, "Alan Turing"), (3, "Grace Hopper")] {

@@ -74,7 +74,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let shown = if path.ends_with(tde::kms::local::DEFAULT_ROOT_KEY_FILE) {
             "(the root key: secret, never printed; keep it on another device)".to_owned()
         } else {
-            tde::hex::encode(&bytes[..bytes.len().min(16)])
+            bytes[..bytes.len().min(16)]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
         };
         println!(
             "   {:<28} {:>6} bytes  {shown}",
@@ -121,10 +124,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::create(&store_dir, StoreOptions::new(std::sync::Arc::new(kms)))?;
     let patients = store.create_table(
         "patients",
-        &TableOptions {
-            master_key: Some("alias/quickstart".into()),
-            ..TableOptions::default()
-        },
+        &TableOptions::default().master_key("alias/quickstart"),
     )?;
     let visits = store.create_table("visits", &TableOptions::default())?;
     patients.put(RECORD_KEY, RECORD)?;

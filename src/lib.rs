@@ -19,7 +19,10 @@
 //! - [`cipher`]: suites, the sealed format, nonce policy.
 //! - [`kms`]: the KMS trait and the embedded [`kms::local::LocalKms`].
 //! - [`secret`]: key types that wipe themselves and never print.
-//! - [`keyring`]: table → wrapped data keys, unwrapped once at open.
+//! - [`keyring`]: table → wrapped data keys, the file a RocksDB store keeps them in.
+//! - [`keys`]: the key lifecycle for every engine: unwrap at open, rotate, rewrap,
+//!   migrate, retire, seal counts, retries and an audit record per KMS call; the
+//!   [`keys::KeyLifecycle`] trait stores and tablespaces share.
 //! - [`audit`]: the hash-chained trail of every KMS call a store makes.
 //! - [`backup`]: ciphertext backups: incremental, verifiable without keys, restorable
 //!   with the KMS.
@@ -57,12 +60,15 @@
 pub mod audit;
 pub mod backup;
 pub mod cipher;
-pub mod clock;
-pub mod durable;
+mod clock;
+pub mod dangerous;
+mod durable;
+pub mod engines;
 mod error;
 mod ffi;
-pub mod hex;
+mod hex;
 pub mod keyring;
+pub mod keys;
 pub mod kms;
 pub mod kv;
 pub mod page;

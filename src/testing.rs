@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::durable::{DirLock, FsStorage, Storage};
+pub use crate::clock::ManualClock;
+pub use crate::durable::Storage;
+use crate::durable::{DirLock, FsStorage};
 use crate::kms::{
     DataKeySpec, EncryptionContext, GeneratedDataKey, KeyMetadata, Kms, KmsError, KmsErrorKind, KmsResult,
 };

@@ -313,9 +313,8 @@ fn rewrap_carries_a_backup_to_another_kms_without_touching_its_data() {
     let after = tde::backup::rewrap(
         &dest,
         None,
-        &*t.kms,
-        &*other,
-        false,
+        t.kms.clone(),
+        Some(other.clone() as Arc<dyn tde::kms::Kms>),
         &key,
         Some("local:elsewhere"),
     )
@@ -346,7 +345,7 @@ fn rewrap_carries_a_backup_to_another_kms_without_touching_its_data() {
 
     // Within one KMS, to another key: the old key is then not needed.
     let k3 = other.create_key(&CreateKeyOptions::default()).unwrap().key_id;
-    tde::backup::rewrap(&dest, None, &*other, &*other, true, &k3, None).unwrap();
+    tde::backup::rewrap(&dest, None, other.clone(), None, &k3, None).unwrap();
     other.disable_key(&key).unwrap();
     let restored = tde::backup::restore(
         &dest,

@@ -33,6 +33,11 @@ fn create_tables_records_scan_and_verify() {
     );
     let json: serde_json::Value = serde_json::from_str(&cli.ok(&["table", "list", &db, "--json"])).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 2);
+    // Each data key version as an object: version, state, seals.
+    let versions = &json[0]["versions"];
+    assert_eq!(versions[0]["version"], 1, "{json}");
+    assert_eq!(versions[0]["state"], "current", "{json}");
+    assert_eq!(versions[0]["seals"], 0, "{json}");
 
     cli.ok(&["put", &db, "people", "p/1", "Ada Lovelace"]);
     cli.ok(&["put", &db, "people", "p/2", "Alan Turing"]);

@@ -64,7 +64,7 @@ impl Setup {
 
 fn write_with_checksum(path: &Path, mut m: Manifest) {
     m.checksum = String::new();
-    m.checksum = tde::hex::encode(&Sha256::digest(serde_json::to_vec(&m).unwrap()));
+    m.checksum = common::hex(&Sha256::digest(serde_json::to_vec(&m).unwrap()));
     std::fs::write(path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
 }
 
@@ -75,7 +75,7 @@ fn every_operation_fails(s: &Setup) -> Vec<Error> {
         tde::backup::verify(&s.dest, None).unwrap_err(),
         tde::backup::verify_deep(&s.dest, None, s.t.options()).unwrap_err(),
         tde::backup::restore(&s.dest, None, &s.t.tmp.path().join("restored"), s.t.options()).unwrap_err(),
-        tde::backup::rewrap(&s.dest, None, &*kms, &*kms, true, "alias/acs/tde", None).unwrap_err(),
+        tde::backup::rewrap(&s.dest, None, kms, None, "alias/acs/tde", None).unwrap_err(),
     ];
     assert!(
         !s.t.tmp.path().join("restored").exists(),
@@ -201,16 +201,7 @@ fn a_manifest_made_to_name_another_backups_keyring_fails_authentication() {
     let err = tde::backup::verify_deep(&s.dest, Some(&second.id), s.t.options()).unwrap_err();
     assert!(matches!(err, Error::Authentication { .. }), "{err:?}");
     let kms = s.t.kms.clone();
-    let err = tde::backup::rewrap(
-        &s.dest,
-        Some(&second.id),
-        &*kms,
-        &*kms,
-        true,
-        "alias/acs/tde",
-        None,
-    )
-    .unwrap_err();
+    let err = tde::backup::rewrap(&s.dest, Some(&second.id), kms, None, "alias/acs/tde", None).unwrap_err();
     assert!(matches!(err, Error::Authentication { .. }), "{err:?}");
 }
 
@@ -230,7 +221,7 @@ fn an_edited_keyring_inside_a_backup_fails_authentication_at_restore() {
     let forged = common::rewrite_replicated(&bytes, |k| {
         k["tables"][0]["value_seal"] = serde_json::Value::Bool(false);
     });
-    let sha = tde::hex::encode(&Sha256::digest(&forged));
+    let sha = common::hex(&Sha256::digest(&forged));
     std::fs::write(s.dest.join("objects").join(&sha), &forged).unwrap();
     s.forge(|m| {
         for f in m.files.iter_mut().filter(|f| f.name.starts_with("TDE-KEYRING")) {
@@ -247,19 +238,21 @@ fn deep_verify_and_rewrap_do_their_scratch_work_outside_the_destination() {
     let s = Setup::new();
     let before = files_below(&s.dest).len();
     tde::backup::verify_deep(&s.dest, None, s.t.options()).unwrap();
+    // What it leaves: the destination's audit trail, which records its KMS calls.
     let entries: Vec<_> = std::fs::read_dir(&s.dest)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(entries.len(), 2, "{entries:?}");
-    assert_eq!(files_below(&s.dest).len(), before);
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    assert!(entries.iter().any(|e| e == tde::audit::AUDIT_FILE));
+    assert_eq!(files_below(&s.dest).len(), before + 1);
     let kms = s.t.kms.clone();
-    tde::backup::rewrap(&s.dest, None, &*kms, &*kms, true, "alias/acs/tde", None).unwrap();
+    tde::backup::rewrap(&s.dest, None, kms, None, "alias/acs/tde", None).unwrap();
     let entries: Vec<_> = std::fs::read_dir(&s.dest)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries.len(), 3, "{entries:?}");
     // The rewrapped backup still restores and authenticates.
     let store = tde::backup::restore(&s.dest, None, &s.t.tmp.path().join("r"), s.t.options()).unwrap();
     assert_eq!(
@@ -307,7 +300,7 @@ fn rewrap_removes_no_object_while_any_manifest_is_unreadable() {
     let objects_before = files_below(&s.dest.join("objects")).len();
     let kms = s.t.kms.clone();
     let key = s.t.local().create_key(&Default::default()).unwrap().key_id;
-    tde::backup::rewrap(&s.dest, Some(&second.id), &*kms, &*kms, true, &key, None).unwrap();
+    tde::backup::rewrap(&s.dest, Some(&second.id), kms, None, &key, None).unwrap();
     // New keyring objects were added; none was removed.
     assert!(files_below(&s.dest.join("objects")).len() > objects_before);
     let restored = tde::backup::restore(

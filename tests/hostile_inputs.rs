@@ -298,15 +298,7 @@ fn exercise(root: &Path, blob: &[u8], rows_may_vanish: bool) {
         drop(store);
         let _ = std::fs::remove_dir_all(root.join("restored"));
     }
-    let _ = tde::backup::rewrap(
-        &root.join("dest"),
-        None,
-        &*kms,
-        &*kms,
-        true,
-        "alias/acs/tde",
-        None,
-    );
+    let _ = tde::backup::rewrap(&root.join("dest"), None, kms.clone(), None, "alias/acs/tde", None);
     let pool = BufferPool::new(1 << 20);
     if let Ok(ts) = Tablespace::open(root.join("ts.tbs"), &ts_options, &pool) {
         for n in 0..5 {
@@ -490,7 +482,7 @@ fn backup_manifests_and_objects() {
                 if let Ok(m) = serde_json::from_value::<tde::backup::Manifest>(v.clone()) {
                     let mut m = m;
                     m.checksum = String::new();
-                    m.checksum = tde::hex::encode(&Sha256::digest(serde_json::to_vec(&m).unwrap()));
+                    m.checksum = common::hex(&Sha256::digest(serde_json::to_vec(&m).unwrap()));
                     return serde_json::to_vec(&m).unwrap();
                 }
                 serde_json::to_vec(&v).unwrap()

@@ -71,7 +71,7 @@ fn a_damaged_sst_block_is_reported_as_corruption() {
     store.create_table("t", &TableOptions::default()).unwrap();
     let table = store.table("t").unwrap();
     for i in 0..2000u32 {
-        table.put(format!("key{i:05}").as_bytes(), &[7u8; 100]).unwrap();
+        table.put(format!("key{i:05}").as_bytes(), [7u8; 100]).unwrap();
     }
     store.flush().unwrap();
     drop(table);

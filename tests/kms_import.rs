@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestKms, contains, ctx, files_below};
-use tde::clock::Clock;
+use tde::kms::Clock;
 use tde::kms::local::{CreateKeyOptions, wrap_key_material};
 use tde::kms::{KeySpec, KeyState, Kms, KmsErrorKind, Origin, Timestamp};
 
@@ -168,7 +168,7 @@ fn generated_keys_refuse_import_and_material_never_reaches_disk_in_clear() {
     t.kms
         .import_key_material(&key, &wrapped, &params.import_token, None)
         .unwrap();
-    let hex = tde::hex::encode(&material);
+    let hex = common::hex(&material);
     for (path, bytes) in files_below(&t.dir()) {
         assert!(
             !contains(&bytes, &material),

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{TestKms, ctx};
-use tde::clock::Clock;
+use tde::kms::Clock;
 use tde::kms::local::{CreateKeyOptions, LocalKms};
 use tde::kms::{DataKeySpec, KeySpec, KeyState, Kms, KmsErrorKind, MAX_DIRECT_PLAINTEXT};
 use tde::secret::SecretBytes;
@@ -477,7 +477,7 @@ fn no_key_material_in_debug_output() {
         .generate_data_key("alias/acs/tde", DataKeySpec::Aes256, &ctx("t"))
         .unwrap();
     let shown = format!("{dk:?} {:?}", t.kms);
-    let key_hex = tde::hex::encode(&t.kms.decrypt(dk.wrapped.as_bytes(), &ctx("t")).unwrap().expose()[..8]);
+    let key_hex = common::hex(&t.kms.decrypt(dk.wrapped.as_bytes(), &ctx("t")).unwrap().expose()[..8]);
     assert!(!shown.contains(&key_hex), "{shown}");
     assert!(shown.contains("DataKey"), "{shown}");
 }

@@ -20,11 +20,9 @@ fn tables_have_their_own_keys_and_suites() {
     store
         .create_table(
             "own-key",
-            &TableOptions {
-                master_key: Some(cmk.clone()),
-                suite: Some(Suite::Sm4Gcm),
-                value_seal: true,
-            },
+            &TableOptions::default()
+                .master_key(cmk.clone())
+                .suite(Suite::Sm4Gcm),
         )
         .unwrap();
     let tables = store.tables();
@@ -87,8 +85,8 @@ fn put_get_delete_and_iteration() {
         .collect();
     assert_eq!(ranged, vec![b"group/1".to_vec(), b"user/1".to_vec()]);
     // Empty values and binary keys round-trip.
-    users.put(&[0, 255, 0], b"").unwrap();
-    assert_eq!(users.get(&[0, 255, 0]).unwrap().unwrap(), b"");
+    users.put([0, 255, 0], b"").unwrap();
+    assert_eq!(users.get([0, 255, 0]).unwrap().unwrap(), b"");
     let big = vec![7u8; 1 << 20];
     users.put(b"big", &big).unwrap();
     assert_eq!(users.get(b"big").unwrap().unwrap(), big);
@@ -100,13 +98,7 @@ fn batches_are_atomic_across_tables() {
     let store = t.create();
     let a = store.create_table("a", &TableOptions::default()).unwrap();
     let b = store
-        .create_table(
-            "b",
-            &TableOptions {
-                value_seal: false,
-                ..TableOptions::default()
-            },
-        )
+        .create_table("b", &TableOptions::default().dangerous().without_value_sealing())
         .unwrap();
     a.put(b"old", b"1").unwrap();
     let mut batch = store.batch();
@@ -210,4 +202,35 @@ fn concurrent_readers_and_writers() {
         }
     });
     assert_eq!(a.iter().unwrap().count(), 8000);
+}
+
+#[test]
+fn rocksdb_options_that_would_defeat_the_file_layer_are_refused() {
+    let t = common::TestStore::new();
+    t.create();
+    type Change = fn(&mut rocksdb::Options);
+    let refused: [(&str, Change); 3] = [
+        ("recycle_log_file_num", |o| o.set_recycle_log_file_num(2)),
+        ("allow_mmap_reads", |o| o.set_allow_mmap_reads(true)),
+        ("allow_mmap_writes", |o| o.set_allow_mmap_writes(true)),
+    ];
+    for (name, change) in refused {
+        let options = t.options().dangerous().rocksdb_options(change);
+        let err = tde::kv::Store::open(t.path(), options).unwrap_err();
+        assert!(
+            matches!(&err, tde::Error::InvalidArgument(m) if m.contains(name)),
+            "{name}: {err}"
+        );
+    }
+    // Harmless options pass, and the store still opens and works.
+    let options = t
+        .options()
+        .dangerous()
+        .rocksdb_options(|o| o.set_max_write_buffer_number(3));
+    let store = tde::kv::Store::open(t.path(), options).unwrap();
+    let table = store
+        .create_table("t", &tde::kv::TableOptions::default())
+        .unwrap();
+    table.put("k", "v").unwrap();
+    assert_eq!(table.get("k").unwrap().unwrap(), b"v");
 }

@@ -17,13 +17,7 @@ fn two_tables(t: &TestStore) -> String {
     let cmk = t.local().create_key(&CreateKeyOptions::default()).unwrap().key_id;
     let a = store.create_table("accounts", &TableOptions::default()).unwrap();
     let b = store
-        .create_table(
-            "secrets",
-            &TableOptions {
-                master_key: Some(cmk.clone()),
-                ..TableOptions::default()
-            },
-        )
+        .create_table("secrets", &TableOptions::default().master_key(cmk.clone()))
         .unwrap();
     for i in 0..500u32 {
         a.put(format!("a{i}").as_bytes(), b"account").unwrap();
@@ -167,13 +161,7 @@ fn a_destroyed_master_key_fails_open_naming_the_table() {
     {
         let store = Store::create(&path, StoreOptions::new(kms.clone())).unwrap();
         let t = store
-            .create_table(
-                "doomed",
-                &TableOptions {
-                    master_key: Some(cmk.clone()),
-                    ..TableOptions::default()
-                },
-            )
+            .create_table("doomed", &TableOptions::default().master_key(cmk.clone()))
             .unwrap();
         t.put(b"k", b"v").unwrap();
         store.flush().unwrap();

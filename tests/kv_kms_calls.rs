@@ -47,7 +47,7 @@ fn kms_is_called_only_at_create_and_open() {
         let table = &tables[i as usize % N];
         let key = format!("key-{}", i % 5000);
         match i % 4 {
-            0 | 1 => table.put(key.as_bytes(), &i.to_le_bytes()).unwrap(),
+            0 | 1 => table.put(key.as_bytes(), i.to_le_bytes()).unwrap(),
             2 => {
                 table.get(key.as_bytes()).unwrap();
             }

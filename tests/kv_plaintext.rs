@@ -53,10 +53,7 @@ fn no_plaintext_in_any_file() {
     let unsealed = store
         .create_table(
             "orders",
-            &TableOptions {
-                value_seal: false,
-                ..TableOptions::default()
-            },
+            &TableOptions::default().dangerous().without_value_sealing(),
         )
         .unwrap();
     let value = |i: u32| [MARKER, format!("-{i}-").as_bytes(), MARKER].concat();
@@ -64,23 +61,23 @@ fn no_plaintext_in_any_file() {
         sealed
             .put(
                 format!("{}-key-{i}", String::from_utf8_lossy(MARKER)).as_bytes(),
-                &value(i),
+                value(i),
             )
             .unwrap();
-        unsealed.put(format!("order-{i}").as_bytes(), &value(i)).unwrap();
+        unsealed.put(format!("order-{i}").as_bytes(), value(i)).unwrap();
     }
     store.flush().unwrap();
     for i in 2000..4000u32 {
-        sealed.put(format!("k{i}").as_bytes(), &value(i)).unwrap();
-        unsealed.put(format!("order-{i}").as_bytes(), &value(i)).unwrap();
+        sealed.put(format!("k{i}").as_bytes(), value(i)).unwrap();
+        unsealed.put(format!("order-{i}").as_bytes(), value(i)).unwrap();
     }
     store.flush().unwrap();
     store.compact().unwrap();
     // More writes, not flushed: they live in the WAL.
     for i in 4000..4500u32 {
-        sealed.put(format!("wal-{i}").as_bytes(), &value(i)).unwrap();
+        sealed.put(format!("wal-{i}").as_bytes(), value(i)).unwrap();
         unsealed
-            .put(format!("wal-order-{i}").as_bytes(), &value(i))
+            .put(format!("wal-order-{i}").as_bytes(), value(i))
             .unwrap();
     }
     assert_no_marker(&t.path(), "while open");

@@ -26,9 +26,10 @@ fn holders(t: &TestStore, needle: &str) -> Vec<String> {
 fn populate(t: &TestStore) -> tde::kv::Store {
     let store = t.create();
     for (name, value_seal) in [("gone", false), ("kept", true)] {
-        let options = TableOptions {
-            value_seal,
-            ..TableOptions::default()
+        let options = if value_seal {
+            TableOptions::default()
+        } else {
+            TableOptions::default().dangerous().without_value_sealing()
         };
         let table = store.create_table(name, &options).unwrap();
         for i in 0..500u32 {

@@ -82,14 +82,15 @@ fn fill(t: &TestStore, n: u32, value_seal: bool, flush: bool) {
     let table = store
         .create_table(
             "data",
-            &TableOptions {
-                value_seal,
-                ..TableOptions::default()
-            },
+            &(if value_seal {
+                TableOptions::default()
+            } else {
+                TableOptions::default().dangerous().without_value_sealing()
+            }),
         )
         .unwrap();
     for i in 0..n {
-        table.put(format!("key-{i:06}").as_bytes(), &expected(i)).unwrap();
+        table.put(format!("key-{i:06}").as_bytes(), expected(i)).unwrap();
     }
     if flush {
         store.flush().unwrap();

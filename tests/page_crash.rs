@@ -6,6 +6,7 @@
 mod common;
 
 use std::sync::Arc;
+use tde::keys::ReencryptOptions;
 
 use common::TestPages;
 use tde::Error;
@@ -201,9 +202,11 @@ fn a_damaged_header_page_is_recovered_from_the_journal_when_a_commit_holds_it() 
         let t = TestPages::new();
         let base = base(&t, checkpoint);
         let clean = base.after_crash(false);
-        assert!(transaction(&t, checkpoint, clean.clone()));
+        // Cut points up to the end of the transaction's sync (its close commits again, to
+        // record exact seal counts, once the transaction's header is in place).
+        let synced = transaction_ops(&t, checkpoint, clean.clone()).expect("the transaction syncs");
         let mut recovered = 0;
-        for cut in 0..clean.ops() {
+        for cut in 0..synced {
             let io = base.after_crash(false);
             io.set_fault(IoFault::CrashAt { op: cut, torn: true });
             transaction(&t, checkpoint, io.clone());
@@ -286,8 +289,9 @@ fn rotate_and_reencrypt(t: &TestPages, checkpoint: bool, io: Arc<CrashIo>) -> bo
     let rotated = ts.rotate_data_key().is_ok()
         && stamp(&ts, 3, content(3, 1)).is_ok()
         && ts
-            .reencrypt(None, &mut |_, _| {})
-            .is_ok_and(|r| r.retired == vec![1]);
+            .reencrypt(ReencryptOptions::default())
+            .wait()
+            .is_ok_and(|r| r.retired.iter().map(|r| r.version).eq([1]));
     rotated && ts.close().is_ok()
 }
 
@@ -324,7 +328,8 @@ fn a_crash_at_every_point_of_a_data_key_rotation_and_reencryption_loses_nothing(
                         // The interrupted work resumes: the pass runs to the end.
                         ts.rotate_data_key().ok();
                         let report = ts
-                            .reencrypt(None, &mut |_, _| {})
+                            .reencrypt(ReencryptOptions::default())
+                            .wait()
                             .unwrap_or_else(|e| panic!("{label}: {e}"));
                         assert!(
                             !report.retired.is_empty() || ts.info().data_key_version >= 2,

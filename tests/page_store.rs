@@ -335,7 +335,7 @@ fn a_disabled_key_or_a_kms_outage_fails_open_and_changes_nothing() {
 
     // An unencrypted tablespace and an encrypted one are never confused.
     assert!(matches!(
-        Tablespace::open(&path, &options.clone().insecure_unencrypted(), &pool),
+        Tablespace::open(&path, &options.clone().dangerous().unencrypted(), &pool),
         Err(Error::InvalidArgument(_))
     ));
 }
@@ -372,19 +372,26 @@ fn a_data_key_rotation_seals_new_pages_under_the_new_version_and_reencryption_re
     let ts = Tablespace::open(&path, &t.options(), &pool).unwrap();
     assert_eq!(t.kms.calls(tde::testing::KmsOp::Decrypt), 2);
     assert_eq!(ts.info().data_key_version, 2);
-    let mut calls = Vec::new();
-    let report = ts
-        .reencrypt(Some(64 << 20), &mut |done, total| calls.push((done, total)))
-        .unwrap();
-    assert_eq!(report.rewritten, 290, "pages 0..10 were already under version 2");
-    assert_eq!(report.retired, vec![1]);
-    assert_eq!(calls.last(), Some(&(300, 300)));
+    let job = ts.reencrypt(tde::keys::ReencryptOptions::default().rate_limit(64 << 20));
+    let report = job.wait().unwrap();
+    assert_eq!(
+        report.resealed_values, 290,
+        "pages 0..10 were already under version 2"
+    );
+    let page = (ts.page_size() + tde::page::RESERVE) as u64;
+    assert_eq!(report.rewritten_bytes, 290 * page);
+    assert_eq!(
+        report.retired.iter().map(|r| r.version).collect::<Vec<_>>(),
+        vec![1]
+    );
     for n in 0..300 {
         check(&ts.read(n).unwrap(), if n < 10 { n + 1000 } else { n });
     }
     assert_eq!(
-        ts.reencrypt(None, &mut |_, _| {}).unwrap(),
-        tde::page::PageReencrypt::default()
+        ts.reencrypt(tde::keys::ReencryptOptions::default())
+            .wait()
+            .unwrap(),
+        tde::keys::ReencryptReport::default()
     );
     ts.close().unwrap();
 
@@ -397,7 +404,7 @@ fn a_data_key_rotation_seals_new_pages_under_the_new_version_and_reencryption_re
     );
     assert_eq!(ts.verify().unwrap(), 300);
     let unencrypted =
-        Tablespace::create(t.path("plain.tbs"), &t.options().insecure_unencrypted(), &pool).unwrap();
+        Tablespace::create(t.path("plain.tbs"), &t.options().dangerous().unencrypted(), &pool).unwrap();
     assert!(matches!(
         unencrypted.rotate_data_key(),
         Err(tde::Error::InvalidArgument(_))

@@ -1,5 +1,7 @@
-//! The audit trail of key use: one record for every KMS call a store makes, appended to a
-//! hash-chained log inside the store directory.
+//! The audit trail of key use: one record for every KMS call a store, a tablespace or a
+//! backup operation makes, appended to a hash-chained log: `TDE-AUDIT` inside a store
+//! directory (and a backup destination, for `backup rewrap`), `FILE-audit` beside a
+//! tablespace file.
 //!
 //! Invariant: record `n` carries the SHA-256 of record `n - 1` (the first, a hash of the
 //! store id), and its own hash covers every field; records are appended and fsynced,
@@ -35,6 +37,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -46,8 +49,15 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::kms::Timestamp;
 
-/// File name of the audit log inside a store directory.
+/// File name of the audit log inside a store directory (and a backup destination).
 pub const AUDIT_FILE: &str = "TDE-AUDIT";
+
+/// The audit log of the tablespace at `path`: `path` + `-audit`.
+pub fn tablespace_audit_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-audit");
+    PathBuf::from(name)
+}
 /// What the audit MAC key is derived for.
 pub(crate) const AUDIT_MAC_LABEL: &[u8] = b"tde audit trail\0";
 /// The longest line read back; longer ones are damage (or an attack), not records.
@@ -124,10 +134,30 @@ struct Head {
     hash: String,
 }
 
-/// The audit log of one store, open for appending.
+/// Where records go: a file, or memory (a tablespace on storage that is not a file
+/// system, as in tests).
+enum Sink {
+    File(File),
+    Memory(Vec<u8>),
+}
+
+impl Sink {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::File(f) => f.write_all(bytes).and_then(|()| f.sync_data()),
+            Sink::Memory(v) => {
+                v.extend_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The audit log of one store (or tablespace, or backup destination), open for
+/// appending.
 pub struct AuditLog {
     path: PathBuf,
-    head: Mutex<(File, Head)>,
+    head: Mutex<(Sink, Head)>,
     key: Mutex<Option<(u32, MacKey)>>,
     /// Bytes of a torn last record cut at open.
     cut: u64,
@@ -187,7 +217,67 @@ impl AuditLog {
     /// # Errors
     /// [`Error::Io`]; [`Error::Corrupt`] if the last record does not parse.
     pub fn open(dir: &Path, store_id: &str) -> Result<AuditLog> {
-        let path = dir.join(AUDIT_FILE);
+        AuditLog::open_at(dir.join(AUDIT_FILE), store_id)
+    }
+
+    /// An audit log kept in memory, for a tablespace whose storage is not a file system.
+    pub(crate) fn in_memory(chain: &str) -> AuditLog {
+        AuditLog {
+            path: PathBuf::from("(memory)"),
+            head: Mutex::new((
+                Sink::Memory(Vec::new()),
+                Head {
+                    seq: 0,
+                    hash: genesis(chain),
+                },
+            )),
+            key: Mutex::new(None),
+            cut: 0,
+        }
+    }
+
+    /// Records kept in memory (see [`AuditLog::in_memory`]); empty for a file.
+    pub(crate) fn memory_records(&self) -> Vec<AuditRecord> {
+        match &self.head.lock().0 {
+            Sink::Memory(bytes) => bytes
+                .split(|b| *b == b'\n')
+                .filter_map(|line| serde_json::from_slice(line).ok())
+                .collect(),
+            Sink::File(_) => Vec::new(),
+        }
+    }
+
+    /// Writes a copy of the log, as it is between two appends, to the new file `to`
+    /// (backups carry the trail).
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub(crate) fn copy_to(&self, to: &Path) -> Result<()> {
+        let guard = self.head.lock();
+        let bytes = match &guard.0 {
+            Sink::File(_) => std::fs::read(&self.path)
+                .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?,
+            Sink::Memory(bytes) => bytes.clone(),
+        };
+        drop(guard);
+        std::fs::write(to, bytes).map_err(|e| Error::io(format!("writing {}", to.display()), e))
+    }
+
+    /// The file, for a log kept in one.
+    pub fn path(&self) -> Option<&Path> {
+        match self.head.lock().0 {
+            Sink::File(_) => Some(&self.path),
+            Sink::Memory(_) => None,
+        }
+    }
+
+    /// Opens (creating if needed) the audit log at `path` of the chain `chain` (a store,
+    /// tablespace or destination id), ready to continue it.
+    ///
+    /// # Errors
+    /// As [`AuditLog::open`].
+    pub fn open_at(path: PathBuf, chain: &str) -> Result<AuditLog> {
+        let store_id = chain;
         let (records, good_len, cut) = read_tail_tolerant(&path)?;
         if cut > 0 {
             let file = OpenOptions::new()
@@ -211,11 +301,13 @@ impl AuditLog {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            // A log planted as a symbolic link is refused, not followed.
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         let log = AuditLog {
             path,
-            head: Mutex::new((file, head)),
+            head: Mutex::new((Sink::File(file), head)),
             key: Mutex::new(None),
             cut,
         };
@@ -293,8 +385,7 @@ impl AuditLog {
         if lines.is_empty() {
             return Ok(());
         }
-        file.write_all(lines.as_bytes())
-            .and_then(|()| file.sync_data())
+        file.append(lines.as_bytes())
             .map_err(|e| Error::io(format!("appending to {}", self.path.display()), e))?;
         head.seq = seq;
         head.hash = prev;
@@ -368,6 +459,14 @@ pub fn read(dir: &Path) -> Result<Vec<AuditRecord>> {
     read_records(&dir.join(AUDIT_FILE))
 }
 
+/// Every record of the audit log file `path`, oldest first (not verified).
+///
+/// # Errors
+/// As [`read`].
+pub fn read_at(path: &Path) -> Result<Vec<AuditRecord>> {
+    read_records(path)
+}
+
 /// Checks the chain of the audit log in `dir` of store `store_id`, without keys: finds
 /// damage and careless edits, not a consistent rewrite (see [`verify_keyed`]); returns
 /// the number of records and the hash of the last one. A torn last record is left out.
@@ -376,7 +475,15 @@ pub fn read(dir: &Path) -> Result<Vec<AuditRecord>> {
 /// [`Error::Corrupt`] naming the first record that was edited, removed, inserted or
 /// moved; [`Error::Io`].
 pub fn verify(dir: &Path, store_id: &str) -> Result<(u64, String)> {
-    verify_chain(dir, store_id, None)
+    verify_chain(&dir.join(AUDIT_FILE), store_id, None)
+}
+
+/// As [`verify`], for the audit log file `path` of the chain `chain`.
+///
+/// # Errors
+/// As [`verify`].
+pub fn verify_at(path: &Path, chain: &str) -> Result<(u64, String)> {
+    verify_chain(path, chain, None)
 }
 
 /// What [`verify_keyed`] found.
@@ -400,17 +507,17 @@ pub struct AuditReport {
 /// [`Error::Authentication`] for a record whose MAC does not check, or a keyed record
 /// after which no key is available; as [`verify`].
 pub(crate) fn verify_keyed(
-    dir: &Path,
+    path: &Path,
     store_id: &str,
     keys: &dyn Fn(u32) -> Option<MacKey>,
 ) -> Result<AuditReport> {
-    let records = read_records(&dir.join(AUDIT_FILE))?;
-    let (n, head) = verify_chain(dir, store_id, Some(&records))?;
+    let records = read_records(path)?;
+    let (n, head) = verify_chain(path, store_id, Some(&records))?;
     let mut authenticated = 0;
     let mut last_keyed = 0;
     for r in &records {
         let forged = || Error::Authentication {
-            location: format!("audit record {} of {}", r.seq, dir.join(AUDIT_FILE).display()),
+            location: format!("audit record {} of {}", r.seq, path.display()),
         };
         match (r.key_version, &r.mac) {
             (Some(version), Some(mac)) => {
@@ -432,7 +539,7 @@ pub(crate) fn verify_keyed(
         return Err(Error::Authentication {
             location: format!(
                 "audit record {last_keyed} of {}: keyed under a version the store does not hold",
-                dir.join(AUDIT_FILE).display()
+                path.display()
             ),
         });
     }
@@ -443,13 +550,12 @@ pub(crate) fn verify_keyed(
     })
 }
 
-fn verify_chain(dir: &Path, store_id: &str, records: Option<&[AuditRecord]>) -> Result<(u64, String)> {
-    let path = dir.join(AUDIT_FILE);
+fn verify_chain(path: &Path, store_id: &str, records: Option<&[AuditRecord]>) -> Result<(u64, String)> {
     let owned;
     let records = match records {
         Some(r) => r,
         None => {
-            owned = read_records(&path)?;
+            owned = read_records(path)?;
             &owned
         }
     };
@@ -458,7 +564,7 @@ fn verify_chain(dir: &Path, store_id: &str, records: Option<&[AuditRecord]>) -> 
         let line = i + 1;
         if record.seq != line as u64 {
             return Err(corrupt(
-                &path,
+                path,
                 format!(
                     "line {line} has sequence number {} (records removed, inserted or reordered)",
                     record.seq
@@ -467,7 +573,7 @@ fn verify_chain(dir: &Path, store_id: &str, records: Option<&[AuditRecord]>) -> 
         }
         if record.prev != prev {
             return Err(corrupt(
-                &path,
+                path,
                 format!(
                     "record {line} does not follow record {} (removed, inserted or reordered)",
                     line - 1
@@ -476,7 +582,7 @@ fn verify_chain(dir: &Path, store_id: &str, records: Option<&[AuditRecord]>) -> 
         }
         let (_, hash) = seal_line(record)?;
         if hash != record.hash {
-            return Err(corrupt(&path, format!("record {line} was edited")));
+            return Err(corrupt(path, format!("record {line} was edited")));
         }
         prev = record.hash.clone();
     }
@@ -620,7 +726,7 @@ mod tests {
             .unwrap();
         }
         let keys = |v: u32| (v == 1).then(key);
-        let report = verify_keyed(dir.path(), "s1", &keys).unwrap();
+        let report = verify_keyed(&dir.path().join(AUDIT_FILE), "s1", &keys).unwrap();
         assert_eq!((report.records, report.authenticated), (4, 4));
 
         // The attacker rewrites record 2 and re-chains everything after it.
@@ -636,7 +742,7 @@ mod tests {
         }
         write(dir.path(), &lines);
         verify(dir.path(), "s1").unwrap();
-        let err = verify_keyed(dir.path(), "s1", &keys).unwrap_err();
+        let err = verify_keyed(&dir.path().join(AUDIT_FILE), "s1", &keys).unwrap_err();
         assert!(matches!(err, Error::Authentication { .. }), "{err:?}");
     }
 }

@@ -380,10 +380,18 @@ impl Manifest {
             }
         }
         match self.kind {
-            BackupKind::Tablespace if self.files.len() != 1 => bad(format!(
-                "backup {} of a tablespace must hold exactly one file",
-                self.id
-            )),
+            BackupKind::Tablespace
+                if self.files.len() > 2
+                    || self
+                        .files
+                        .get(1)
+                        .is_some_and(|f| f.name != format!("{}-audit", self.files[0].name)) =>
+            {
+                bad(format!(
+                    "backup {} of a tablespace must hold its file and at most its audit trail",
+                    self.id
+                ))
+            }
             BackupKind::Store
                 if !self
                     .files
@@ -745,15 +753,17 @@ fn scratch(what: &str) -> Result<tempfile::TempDir> {
 
 /// As [`verify`], then restores the backup into a temporary directory (in the system's
 /// temporary directory), checks its manifest's HMAC and reads and authenticates every
-/// record of every table (needs the KMS).
+/// record of every table (needs the KMS). The KMS calls are recorded in the
+/// destination's audit trail ([`destination_audit`]).
 ///
 /// # Errors
 /// As [`verify`] and [`restore`]; [`Error::Authentication`] for a record or manifest
 /// that fails.
-pub fn verify_deep(dest: &Path, id: Option<&str>, options: StoreOptions) -> Result<VerifyReport> {
+pub fn verify_deep(dest: &Path, id: Option<&str>, mut options: StoreOptions) -> Result<VerifyReport> {
     let mut report = verify(dest, id)?;
     let scratch = scratch(".tde-deep-verify-")?;
     let target: PathBuf = scratch.path().join("store");
+    options.audit = Some(std::sync::Arc::new(destination_audit(dest)?));
     let store = restore(dest, id, &target, options)?;
     let mut records = 0u64;
     for info in store.tables() {
@@ -767,14 +777,44 @@ pub fn verify_deep(dest: &Path, id: Option<&str>, options: StoreOptions) -> Resu
     Ok(report)
 }
 
+/// The chain id of a backup destination's audit trail.
+pub const DESTINATION_CHAIN: &str = "tde backup destination";
+
+/// Whether `path` is a backup destination (it has the `backups` and `objects`
+/// directories).
+pub fn is_destination(path: &Path) -> bool {
+    layout(path, false).is_ok()
+}
+
+/// The audit trail kept in the destination `dest` (`dest/TDE-AUDIT`): the KMS calls of
+/// work on backups that no store or tablespace of their own records (rewrap, deep
+/// verification).
+///
+/// # Errors
+/// [`Error::Io`]; [`Error::Corrupt`].
+pub fn destination_audit(dest: &Path) -> Result<crate::audit::AuditLog> {
+    layout(dest, false)?;
+    crate::audit::AuditLog::open(dest, DESTINATION_CHAIN)
+}
+
+/// Verifies the chain of the destination's audit trail (it is not keyed: a destination
+/// has no key of its own); returns the number of records and the last hash.
+///
+/// # Errors
+/// As [`crate::audit::verify`].
+pub fn verify_destination_audit(dest: &Path) -> Result<(u64, String)> {
+    crate::audit::verify(dest, DESTINATION_CHAIN)
+}
+
 /// Rewraps the data keys of backup `id` (or the latest) in `dest` for master key `to_key`
-/// of the KMS `to`, without touching its data files: each EDK is re-encrypted inside the
-/// KMS when `to` is the KMS that wrapped it (`from`), else unwrapped by `from` and wrapped
-/// by `to` in memory. The keyring and the manifest are authenticated first (which
-/// unwraps the store-level key with `from`). The backup's keyring and manifest are
-/// replaced atomically (same id); its `kms` becomes `to_kms_uri` (default: `to`'s
-/// description). The old keyring's objects are removed from `dest` once no backup refers
-/// to them.
+/// of the KMS `to` (`from` itself if `None`), without touching its data files: each EDK
+/// is re-encrypted inside the KMS when it stays in `from`, else unwrapped by `from` and
+/// wrapped by `to` in memory (the keys layer does both). The keyring and the manifest are
+/// authenticated first (which unwraps the store-level key with `from`). Every KMS call is
+/// recorded in the destination's audit trail ([`destination_audit`]). The backup's
+/// keyring and manifest are replaced atomically (same id); its `kms` becomes `to_kms_uri`
+/// (default: `to`'s description). The old keyring's objects are removed from `dest` once
+/// no backup refers to them.
 ///
 /// # Errors
 /// [`Error::Kms`] if a key refuses (nothing changes); [`Error::Authentication`] if the
@@ -782,14 +822,13 @@ pub fn verify_deep(dest: &Path, id: Option<&str>, options: StoreOptions) -> Resu
 pub fn rewrap(
     dest: &Path,
     id: Option<&str>,
-    from: &dyn crate::kms::Kms,
-    to: &dyn crate::kms::Kms,
-    same_kms: bool,
+    from: std::sync::Arc<dyn crate::kms::Kms>,
+    to: Option<std::sync::Arc<dyn crate::kms::Kms>>,
     to_key: &str,
     to_kms_uri: Option<&str>,
 ) -> Result<Manifest> {
-    use crate::keyring::{KEYRING_FILE, Keyring, STORE_TABLE_ID};
-    use crate::secret::WrappedKey;
+    use crate::keyring::{KEYRING_FILE, Keyring};
+    use crate::keys::{EnvelopeId, KeyService, Scope};
 
     let mut manifest = find(dest, id)?;
     if manifest.kind != BackupKind::Store {
@@ -812,48 +851,54 @@ pub fn rewrap(
             format!("backup {}: its keyring belongs to another store", manifest.id),
         ));
     }
+    let keys = KeyService::new(
+        Scope::Store(store_id),
+        from,
+        std::sync::Arc::new(destination_audit(dest)?),
+        crate::keys::RetryPolicy::default(),
+    );
     // Authenticate the keyring and the manifest before changing anything.
-    let store_keys = keyring
-        .data()
-        .store_key
-        .versions
-        .iter()
-        .map(|v| {
-            let context = crate::keyring::context(&store_id, STORE_TABLE_ID, v.version);
-            let spec = crate::kms::DataKeySpec::from(keyring.data().store_key.suite);
-            Ok((v.version, from.decrypt_data_key(&v.edk, spec, &context)?))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    keyring.authenticate(store_keys.iter().map(|(v, k)| (*v, k)))?;
+    let store_key = keyring.data().store_key.clone();
+    let unwrapped = keys.unwrap_envelope(
+        &crate::kv::store_envelope(),
+        &store_key,
+        crate::audit::Reason::Backup,
+    )?;
+    keyring.authenticate(unwrapped.iter().map(|k| (k.version, &k.key)))?;
+    drop(unwrapped);
     let mac_key = keyring.mac_key(manifest.mac_version, MANIFEST_MAC_LABEL);
     manifest.authenticate(mac_key.as_ref())?;
-    drop(store_keys);
 
-    let key_id = to.describe_key(to_key)?.key_id;
-    let rewrap_one = |table_id: u32, version: u32, edk: &WrappedKey| -> Result<WrappedKey> {
-        let context = crate::keyring::context(&store_id, table_id, version);
-        let bytes = if same_kms {
-            from.re_encrypt(edk.as_bytes(), &context, to_key, &context)?
-        } else {
-            let plain = from.decrypt(edk.as_bytes(), &context)?;
-            to.encrypt(to_key, plain.expose(), &context)?
-        };
-        Ok(WrappedKey::from_bytes(bytes))
-    };
-    let mut next = keyring.data().clone();
-    for envelope in
-        std::iter::once(&mut next.store_key).chain(next.tables.iter_mut().map(|t| &mut t.envelope))
-    {
-        for v in &mut envelope.versions {
-            v.edk = rewrap_one(envelope.table_id, v.version, &v.edk)?;
-            v.cmk_id = key_id.clone();
-        }
-        envelope.cmk = to_key.to_owned();
-    }
-    next.default_key = to_key.to_owned();
-    next.kms = to_kms_uri.map_or_else(|| to.describe(), ToOwned::to_owned);
+    let data = keyring.data().clone();
+    let targets: Vec<_> = std::iter::once((crate::kv::store_envelope(), data.store_key.clone()))
+        .chain(data.tables.iter().map(|t| {
+            (
+                crate::kv::table_envelope(t.envelope.table_id, &t.name),
+                t.envelope.clone(),
+            )
+        }))
+        .collect();
+    let (rewrapped, _) = keys.rewrap(&targets, to.as_ref(), Some(to_key), crate::audit::Reason::Backup)?;
+    let kms = to_kms_uri.map_or_else(
+        || {
+            to.as_ref()
+                .map_or_else(|| keys.kms().describe(), |t| t.describe())
+        },
+        ToOwned::to_owned,
+    );
     keyring.update(|data| {
-        *data = next;
+        for ((target, _), envelope) in targets.iter().zip(rewrapped) {
+            match target.id {
+                EnvelopeId::Store => data.store_key = envelope,
+                EnvelopeId::Table(id) => {
+                    if let Some(t) = data.tables.iter_mut().find(|t| t.envelope.table_id == id) {
+                        t.envelope = envelope;
+                    }
+                }
+            }
+        }
+        data.default_key = to_key.to_owned();
+        data.kms = kms;
         Ok(())
     })?;
 
@@ -911,9 +956,13 @@ pub fn create_tablespace(ts: &Tablespace, dest: &Path) -> Result<BackupReport> {
     let size = ts.export(&mut file)?;
     file.sync_all().map_err(|e| io("syncing", &copy, e))?;
     drop(file);
-    let (_, sha256, copied) = store_object(dest, &copy)?;
+    let trail = scratch.path().join("audit");
+    ts.copy_audit_to(&trail)?;
+    let (_, sha256, mut copied) = store_object(dest, &copy)?;
+    let (trail_size, trail_sha256, n) = store_object(dest, &trail)?;
+    copied += n;
     sync_dir(&dest.join(OBJECTS))?;
-    let name = if is_plain_name(&info.name, MAX_NAME) {
+    let name = if is_plain_name(&info.name, MAX_NAME - 6) {
         info.name
     } else {
         "tablespace".to_owned()
@@ -926,7 +975,18 @@ pub fn create_tablespace(ts: &Tablespace, dest: &Path) -> Result<BackupReport> {
         created: SystemClock.now(),
         store_id: info.id,
         kms: info.kms,
-        files: vec![BackupFile { name, size, sha256 }],
+        files: vec![
+            BackupFile {
+                name: name.clone(),
+                size,
+                sha256,
+            },
+            BackupFile {
+                name: format!("{name}-audit"),
+                size: trail_size,
+                sha256: trail_sha256,
+            },
+        ],
         mac_version: 0,
         mac: String::new(),
         checksum: String::new(),
@@ -935,8 +995,8 @@ pub fn create_tablespace(ts: &Tablespace, dest: &Path) -> Result<BackupReport> {
     write_manifest(dest, &manifest)?;
     Ok(BackupReport {
         id: manifest.id,
-        files: 1,
-        bytes: size,
+        files: manifest.files.len(),
+        bytes: size + trail_size,
         copied_bytes: copied,
     })
 }
@@ -969,13 +1029,20 @@ pub fn restore_tablespace(
     pool: &BufferPool,
 ) -> Result<Tablespace> {
     let manifest = tablespace_manifest(dest, id)?;
-    if path.exists() || crate::page::journal_path(path).exists() {
+    let trail = crate::audit::tablespace_audit_path(path);
+    if path.exists() || crate::page::journal_path(path).exists() || trail.exists() {
         return Err(Error::InvalidArgument(format!(
             "{} already exists; restore into a new file",
             path.display()
         )));
     }
+    // The trail comes back with the file (it continues its chain); backups made before
+    // trails were carried bring none, and the tablespace starts a new one.
     let result = copy_verified(dest, &manifest, &manifest.files[0], path)
+        .and_then(|()| match manifest.files.get(1) {
+            Some(file) => copy_verified(dest, &manifest, file, &trail),
+            None => Ok(()),
+        })
         .and_then(|()| Tablespace::open(path, options, pool))
         .and_then(|ts| {
             manifest.authenticate(ts.manifest_key_at(manifest.mac_version).as_ref())?;
@@ -990,6 +1057,7 @@ pub fn restore_tablespace(
     if result.is_err() {
         let _ = std::fs::remove_file(path);
         let _ = std::fs::remove_file(crate::page::journal_path(path));
+        let _ = std::fs::remove_file(&trail);
     }
     result
 }
@@ -1008,7 +1076,9 @@ pub fn verify_deep_tablespace(
     let mut report = verify(dest, id)?;
     let scratch = scratch(".tde-deep-verify-")?;
     let pool = BufferPool::new(4 << 20);
-    let ts = restore_tablespace(dest, id, &scratch.path().join("tablespace"), options, &pool)?;
+    let mut options = options.clone();
+    options.audit = Some(std::sync::Arc::new(destination_audit(dest)?));
+    let ts = restore_tablespace(dest, id, &scratch.path().join("tablespace"), &options, &pool)?;
     report.records = Some(ts.verify()?);
     Ok(report)
 }
@@ -1017,7 +1087,8 @@ pub fn verify_deep_tablespace(
 /// KMS `to` (within one KMS when `to` is `None`): the copy is opened with `options`
 /// (its current KMS) in the system's temporary directory, authenticated, rewrapped or
 /// migrated, and stored as the backup's new file under the same id. Only the header page
-/// differs; the pages stay as they are.
+/// differs; the pages stay as they are. The KMS calls are recorded in the destination's
+/// audit trail ([`destination_audit`]).
 ///
 /// # Errors
 /// [`Error::Kms`] if a key refuses (the backup is unchanged); [`Error::Io`].
@@ -1032,11 +1103,13 @@ pub fn rewrap_tablespace(
     let scratch = scratch(".tde-rewrap-")?;
     let copy = scratch.path().join("tablespace");
     let pool = BufferPool::new(4 << 20);
-    let ts = restore_tablespace(dest, Some(&manifest.id), &copy, options, &pool)?;
+    let mut options = options.clone();
+    options.audit = Some(std::sync::Arc::new(destination_audit(dest)?));
+    let ts = restore_tablespace(dest, Some(&manifest.id), &copy, &options, &pool)?;
     match to {
         Some((kms, uri)) => ts.migrate(kms, to_key, uri)?,
         None => ts.rewrap(Some(to_key))?,
-    }
+    };
     let info = ts.info();
     let mac_key = ts.manifest_key_at(manifest.mac_version);
     ts.close()?;

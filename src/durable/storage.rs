@@ -3,7 +3,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The handful of file operations metadata files need, in one directory. Implemented by
 /// [`FsStorage`] for real and by crash-simulating doubles in tests.
@@ -44,11 +44,6 @@ impl FsStorage {
     /// Files in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> FsStorage {
         FsStorage { dir: dir.into() }
-    }
-
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

@@ -42,6 +42,12 @@ unsafe extern "C" {
     fn tde_shim_options_max_open_files(opts: *const rocksdb_options_t) -> i32;
     fn tde_shim_options_env_is(opts: *const rocksdb_options_t, env: *const rocksdb_env_t) -> i32;
     fn tde_shim_env_is_default(env: *const rocksdb_env_t) -> i32;
+    fn tde_shim_options_risky(
+        opts: *const rocksdb_options_t,
+        recycle_log_file_num: *mut u64,
+        allow_mmap_reads: *mut i32,
+        allow_mmap_writes: *mut i32,
+    );
     fn tde_shim_prefix_length() -> usize;
 }
 
@@ -84,6 +90,32 @@ pub(crate) fn add_sst_listener(options: &mut rocksdb::Options, crypto: &Ctx) -> 
         return Err(Error::InvalidArgument("RocksDB refused the SST listener".into()));
     }
     Ok(())
+}
+
+/// The settings of `options` that tde refuses, by name.
+pub(crate) fn risky_options(options: &rocksdb::Options) -> Vec<&'static str> {
+    let (mut recycle, mut mmap_reads, mut mmap_writes) = (0u64, 0i32, 0i32);
+    // SAFETY: reads three fields of the live options object owned by `options` through
+    // the shim, whose layout `layout_check` verified, into locals.
+    unsafe {
+        tde_shim_options_risky(
+            options.as_raw_ptr(),
+            &raw mut recycle,
+            &raw mut mmap_reads,
+            &raw mut mmap_writes,
+        );
+    }
+    let mut out = Vec::new();
+    if recycle > 0 {
+        out.push("recycle_log_file_num > 0");
+    }
+    if mmap_reads != 0 {
+        out.push("allow_mmap_reads");
+    }
+    if mmap_writes != 0 {
+        out.push("allow_mmap_writes");
+    }
+    out
 }
 
 /// Verifies that the private layouts the shim re-declares match this RocksDB build: a

@@ -272,6 +272,15 @@ int32_t tde_shim_options_env_is(const rocksdb_options_t* opts,
                                 const rocksdb_env_t* env) {
   return opts->rep.env == env->rep ? 1 : 0;
 }
+// The options that would defeat the encrypted file layer: recycled log files are
+// rewritten in place under the keystream they were first written with, and mmap reads
+// and writes bypass the file system wrapper.
+void tde_shim_options_risky(const rocksdb_options_t* opts, uint64_t* recycle_log_file_num,
+                            int32_t* allow_mmap_reads, int32_t* allow_mmap_writes) {
+  *recycle_log_file_num = opts->rep.recycle_log_file_num;
+  *allow_mmap_reads = opts->rep.allow_mmap_reads ? 1 : 0;
+  *allow_mmap_writes = opts->rep.allow_mmap_writes ? 1 : 0;
+}
 int32_t tde_shim_env_is_default(const rocksdb_env_t* env) {
   return env->is_default ? 1 : 0;
 }

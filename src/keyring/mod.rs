@@ -16,9 +16,7 @@
 //! error at open. A keyring without keys cannot be changed. Putting back an older,
 //! genuine keyring (replay) passes its tag: that is the one change this file cannot
 //! detect by itself.
-//! Not here: using the keys (`kv`), talking to the KMS beyond unwrap/generate (`kms`).
-
-mod unwrap;
+//! Not here: using the keys (`kv`), the key lifecycle and every KMS call (`keys`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,10 +27,9 @@ use crate::cipher::Suite;
 use crate::cipher::kdf::MacKey;
 use crate::durable::{FsStorage, Replicated, Storage};
 use crate::error::{Error, Result};
-use crate::kms::{DataKeySpec, EncryptionContext, GeneratedDataKey, Kms, Timestamp};
+pub use crate::keys::{KeyFailure, RetryPolicy};
+use crate::kms::{EncryptionContext, Timestamp};
 use crate::secret::{DataKey, WrappedKey};
-pub use unwrap::{KeyFailure, RetryPolicy};
-pub(crate) use unwrap::{UnwrapRequest, unwrap_all};
 
 /// File name of the keyring (copies `TDE-KEYRING.a` and `.b`) inside a store directory.
 pub const KEYRING_FILE: &str = "TDE-KEYRING";
@@ -208,33 +205,6 @@ pub fn context(store_id: &str, table_id: u32, version: u32) -> EncryptionContext
         .with("tde:dk-version", version.to_string())
 }
 
-/// Generates a new data key version for `table_id` under `cmk`.
-pub(crate) fn generate(
-    kms: &dyn Kms,
-    store_id: &str,
-    table_id: u32,
-    version: u32,
-    cmk: &str,
-    suite: Suite,
-    now: Timestamp,
-) -> Result<(DkVersion, GeneratedDataKey)> {
-    let generated = kms.generate_data_key(
-        cmk,
-        DataKeySpec::from(suite),
-        &context(store_id, table_id, version),
-    )?;
-    Ok((
-        DkVersion {
-            version,
-            edk: generated.wrapped.clone(),
-            cmk_id: generated.key_id.clone(),
-            created_at: now,
-            seals: 0,
-        },
-        generated,
-    ))
-}
-
 /// The keyring file of a store directory.
 #[derive(Debug)]
 pub struct Keyring {
@@ -389,7 +359,7 @@ impl Keyring {
     ///
     /// # Errors
     /// As [`Keyring::open`].
-    pub fn open_in(storage: Arc<dyn Storage>) -> Result<Keyring> {
+    pub(crate) fn open_in(storage: Arc<dyn Storage>) -> Result<Keyring> {
         let file = Keyring::replicated();
         let loaded = file.read(&*storage)?.ok_or_else(|| {
             Error::InvalidArgument(format!(

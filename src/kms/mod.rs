@@ -20,6 +20,8 @@ pub use types::{
 };
 pub use uri::{KmsUri, default_local_dir, open as open_uri};
 
+pub use crate::clock::{Clock, SystemClock};
+
 use crate::secret::{DataKey, SecretBytes, WrappedKey};
 
 /// Result of a KMS call.

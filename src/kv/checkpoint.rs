@@ -1,7 +1,7 @@
 //! Consistent snapshots of a store's files, for backups: a RocksDB checkpoint (SST files
 //! hard-linked, so the same ciphertext bytes; a new MANIFEST, CURRENT and OPTIONS,
 //! encrypted under the store-level key like the originals) plus the keyring, taken under
-//! the keyring lock so the two agree.
+//! the keyring lock so the two agree, and the audit trail.
 
 use std::path::PathBuf;
 
@@ -73,6 +73,11 @@ impl Store {
                 )
             })?;
         }
+        // The audit trail travels with the backup: a restored store continues its chain.
+        inner
+            .keys
+            .audit()
+            .copy_to(&checkpoint.dir.join(crate::audit::AUDIT_FILE))?;
         Ok(checkpoint)
     }
 }

@@ -1,55 +1,18 @@
-//! Automatic data key rotation: before a version reaches its seal limit, and optionally on
-//! a schedule; and the seal counts that make the first possible across restarts.
+//! Automatic data key rotation on a RocksDB store, and the seal counts that make it work
+//! across restarts. The policy (when a version is due, how counts are recorded) is the
+//! keys layer's; this file reads the counts from the tables' keys and commits them to the
+//! keyring.
 //!
 //! Invariant: each table's seal count is saved in the keyring at every maintenance round,
 //! at every data key rotation and when the store closes, and restored at open. A crash
 //! loses at most the seals since the last save; rotation starts at 3/4 of the limit, so a
 //! quarter of it (2^30 seals by default) covers that.
-//! Not here: re-encrypting the old data (`reencrypt.rs`).
 
 use std::sync::{Arc, Weak};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
-
-use super::{RotatedKey, Store, StoreInner};
-use crate::cipher::KeyUsage;
-use crate::clock::Clock;
+use super::{Store, StoreInner};
 use crate::error::Result;
-
-/// When data keys rotate on their own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RotationPolicy {
-    max_age: Option<Duration>,
-    interval: Duration,
-}
-
-impl Default for RotationPolicy {
-    /// Rotate at 3/4 of the seal limit only; check every minute.
-    fn default() -> RotationPolicy {
-        RotationPolicy {
-            max_age: None,
-            interval: Duration::from_secs(60),
-        }
-    }
-}
-
-impl RotationPolicy {
-    /// Also rotate a table's data key once its current version is older than `age`.
-    #[must_use]
-    pub fn max_age(mut self, age: Duration) -> RotationPolicy {
-        self.max_age = Some(age);
-        self
-    }
-
-    /// How often [`Store::auto_rotate`] checks. Default: every minute.
-    #[must_use]
-    pub fn check_every(mut self, interval: Duration) -> RotationPolicy {
-        self.interval = interval.max(Duration::from_millis(10));
-        self
-    }
-}
+use crate::keys::{AutoRotation, EnvelopeId, Job, RotatedKey, RotationPolicy};
 
 impl StoreInner {
     /// Records each table's seal counts in the keyring (one write, if any changed).
@@ -76,13 +39,8 @@ impl StoreInner {
         }
         keyring.update(|data| {
             for (id, version, seals) in &counts {
-                let versions = data
-                    .tables
-                    .iter_mut()
-                    .filter(|t| t.envelope.table_id == *id)
-                    .flat_map(|t| t.envelope.versions.iter_mut());
-                for v in versions.filter(|v| v.version == *version) {
-                    v.seals = v.seals.max(*seals);
+                if let Some(envelope) = super::rotate::envelope_mut(data, EnvelopeId::Table(*id)) {
+                    crate::keys::record_seals(envelope, *version, *seals);
                 }
             }
             Ok(())
@@ -102,7 +60,7 @@ impl Store {
     pub fn maintain_keys(&self, policy: &RotationPolicy) -> Result<Vec<RotatedKey>> {
         let inner = &self.inner;
         inner.save_seal_counts()?;
-        let now = inner.clock.now();
+        let now = crate::clock::Clock::now(&inner.clock);
         let due: Vec<String> = {
             let keyring = inner.keyring.lock();
             let tables = inner.tables.read();
@@ -114,17 +72,8 @@ impl Store {
                     let Some(state) = tables.get(&entry.name).filter(|s| !s.is_revoked()) else {
                         return false;
                     };
-                    let current = entry.envelope.current;
-                    let worn = state.key(current).is_some_and(|k| k.usage() != KeyUsage::Fresh);
-                    let old = policy.max_age.is_some_and(|age| {
-                        entry
-                            .envelope
-                            .versions
-                            .iter()
-                            .find(|v| v.version == current)
-                            .is_some_and(|v| v.created_at.0.saturating_add(age.as_secs()) <= now.0)
-                    });
-                    worn || old
+                    let usage = state.key(entry.envelope.current).map(|k| k.usage());
+                    crate::keys::due_for_rotation(&entry.envelope, usage, policy, now)
                 })
                 .map(|entry| entry.name.clone())
                 .collect()
@@ -136,78 +85,17 @@ impl Store {
         Ok(rotated)
     }
 
-    /// Runs [`Store::maintain_keys`] every `policy` interval in a background thread
-    /// until the returned handle is dropped.
+    /// Runs [`Store::maintain_keys`] every `policy` interval in a background job until
+    /// the returned handle is dropped.
     pub fn auto_rotate(&self, policy: RotationPolicy) -> AutoRotation {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let rotated = Arc::new(Mutex::new(Vec::new()));
-        let last_error = Arc::new(Mutex::new(None));
         let weak: Weak<StoreInner> = Arc::downgrade(&self.inner);
-        let thread = {
-            let (stop, rotated, last_error) = (stop.clone(), rotated.clone(), last_error.clone());
-            std::thread::Builder::new()
-                .name("tde-auto-rotate".into())
-                .spawn(move || {
-                    loop {
-                        {
-                            let mut stopped = stop.0.lock();
-                            if !*stopped {
-                                stop.1.wait_for(&mut stopped, policy.interval);
-                            }
-                            if *stopped {
-                                return;
-                            }
-                        }
-                        let Some(inner) = weak.upgrade() else { return };
-                        match (Store { inner }).maintain_keys(&policy) {
-                            Ok(r) => rotated.lock().extend(r),
-                            Err(e) => *last_error.lock() = Some(e.to_string()),
-                        }
-                    }
-                })
-                .ok()
-        };
-        AutoRotation {
-            stop,
-            rotated,
-            last_error,
-            thread,
-        }
-    }
-}
-
-/// Automatic rotation running in the background; stops when dropped.
-pub struct AutoRotation {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    rotated: Arc<Mutex<Vec<RotatedKey>>>,
-    last_error: Arc<Mutex<Option<String>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for AutoRotation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AutoRotation").finish_non_exhaustive()
-    }
-}
-
-impl AutoRotation {
-    /// Every rotation made so far.
-    pub fn rotated(&self) -> Vec<RotatedKey> {
-        self.rotated.lock().clone()
-    }
-
-    /// The last round's error, if the last failing round is the latest news.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().clone()
-    }
-}
-
-impl Drop for AutoRotation {
-    fn drop(&mut self) {
-        *self.stop.0.lock() = true;
-        self.stop.1.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        Job::periodic("tde-auto-rotate", policy.interval(), move |control| {
+            let inner = weak.upgrade()?;
+            let outcome = (Store { inner }).maintain_keys(&policy);
+            if let Ok(rotated) = &outcome {
+                control.update(|p| p.rotated.extend(rotated.iter().cloned()));
+            }
+            Some(outcome)
+        })
     }
 }

@@ -14,6 +14,7 @@
 
 mod checkpoint;
 mod files;
+mod lifecycle;
 mod logscan;
 mod maintain;
 mod reencrypt;
@@ -31,22 +32,21 @@ use rocksdb::{ColumnFamilyDescriptor, DBWithThreadMode, MultiThreaded};
 
 pub use files::PREFIX_LEN;
 use files::{FileKey, StoreFiles};
-pub use maintain::{AutoRotation, RotationPolicy};
-pub use reencrypt::{
-    PendingReencrypt, ReencryptJob, ReencryptOptions, ReencryptProgress, ReencryptReport, RetiredKey,
-};
-pub use rotate::{RewrapReport, RotatedKey};
+/// The `rocksdb` crate tde is built with, for raw options (`StoreOptions::dangerous`).
+pub use rocksdb;
 pub use table::{ScanOptions, Snapshot, Table, TableIter, WriteBatch};
 use table::{TableState, Views};
-pub use watch::{KeyWatch, WatchReport};
 
-use crate::audit::{AUDIT_MAC_LABEL, AuditEvent, AuditLog, Reason};
+use crate::audit::{AUDIT_MAC_LABEL, AuditLog, Reason};
 use crate::cipher::Suite;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::SystemClock;
 use crate::error::{Error, Result};
-use crate::keyring::{
-    self, Envelope, Keyring, KeyringData, RetryPolicy, STORE_TABLE_ID, TableEntry, UnwrapRequest, unwrap_all,
+use crate::keyring::{self, Envelope, Keyring, KeyringData, RetryPolicy, STORE_TABLE_ID, TableEntry};
+pub use crate::keys::{
+    AutoRotation, KeyWatch, PendingReencrypt, ReencryptJob, ReencryptOptions, ReencryptProgress,
+    ReencryptReport, RetiredKey, RewrapReport, RotatedKey, RotationPolicy, WatchReport,
 };
+use crate::keys::{EnvelopeId, KeyService, KeyVersionInfo, Named, Scope};
 use crate::kms::Kms;
 use crate::secret::DataKey;
 
@@ -71,6 +71,10 @@ pub struct StoreOptions {
     compression: bool,
     sync_writes: bool,
     seal_limit: u64,
+    /// Where KMS calls are recorded instead of the store's own trail (backups record work
+    /// on a scratch copy in the trail of what they serve).
+    pub(crate) audit: Option<Arc<AuditLog>>,
+    raw: Option<RawOptions>,
 }
 
 impl std::fmt::Debug for StoreOptions {
@@ -97,7 +101,14 @@ impl StoreOptions {
             compression: true,
             sync_writes: false,
             seal_limit: crate::cipher::RANDOM_NONCE_LIMIT,
+            audit: None,
+            raw: None,
         }
+    }
+
+    /// Settings that weaken protection (see [`crate::dangerous`]).
+    pub fn dangerous(self) -> crate::dangerous::Dangerous<StoreOptions> {
+        crate::dangerous::Dangerous(self)
     }
 
     /// The KMS URI to record in the store (the CLI reopens with it). Default: the KMS's
@@ -212,26 +223,84 @@ pub struct TableInfo {
     pub value_seal: bool,
     /// Current data key version.
     pub data_key_version: u32,
+    /// Every data key version: state and seals (counted live).
+    pub versions: Vec<KeyVersionInfo>,
 }
 
 /// Options for a new table.
 #[derive(Debug, Clone)]
 pub struct TableOptions {
-    /// Master key. Default: the store's default key.
-    pub master_key: Option<String>,
-    /// Suite. Default: the store's suite.
-    pub suite: Option<Suite>,
-    /// Seal values with AEAD. Default: on.
-    pub value_seal: bool,
+    master_key: Option<String>,
+    suite: Option<Suite>,
+    value_seal: bool,
 }
 
 impl Default for TableOptions {
+    /// The store's default master key and suite; values sealed.
     fn default() -> TableOptions {
         TableOptions {
             master_key: None,
             suite: None,
             value_seal: true,
         }
+    }
+}
+
+impl TableOptions {
+    /// The defaults.
+    pub fn new() -> TableOptions {
+        TableOptions::default()
+    }
+
+    /// The master key that wraps the table's data key. Default: the store's default key.
+    #[must_use]
+    pub fn master_key(mut self, key: impl Into<String>) -> TableOptions {
+        self.master_key = Some(key.into());
+        self
+    }
+
+    /// The suite. Default: the store's suite.
+    #[must_use]
+    pub fn suite(mut self, suite: Suite) -> TableOptions {
+        self.suite = Some(suite);
+        self
+    }
+
+    /// Settings that weaken protection (see [`crate::dangerous`]).
+    pub fn dangerous(self) -> crate::dangerous::Dangerous<TableOptions> {
+        crate::dangerous::Dangerous(self)
+    }
+}
+
+impl crate::dangerous::Dangerous<TableOptions> {
+    /// **Weaker.** Values are not sealed with AEAD: they are protected by file
+    /// encryption only (confidentiality, no integrity for values), and RocksDB's
+    /// compression becomes effective again.
+    pub fn without_value_sealing(self) -> TableOptions {
+        let mut options = self.0;
+        options.value_seal = false;
+        options
+    }
+}
+
+/// Changes to the RocksDB options of a store (see [`crate::dangerous::Dangerous`]).
+pub type RawOptions = Arc<dyn Fn(&mut rocksdb::Options) + Send + Sync>;
+
+impl crate::dangerous::Dangerous<StoreOptions> {
+    /// **Raw RocksDB options.** `change` is applied to the options of the store and of
+    /// every column family, before tde installs its encrypted environment and listener
+    /// (which it always does, whatever `change` sets). Options that would make RocksDB
+    /// rewrite bytes of an existing file under the same keystream, or read and write
+    /// around the encrypted file layer, are refused when the store opens:
+    /// `recycle_log_file_num` > 0, `allow_mmap_reads`, `allow_mmap_writes`. (tde offers
+    /// no SST ingestion, whose `write_global_seqno` would rewrite a file in place.)
+    pub fn rocksdb_options(
+        self,
+        change: impl Fn(&mut rocksdb::Options) + Send + Sync + 'static,
+    ) -> StoreOptions {
+        let mut options = self.0;
+        options.raw = Some(Arc::new(change));
+        options
     }
 }
 
@@ -251,7 +320,26 @@ impl StoreInner {
 
     /// The KMS the store uses now.
     pub(crate) fn kms(&self) -> Arc<dyn Kms> {
-        self.kms.read().clone()
+        self.keys.kms()
+    }
+}
+
+/// The name the audit trail and messages use for the store-level key.
+pub(crate) const STORE_LABEL: &str = "(store)";
+
+/// The envelope of the store-level key, named.
+pub(crate) fn store_envelope() -> Named {
+    Named {
+        id: EnvelopeId::Store,
+        label: STORE_LABEL.to_owned(),
+    }
+}
+
+/// The envelope of table `id` named `name`.
+pub(crate) fn table_envelope(id: u32, name: &str) -> Named {
+    Named {
+        id: EnvelopeId::Table(id),
+        label: name.to_owned(),
     }
 }
 
@@ -261,14 +349,15 @@ pub(crate) struct StoreInner {
     files: Arc<StoreFiles>,
     keyring: Mutex<Keyring>,
     tables: RwLock<BTreeMap<String, Arc<TableState>>>,
-    /// Replaced by a migration to another KMS.
-    kms: RwLock<Arc<dyn Kms>>,
+    /// The key lifecycle: KMS (replaced by a migration), retries, audit trail.
+    keys: KeyService,
+    /// What the store was opened with (to reopen it).
+    options: StoreOptions,
     pub(crate) store_id: [u8; 16],
     suite: Suite,
     clock: SystemClock,
     pub(crate) write_options: rocksdb::WriteOptions,
     cf_options: rocksdb::Options,
-    audit: AuditLog,
     views: Views,
     seal_limit: u64,
     /// One re-encryption pass at a time.
@@ -408,32 +497,14 @@ impl Store {
             .default_key
             .clone()
             .unwrap_or_else(|| DEFAULT_MASTER_KEY.to_owned());
-        let now = SystemClock.now();
-        let audit = AuditLog::open(path, &store_hex)?;
-        let generated = keyring::generate(
-            &*options.kms,
-            &store_hex,
-            STORE_TABLE_ID,
-            1,
-            &default_key,
-            options.suite,
-            now,
+        let keys = KeyService::new(
+            Scope::Store(store_hex.clone()),
+            options.kms.clone(),
+            Arc::new(AuditLog::open(path, &store_hex)?),
+            options.retry,
         );
-        if let Ok((_, g)) = &generated {
-            let mut meta = keyring::MetaKeys::default();
-            meta.add(&store_hex, 1, &g.plaintext);
-            if let Some(key) = meta.mac_key(1, AUDIT_MAC_LABEL) {
-                audit.set_key(1, key);
-            }
-        }
-        audit.append(&AuditEvent {
-            op: "generate-data-key",
-            key: &default_key,
-            table: "(store)",
-            reason: Reason::Create,
-            error: generated.as_ref().err().map(ToString::to_string),
-        })?;
-        let (version, generated) = generated?;
+        let generated = keys.generate(&store_envelope(), &default_key, options.suite, 1, Reason::Create)?;
+        drop(keys);
         Keyring::create(
             path,
             KeyringData {
@@ -445,7 +516,7 @@ impl Store {
                     table_id: STORE_TABLE_ID,
                     cmk: default_key,
                     suite: options.suite,
-                    versions: vec![version],
+                    versions: vec![generated.record.clone()],
                     current: 1,
                     retired: Vec::new(),
                     reencrypt: None,
@@ -454,7 +525,7 @@ impl Store {
                 next_table_id: 1,
                 mac: String::new(),
             },
-            &generated.plaintext,
+            &generated.key,
         )?;
         drop(generated);
         Store::open_inner(path, options, true)
@@ -478,80 +549,56 @@ impl Store {
         let data = keyring.data().clone();
         let store_id = parse_store_id(&data.store_id)?;
 
-        // Unwrap every data key once.
-        let mut requests = Vec::new();
-        let mut owners = Vec::new();
-        let envelopes = std::iter::once(("(store)", &data.store_key))
-            .chain(data.tables.iter().map(|t| (t.name.as_str(), &t.envelope)));
-        for (name, envelope) in envelopes {
-            for v in &envelope.versions {
-                requests.push(UnwrapRequest {
-                    table: name.to_owned(),
-                    version: v.version,
-                    cmk: envelope.cmk.clone(),
-                    suite: envelope.suite,
-                    edk: v.edk.clone(),
-                    context: keyring::context(&data.store_id, envelope.table_id, v.version),
-                });
-                owners.push((envelope.table_id, v.version, envelope.suite));
-            }
-        }
-        let keys = unwrap_all(
-            &*options.kms,
-            &requests,
-            options.unwrap_parallelism,
-            &options.retry,
+        // Unwrap every data key once. Nothing the keyring says counts until its tag
+        // checks out, which the store-level keys allow; then the trail is keyed.
+        let audit = match &options.audit {
+            Some(audit) => audit.clone(),
+            None => Arc::new(AuditLog::open(path, &data.store_id)?),
+        };
+        let keys = KeyService::new(
+            Scope::Store(data.store_id.clone()),
+            options.kms.clone(),
+            audit.clone(),
+            options.retry,
         );
-        let audit = AuditLog::open(path, &data.store_id)?;
-        // Nothing the keyring says counts until its tag checks out.
-        let authenticated = keys.as_ref().ok().map(|keys| {
-            keyring.authenticate(
-                owners
+        let envelopes: Vec<(Named, &Envelope)> = std::iter::once((store_envelope(), &data.store_key))
+            .chain(
+                data.tables
                     .iter()
-                    .zip(keys)
-                    .filter(|((table, _, _), _)| *table == STORE_TABLE_ID)
-                    .map(|((_, version, _), key)| (*version, key)),
+                    .map(|t| (table_envelope(t.envelope.table_id, &t.name), &t.envelope)),
             )
-        });
-        if let Some(Ok(())) = authenticated {
-            let current = data.store_key.current;
-            if let Some(key) = keyring.mac_key(current, AUDIT_MAC_LABEL) {
-                audit.set_key(current, key);
-            }
-        }
-        audit.append_all(requests.iter().map(|r| {
-            AuditEvent {
-                op: "decrypt",
-                key: &r.cmk,
-                table: &r.table,
-                reason: Reason::Open,
-                error: match &keys {
-                    Ok(_) => None,
-                    Err(Error::KeysUnavailable { failures }) => failures
-                        .iter()
-                        .find(|f| f.table == r.table && f.version == r.version)
-                        .map(|f| f.error.to_string()),
-                    Err(e) => Some(e.to_string()),
-                },
-            }
-        }))?;
-        let keys = keys?;
-        if let Some(Err(e)) = authenticated {
-            return Err(e);
-        }
+            .collect();
+        let unwrapped = keys.unwrap_all(
+            &envelopes,
+            options.unwrap_parallelism,
+            Reason::Open,
+            &mut |keys| {
+                keyring.authenticate(
+                    keys.iter()
+                        .filter(|k| k.id == EnvelopeId::Store)
+                        .map(|k| (k.version, &k.key)),
+                )?;
+                let current = data.store_key.current;
+                if let Some(key) = keyring.mac_key(current, AUDIT_MAC_LABEL) {
+                    audit.set_key(current, key);
+                }
+                Ok(())
+            },
+        )?;
 
         let files = Arc::new(StoreFiles::new(store_id, data.store_key.current));
         let mut by_table: BTreeMap<u32, Vec<(u32, Suite, &DataKey)>> = BTreeMap::new();
-        for ((table_id, version, suite), key) in owners.iter().zip(&keys) {
+        for k in &unwrapped {
+            let table_id = k.id.table_id();
             files.add_key(
-                *table_id,
-                *version,
-                FileKey::derive(*suite, key, &store_id, *table_id, *version),
+                table_id,
+                k.version,
+                FileKey::derive(k.suite, &k.key, &store_id, table_id, k.version),
             );
             by_table
-                .entry(*table_id)
+                .entry(table_id)
                 .or_default()
-                .push((*version, *suite, key));
+                .push((k.version, k.suite, &k.key));
         }
         let mut tables = BTreeMap::new();
         for entry in &data.tables {
@@ -583,13 +630,25 @@ impl Store {
                 tables.insert(entry.name.clone(), Arc::new(TableState::new(entry, aead)));
             }
         }
-        drop(keys);
+        drop(by_table);
+        drop(unwrapped);
 
         let crypto: Arc<dyn crate::ffi::rocksdb::FileCrypto> = files.clone();
         let env = crate::ffi::rocksdb::encrypted_env(&crypto)?;
         // One block cache for the whole store: every column family gets a copy of these
         // options, which share the table factory and its cache.
-        let cf_options = StoreOptions::rocksdb_options(options.block_cache_bytes, options.compression);
+        let mut cf_options = StoreOptions::rocksdb_options(options.block_cache_bytes, options.compression);
+        if let Some(change) = &options.raw {
+            change(&mut cf_options);
+            let risky = crate::ffi::rocksdb::risky_options(&cf_options);
+            if !risky.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "RocksDB options refused: {} (they would rewrite encrypted bytes under a used \
+                     keystream or bypass the encrypted file layer)",
+                    risky.join(", ")
+                )));
+            }
+        }
         let mut opts = cf_options.clone();
         opts.create_if_missing(create);
         opts.set_env(&env);
@@ -634,15 +693,15 @@ impl Store {
                 files,
                 keyring: Mutex::new(keyring),
                 tables: RwLock::new(tables),
-                kms: RwLock::new(options.kms),
+                keys,
                 store_id,
                 suite: options.suite,
                 clock: SystemClock,
                 write_options,
                 cf_options,
-                audit,
                 views: Views::default(),
                 seal_limit: options.seal_limit,
+                options,
                 reencrypting: Mutex::new(()),
             }),
         };
@@ -683,7 +742,8 @@ impl Store {
     /// chain; [`Error::Io`].
     pub fn verify_audit(&self) -> Result<crate::audit::AuditReport> {
         let keyring = self.inner.keyring.lock();
-        crate::audit::verify_keyed(&self.inner.path, &keyring.data().store_id, &|v| {
+        let path = self.inner.path.join(crate::audit::AUDIT_FILE);
+        crate::audit::verify_keyed(&path, &keyring.data().store_id, &|v| {
             keyring.mac_key(v, AUDIT_MAC_LABEL)
         })
     }
@@ -724,23 +784,10 @@ impl Store {
             .clone()
             .unwrap_or_else(|| keyring.data().default_key.clone());
         let suite = options.suite.unwrap_or(inner.suite);
-        let generated = keyring::generate(
-            &*inner.kms(),
-            &keyring.data().store_id,
-            id,
-            1,
-            &cmk,
-            suite,
-            inner.clock.now(),
-        );
-        inner.audit.append(&AuditEvent {
-            op: "generate-data-key",
-            key: &cmk,
-            table: name,
-            reason: Reason::CreateTable,
-            error: generated.as_ref().err().map(ToString::to_string),
-        })?;
-        let (version, generated) = generated?;
+        let generated =
+            inner
+                .keys
+                .generate(&table_envelope(id, name), &cmk, suite, 1, Reason::CreateTable)?;
         let entry = TableEntry {
             name: name.to_owned(),
             value_seal: options.value_seal,
@@ -749,7 +796,7 @@ impl Store {
                 table_id: id,
                 cmk,
                 suite,
-                versions: vec![version],
+                versions: vec![generated.record.clone()],
                 current: 1,
                 retired: Vec::new(),
                 reencrypt: None,
@@ -764,7 +811,7 @@ impl Store {
         inner.files.add_key(
             id,
             1,
-            FileKey::derive(suite, &generated.plaintext, &inner.store_id, id, 1),
+            FileKey::derive(suite, &generated.key, &inner.store_id, id, 1),
         );
         inner.files.set_current(&cf, id, 1);
         let mut aead = std::collections::HashMap::new();
@@ -772,7 +819,7 @@ impl Store {
             1,
             Arc::new(value_key(
                 suite,
-                &generated.plaintext,
+                &generated.key,
                 &inner.store_id,
                 id,
                 1,
@@ -812,6 +859,7 @@ impl Store {
     /// Every table, in name order.
     pub fn tables(&self) -> Vec<TableInfo> {
         let keyring = self.inner.keyring.lock();
+        let states = self.inner.tables.read();
         let mut out: Vec<TableInfo> = keyring
             .data()
             .tables
@@ -823,6 +871,13 @@ impl Store {
                 suite: t.envelope.suite,
                 value_seal: t.value_seal,
                 data_key_version: t.envelope.current,
+                versions: crate::keys::describe_envelope(
+                    EnvelopeId::Table(t.envelope.table_id),
+                    &t.name,
+                    &t.envelope,
+                    &|v| states.get(&t.name)?.key(v).map(|k| k.seals()),
+                )
+                .versions,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));

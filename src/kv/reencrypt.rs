@@ -25,184 +25,23 @@
 //! MANIFEST, CURRENT and LOG are replaced when the store next opens, after which a pass
 //! retires the old store-level version.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-
 use super::files::file_key_of;
-use super::{Store, StoreInner, cf_name, engine};
+use super::rotate::envelope_mut;
+use super::{STORE_LABEL, Store, StoreInner, cf_name, engine};
 use crate::audit::{AuditEvent, Reason};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::keyring::{Envelope, ReencryptState, RetiredVersion, STORE_TABLE_ID};
+use crate::keyring::{Envelope, ReencryptState};
+use crate::keys::{
+    EnvelopeId, Job, JobControl, PendingReencrypt, ReencryptJob, ReencryptOptions, ReencryptReport,
+    RetiredKey, old_versions,
+};
 
 /// Bytes of old files compacted per step (the unit of progress and of rate limiting).
 const STEP_BYTES: u64 = 64 << 20;
-
-/// How to run a re-encryption pass.
-#[derive(Debug, Clone, Copy)]
-pub struct ReencryptOptions {
-    rate: Option<u64>,
-    threads: usize,
-}
-
-impl Default for ReencryptOptions {
-    /// As fast as compaction goes, on up to 4 threads (the machine's cores).
-    fn default() -> ReencryptOptions {
-        ReencryptOptions {
-            rate: None,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
-        }
-    }
-}
-
-impl ReencryptOptions {
-    /// Compactions a rewrite step runs at once. Re-sealing values costs
-    /// CPU (an AEAD open and seal per value) that a plain compaction does not spend, so
-    /// more than one thread keeps the pass near compaction speed. Default: the machine's
-    /// cores, at most 4.
-    #[must_use]
-    pub fn threads(mut self, n: usize) -> ReencryptOptions {
-        self.threads = n.clamp(1, 64);
-        self
-    }
-
-    /// The rate limit, in bytes per second.
-    pub fn rate_bytes(&self) -> Option<u64> {
-        self.rate
-    }
-
-    /// Compactions a rewrite step runs at once.
-    pub fn thread_count(&self) -> usize {
-        self.threads
-    }
-
-    /// Rewrites at most `bytes_per_sec` of old files per second (on average). Default:
-    /// as fast as compaction goes.
-    #[must_use]
-    pub fn rate_limit(mut self, bytes_per_sec: u64) -> ReencryptOptions {
-        self.rate = Some(bytes_per_sec.max(1));
-        self
-    }
-}
-
-/// A data key version retired by a pass.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct RetiredKey {
-    /// The table, or `(store)`.
-    pub table: String,
-    /// The retired version.
-    pub version: u32,
-}
-
-/// Where a pass is.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ReencryptProgress {
-    /// Bytes of files under old versions when the pass started.
-    pub total_bytes: u64,
-    /// Of those, bytes rewritten so far.
-    pub done_bytes: u64,
-    /// The table being worked on.
-    pub table: Option<String>,
-    /// Why the pass is waiting, if it is.
-    pub waiting: Option<String>,
-    /// Versions retired so far.
-    pub retired: Vec<RetiredKey>,
-    /// Whether the pass has ended (successfully or not).
-    pub finished: bool,
-}
-
-/// What a pass did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ReencryptReport {
-    /// Versions retired.
-    pub retired: Vec<RetiredKey>,
-    /// Bytes of old files rewritten.
-    pub rewritten_bytes: u64,
-    /// Values sealed again under a newer version.
-    pub resealed_values: u64,
-    /// Store-level files still under an old version; they are replaced when the store
-    /// next opens, after which another pass retires that version.
-    pub pending_reopen: Vec<String>,
-}
-
-/// What still awaits re-encryption.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PendingReencrypt {
-    /// The table, or `(store)`.
-    pub table: String,
-    /// Versions older than the current one, not yet retired.
-    pub versions: Vec<u32>,
-    /// Whether a pass has started on them (and will resume).
-    pub started: bool,
-    /// Bytes of live files under those versions.
-    pub bytes: u64,
-}
-
-/// A pass running in the background; cancelled (and joined) when dropped. A cancelled or
-/// crashed pass resumes where it stopped at the next [`Store::reencrypt`].
-pub struct ReencryptJob {
-    progress: Arc<Mutex<ReencryptProgress>>,
-    cancel: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<ReencryptReport>>>,
-}
-
-impl std::fmt::Debug for ReencryptJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReencryptJob")
-            .field("progress", &*self.progress.lock())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ReencryptJob {
-    /// Where the pass is.
-    pub fn progress(&self) -> ReencryptProgress {
-        self.progress.lock().clone()
-    }
-
-    /// Whether the pass has ended.
-    pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
-    }
-
-    /// Waits for the pass to end.
-    ///
-    /// # Errors
-    /// The pass's error; [`Error::Cancelled`] if it was cancelled.
-    pub fn wait(mut self) -> Result<ReencryptReport> {
-        self.join()
-    }
-
-    /// Stops the pass at its next step and waits for it; it resumes from there next time.
-    ///
-    /// # Errors
-    /// As [`ReencryptJob::wait`].
-    pub fn cancel(mut self) -> Result<ReencryptReport> {
-        self.cancel.store(true, Ordering::SeqCst);
-        self.join()
-    }
-
-    fn join(&mut self) -> Result<ReencryptReport> {
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(Error::InvalidArgument("the re-encryption thread panicked".into())),
-            None => Err(Error::Cancelled),
-        }
-    }
-}
-
-impl Drop for ReencryptJob {
-    fn drop(&mut self) {
-        self.cancel.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// Lets RocksDB run `threads` compactions at once for the duration of a pass.
 struct CompactionThreads<'a>(&'a StoreInner);
@@ -247,8 +86,7 @@ fn live_ssts(inner: &StoreInner, cf: Option<&str>) -> Result<Vec<LiveSst>> {
 struct Pass<'a> {
     inner: &'a StoreInner,
     options: ReencryptOptions,
-    progress: &'a Mutex<ReencryptProgress>,
-    cancel: &'a AtomicBool,
+    control: &'a JobControl,
     started: Instant,
     report: ReencryptReport,
 }
@@ -270,7 +108,7 @@ impl Store {
                 Some((file_key_of(&e.path())?, size))
             })
             .collect::<Vec<_>>();
-        let envelopes = std::iter::once(("(store)", &data.store_key))
+        let envelopes = std::iter::once((STORE_LABEL, &data.store_key))
             .chain(data.tables.iter().map(|t| (t.name.as_str(), &t.envelope)));
         Ok(envelopes
             .filter_map(|(name, envelope)| {
@@ -298,46 +136,12 @@ impl Store {
     /// retired. Reads and writes continue meanwhile. Resumes a pass that a crash, a
     /// restart or [`ReencryptJob::cancel`] interrupted.
     pub fn reencrypt(&self, options: ReencryptOptions) -> ReencryptJob {
-        let progress = Arc::new(Mutex::new(ReencryptProgress::default()));
-        let cancel = Arc::new(AtomicBool::new(false));
         let inner = self.inner.clone();
-        let thread = {
-            let (progress, cancel) = (progress.clone(), cancel.clone());
-            std::thread::Builder::new()
-                .name("tde-reencrypt".into())
-                .spawn(move || {
-                    let result = run(&inner, options, &progress, &cancel);
-                    progress.lock().finished = true;
-                    result
-                })
-                .ok()
-        };
-        if thread.is_none() {
-            progress.lock().finished = true;
-        }
-        ReencryptJob {
-            progress,
-            cancel,
-            thread,
-        }
+        Job::spawn("tde-reencrypt", move |control| run(&inner, options, control))
     }
 }
 
-fn old_versions(envelope: &Envelope) -> Vec<u32> {
-    envelope
-        .versions
-        .iter()
-        .map(|v| v.version)
-        .filter(|v| *v != envelope.current)
-        .collect()
-}
-
-fn run(
-    inner: &StoreInner,
-    options: ReencryptOptions,
-    progress: &Mutex<ReencryptProgress>,
-    cancel: &AtomicBool,
-) -> Result<ReencryptReport> {
+fn run(inner: &StoreInner, options: ReencryptOptions, control: &JobControl) -> Result<ReencryptReport> {
     let Some(_one) = inner.reencrypting.try_lock() else {
         return Err(Error::InvalidArgument(
             "a re-encryption pass is already running on this store".into(),
@@ -346,8 +150,7 @@ fn run(
     let mut pass = Pass {
         inner,
         options,
-        progress,
-        cancel,
+        control,
         started: Instant::now(),
         report: ReencryptReport::default(),
     };
@@ -363,7 +166,7 @@ fn run(
                 .sum::<u64>();
         }
     }
-    progress.lock().total_bytes = total;
+    control.update(|p| p.total_bytes = total);
     for t in &data.tables {
         if !old_versions(&t.envelope).is_empty() {
             pass.table(&t.name, t.envelope.table_id)?;
@@ -377,35 +180,20 @@ fn run(
 
 impl Pass<'_> {
     fn check_cancel(&self) -> Result<()> {
-        if self.cancel.load(Ordering::SeqCst) {
-            Err(Error::Cancelled)
-        } else {
-            Ok(())
-        }
+        self.control.check()
     }
 
     fn sleep(&self, d: Duration) -> Result<()> {
-        let end = Instant::now() + d;
-        while Instant::now() < end {
-            self.check_cancel()?;
-            std::thread::sleep((end - Instant::now()).min(Duration::from_millis(20)));
-        }
-        Ok(())
+        self.control.sleep(d)
     }
 
     /// Step 1: the persisted plan for envelope `id`, made now if there is none.
-    fn plan(&self, id: u32, flush: impl FnOnce() -> Result<()>) -> Result<Option<ReencryptState>> {
-        let find = |data: &crate::keyring::KeyringData| -> Option<Envelope> {
-            if id == STORE_TABLE_ID {
-                Some(data.store_key.clone())
-            } else {
-                data.tables
-                    .iter()
-                    .find(|t| t.envelope.table_id == id)
-                    .map(|t| t.envelope.clone())
-            }
+    fn plan(&self, id: EnvelopeId, flush: impl FnOnce() -> Result<()>) -> Result<Option<ReencryptState>> {
+        let envelope: Option<Envelope> = {
+            let mut data = self.inner.keyring.lock().data().clone();
+            envelope_mut(&mut data, id).map(|e| e.clone())
         };
-        let Some(envelope) = find(self.inner.keyring.lock().data()) else {
+        let Some(envelope) = envelope else {
             return Ok(None);
         };
         if let Some(state) = envelope.reencrypt {
@@ -425,10 +213,8 @@ impl Pass<'_> {
             .unwrap_or(0);
         let state = ReencryptState { retire, boundary };
         self.inner.keyring.lock().update(|data| {
-            if id == STORE_TABLE_ID {
-                data.store_key.reencrypt = Some(state.clone());
-            } else if let Some(t) = data.tables.iter_mut().find(|t| t.envelope.table_id == id) {
-                t.envelope.reencrypt = Some(state.clone());
+            if let Some(envelope) = envelope_mut(data, id) {
+                envelope.reencrypt = Some(state.clone());
             }
             Ok(())
         })?;
@@ -437,7 +223,7 @@ impl Pass<'_> {
 
     fn table(&mut self, name: &str, id: u32) -> Result<()> {
         self.check_cancel()?;
-        self.progress.lock().table = Some(name.to_owned());
+        self.control.update(|p| p.table = Some(name.to_owned()));
         let inner = self.inner;
         let cf = cf_name(id);
         let flush = || {
@@ -447,7 +233,7 @@ impl Pass<'_> {
                 .ok_or_else(|| Error::NoSuchTable(name.to_owned()))?;
             inner.db.flush_cf(&handle).map_err(engine)
         };
-        let Some(plan) = self.plan(id, flush)? else {
+        let Some(plan) = self.plan(EnvelopeId::Table(id), flush)? else {
             return Ok(());
         };
         let Some(state) = inner.tables.read().get(name).cloned() else {
@@ -521,11 +307,11 @@ impl Pass<'_> {
                 stalled = 0;
             }
             self.report.rewritten_bytes += gone;
-            let done = {
-                let mut p = self.progress.lock();
+            let mut done = 0;
+            self.control.update(|p| {
                 p.done_bytes += gone;
-                p.done_bytes
-            };
+                done = p.done_bytes;
+            });
             if let Some(rate) = self.options.rate {
                 let due = Duration::from_secs_f64(done as f64 / rate as f64);
                 self.sleep(due.saturating_sub(self.started.elapsed()))?;
@@ -548,7 +334,7 @@ impl Pass<'_> {
         self.wait_for_views()?;
 
         // Step 4: retire.
-        self.retire(name, id, &plan.retire)?;
+        self.retire(name, EnvelopeId::Table(id), &plan.retire)?;
         for version in &plan.retire {
             state.forget(*version);
             inner.files.remove_key(id, *version);
@@ -561,48 +347,31 @@ impl Pass<'_> {
         loop {
             let n = self.inner.views.older_than(before);
             if n == 0 {
-                self.progress.lock().waiting = None;
+                self.control.update(|p| p.waiting = None);
                 return Ok(());
             }
-            self.progress.lock().waiting = Some(format!(
-                "{n} snapshots or iterators opened before the rewrite are still open"
-            ));
+            self.control.update(|p| {
+                p.waiting = Some(format!(
+                    "{n} snapshots or iterators opened before the rewrite are still open"
+                ));
+            });
             self.sleep(Duration::from_millis(50))?;
         }
     }
 
-    fn retire(&mut self, name: &str, id: u32, versions: &[u32]) -> Result<()> {
+    fn retire(&mut self, name: &str, id: EnvelopeId, versions: &[u32]) -> Result<()> {
         let now = self.inner.clock.now();
         let mut keyring = self.inner.keyring.lock();
-        let cmk = keyring.update(|data| {
-            let envelope = if id == STORE_TABLE_ID {
-                &mut data.store_key
-            } else {
-                match data.tables.iter_mut().find(|t| t.envelope.table_id == id) {
-                    Some(t) => &mut t.envelope,
-                    None => return Ok(None),
-                }
-            };
-            let (gone, kept): (Vec<_>, Vec<_>) = envelope
-                .versions
-                .drain(..)
-                .partition(|v| versions.contains(&v.version) && v.version != envelope.current);
-            envelope.versions = kept;
-            envelope.retired.extend(gone.into_iter().map(|v| RetiredVersion {
-                version: v.version,
-                cmk_id: v.cmk_id,
-                created_at: v.created_at,
-                retired_at: now,
-            }));
-            envelope.reencrypt = None;
-            Ok(Some(envelope.cmk.clone()))
+        let retired = keyring.update(|data| {
+            Ok(envelope_mut(data, id)
+                .map(|envelope| (envelope.cmk.clone(), crate::keys::retire(envelope, versions, now))))
         })?;
         drop(keyring);
-        let Some(cmk) = cmk else {
+        let Some((cmk, retired)) = retired else {
             return Ok(());
         };
-        for version in versions {
-            self.inner.audit.append(&AuditEvent {
+        for version in retired {
+            self.inner.keys.audit().append(&AuditEvent {
                 op: "retire-data-key",
                 key: &cmk,
                 table: name,
@@ -611,9 +380,9 @@ impl Pass<'_> {
             })?;
             let retired = RetiredKey {
                 table: name.to_owned(),
-                version: *version,
+                version,
             };
-            self.progress.lock().retired.push(retired.clone());
+            self.control.update(|p| p.retired.push(retired.clone()));
             self.report.retired.push(retired);
         }
         Ok(())
@@ -623,10 +392,10 @@ impl Pass<'_> {
     /// RocksDB reads only at open, and retire once no file names an old version.
     fn store_key(&mut self) -> Result<()> {
         self.check_cancel()?;
-        self.progress.lock().table = Some("(store)".to_owned());
+        self.control.update(|p| p.table = Some(STORE_LABEL.to_owned()));
         let inner = self.inner;
         // The store-level key needs no file boundary: every file's header names its version.
-        let Some(plan) = self.plan(STORE_TABLE_ID, || Ok(()))? else {
+        let Some(plan) = self.plan(EnvelopeId::Store, || Ok(()))? else {
             return Ok(());
         };
         // Every table's memtable to SST files, so the WAL under the old version retires.
@@ -641,7 +410,7 @@ impl Pass<'_> {
             let Some((table, version)) = file_key_of(&path) else {
                 continue;
             };
-            if table != STORE_TABLE_ID || !plan.retire.contains(&version) {
+            if EnvelopeId::of(table) != EnvelopeId::Store || !plan.retire.contains(&version) {
                 continue;
             }
             let read_only_at_open =
@@ -658,9 +427,9 @@ impl Pass<'_> {
             return Ok(());
         }
         self.wait_for_views()?;
-        self.retire("(store)", STORE_TABLE_ID, &plan.retire)?;
+        self.retire(STORE_LABEL, EnvelopeId::Store, &plan.retire)?;
         for version in &plan.retire {
-            inner.files.remove_key(STORE_TABLE_ID, *version);
+            inner.files.remove_key(EnvelopeId::Store.table_id(), *version);
         }
         Ok(())
     }

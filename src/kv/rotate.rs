@@ -1,35 +1,25 @@
-//! Online master-key rotation: rewrap a store's EDKs under the current version of their
-//! master key, or under another master key, while the store keeps serving.
+//! Key rotation on a RocksDB store, online: the keys layer makes new versions and new
+//! wrappings; this file commits them to the keyring in one atomic update and installs
+//! the keys in the file layer and the tables.
 //!
-//! Invariant: only the keyring changes, in one atomic update; the data keys stay the same
-//! (so no data file is rewritten and reads and writes never pause), and a crash leaves the
-//! old or the new keyring, each of which opens as long as its master keys are usable.
-//! Migration to another KMS works the same way, with the unwrap and wrap done by two KMSs.
-//! Data-key rotation (`Store::rotate_data_key`) adds a new data key version for new
-//! writes; `reencrypt.rs` moves old data to it and retires the old versions.
+//! Invariant: only the keyring changes (no data file is rewritten and reads and writes
+//! never pause), and a crash leaves the old or the new keyring, each of which opens as
+//! long as its master keys are usable. `reencrypt.rs` moves old data to new versions and
+//! retires the old ones.
 
 use std::sync::Arc;
 
 use super::files::FileKey;
-use super::{SealCount, Store, cf_name, value_key};
-use crate::audit::{AuditEvent, Reason};
-use crate::clock::Clock;
+use super::{SealCount, Store, cf_name, store_envelope, table_envelope, value_key};
+use crate::audit::Reason;
 use crate::error::{Error, Result};
-use crate::keyring::{self, Envelope, KeyringData, RetryPolicy, STORE_TABLE_ID};
-use crate::secret::WrappedKey;
+use crate::keyring::{Envelope, KeyringData};
+use crate::keys::{EnvelopeId, Named, RewrapReport, RotatedKey};
+use crate::kms::Kms;
 
-/// What a rewrap did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RewrapReport {
-    /// Envelopes (tables, and the store-level key) rewrapped.
-    pub envelopes: usize,
-    /// Wrapped data keys replaced.
-    pub wrapped_keys: usize,
-}
-
-/// The envelopes a rotation of `table` touches: that table's, or (for `None`) the
-/// store-level key's and every table's, each with the name the audit trail uses.
-fn targets<'a>(data: &'a KeyringData, table: Option<&str>) -> Result<Vec<(String, &'a Envelope)>> {
+/// The envelopes an operation on `table` touches: that table's, or (for `None`) the
+/// store-level key's and every table's.
+fn targets(data: &KeyringData, table: Option<&str>) -> Result<Vec<(Named, Envelope)>> {
     match table {
         Some(name) => {
             let entry = data
@@ -37,21 +27,31 @@ fn targets<'a>(data: &'a KeyringData, table: Option<&str>) -> Result<Vec<(String
                 .iter()
                 .find(|t| t.name == name)
                 .ok_or_else(|| Error::NoSuchTable(name.to_owned()))?;
-            Ok(vec![(entry.name.clone(), &entry.envelope)])
+            Ok(vec![(
+                table_envelope(entry.envelope.table_id, &entry.name),
+                entry.envelope.clone(),
+            )])
         }
-        None => Ok(std::iter::once(("(store)".to_owned(), &data.store_key))
-            .chain(data.tables.iter().map(|t| (t.name.clone(), &t.envelope)))
+        None => Ok(std::iter::once((store_envelope(), data.store_key.clone()))
+            .chain(
+                data.tables
+                    .iter()
+                    .map(|t| (table_envelope(t.envelope.table_id, &t.name), t.envelope.clone())),
+            )
             .collect()),
     }
 }
 
-/// A data key version made current by [`Store::rotate_data_key`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RotatedKey {
-    /// The table, or `(store)` for the store-level key.
-    pub table: String,
-    /// The new current version.
-    pub version: u32,
+/// The envelope `id` of `data`, if it still exists.
+pub(crate) fn envelope_mut(data: &mut KeyringData, id: EnvelopeId) -> Option<&mut Envelope> {
+    match id {
+        EnvelopeId::Store => Some(&mut data.store_key),
+        EnvelopeId::Table(id) => data
+            .tables
+            .iter_mut()
+            .find(|t| t.envelope.table_id == id)
+            .map(|t| &mut t.envelope),
+    }
 }
 
 impl Store {
@@ -67,40 +67,20 @@ impl Store {
     pub fn rotate_data_key(&self, table: Option<&str>) -> Result<Vec<RotatedKey>> {
         let inner = &self.inner;
         let mut keyring = inner.keyring.lock();
-        let data = keyring.data().clone();
-        let targets = targets(&data, table)?;
-        let kms = inner.kms();
-        let now = inner.clock.now();
+        let targets = targets(keyring.data(), table)?;
         let mut made = Vec::with_capacity(targets.len());
-        for (name, envelope) in targets {
-            let version = envelope.next_version();
-            let generated = keyring::generate(
-                &*kms,
-                &data.store_id,
-                envelope.table_id,
-                version,
-                &envelope.cmk,
-                envelope.suite,
-                now,
-            );
-            inner.audit.append(&AuditEvent {
-                op: "generate-data-key",
-                key: &envelope.cmk,
-                table: &name,
-                reason: Reason::Rotate,
-                error: generated.as_ref().err().map(ToString::to_string),
-            })?;
-            let (dk_version, generated) = generated?;
-            let (id, suite) = (envelope.table_id, envelope.suite);
-            if id == STORE_TABLE_ID {
-                keyring.add_store_key(version, &generated.plaintext);
+        for (target, envelope) in targets {
+            let new = inner.keys.rotate(&target, &envelope, Reason::Rotate)?;
+            let (id, suite, version) = (target.id.table_id(), envelope.suite, new.record.version);
+            if target.id == EnvelopeId::Store {
+                keyring.add_store_key(version, &new.key);
             }
-            let file_key = FileKey::derive(suite, &generated.plaintext, &inner.store_id, id, version);
-            let value = (id != STORE_TABLE_ID)
+            let file_key = FileKey::derive(suite, &new.key, &inner.store_id, id, version);
+            let value = (target.id != EnvelopeId::Store)
                 .then(|| {
                     value_key(
                         suite,
-                        &generated.plaintext,
+                        &new.key,
                         &inner.store_id,
                         id,
                         version,
@@ -111,40 +91,40 @@ impl Store {
                     )
                 })
                 .transpose()?;
-            made.push((name, id, dk_version, file_key, value));
+            made.push((target, new.record, file_key, value));
         }
         keyring.update(|data| {
-            for (_, id, dk_version, _, _) in &made {
-                let envelope = if *id == STORE_TABLE_ID {
-                    &mut data.store_key
-                } else {
-                    match data.tables.iter_mut().find(|t| t.envelope.table_id == *id) {
-                        Some(t) => &mut t.envelope,
-                        None => continue,
-                    }
-                };
-                envelope.versions.push(dk_version.clone());
-                envelope.current = dk_version.version;
+            for (target, record, _, _) in &made {
+                if let Some(envelope) = envelope_mut(data, target.id) {
+                    envelope.versions.push(record.clone());
+                    envelope.current = record.version;
+                }
             }
             Ok(())
         })?;
         let tables = inner.tables.read();
         let mut rotated = Vec::with_capacity(made.len());
-        for (name, id, dk_version, file_key, value) in made {
-            let version = dk_version.version;
+        for (target, record, file_key, value) in made {
+            let (id, version) = (target.id.table_id(), record.version);
             inner.files.add_key(id, version, file_key);
-            if id == STORE_TABLE_ID {
-                inner.files.set_store_version(version);
-                if let Some(key) = keyring.mac_key(version, crate::audit::AUDIT_MAC_LABEL) {
-                    inner.audit.set_key(version, key);
+            match target.id {
+                EnvelopeId::Store => {
+                    inner.files.set_store_version(version);
+                    if let Some(key) = keyring.mac_key(version, crate::audit::AUDIT_MAC_LABEL) {
+                        inner.keys.audit().set_key(version, key);
+                    }
                 }
-            } else {
-                inner.files.set_current(&cf_name(id), id, version);
-                if let (Some(state), Some(value)) = (tables.get(&name), value) {
-                    state.make_current(version, Arc::new(value));
+                EnvelopeId::Table(_) => {
+                    inner.files.set_current(&cf_name(id), id, version);
+                    if let (Some(state), Some(value)) = (tables.get(&target.label), value) {
+                        state.make_current(version, Arc::new(value));
+                    }
                 }
             }
-            rotated.push(RotatedKey { table: name, version });
+            rotated.push(RotatedKey {
+                table: target.label,
+                version,
+            });
         }
         Ok(rotated)
     }
@@ -161,55 +141,12 @@ impl Store {
         let inner = &self.inner;
         // Serialises with table creation and drop; the data path never takes this lock.
         let mut keyring = inner.keyring.lock();
-        let data = keyring.data().clone();
-        let targets = targets(&data, table)?;
-        let retry = RetryPolicy::default();
-        let kms = inner.kms();
-        let mut report = RewrapReport {
-            envelopes: 0,
-            wrapped_keys: 0,
-        };
-        let mut rewrapped = Vec::with_capacity(targets.len());
-        for (name, envelope) in targets {
-            let dest = to_key.unwrap_or(&envelope.cmk).to_owned();
-            let described = retry.run(|| kms.describe_key(&dest));
-            inner.audit.append(&AuditEvent {
-                op: "describe-key",
-                key: &dest,
-                table: &name,
-                reason: Reason::Rotate,
-                error: described.as_ref().err().map(ToString::to_string),
-            })?;
-            let key_id = described?.key_id;
-            let mut next = envelope.clone();
-            next.cmk = dest.clone();
-            for version in &mut next.versions {
-                let context = keyring::context(&data.store_id, envelope.table_id, version.version);
-                let wrapped = retry.run(|| kms.re_encrypt(version.edk.as_bytes(), &context, &dest, &context));
-                inner.audit.append(&AuditEvent {
-                    op: "re-encrypt",
-                    key: &dest,
-                    table: &name,
-                    reason: Reason::Rotate,
-                    error: wrapped.as_ref().err().map(ToString::to_string),
-                })?;
-                version.edk = WrappedKey::from_bytes(wrapped?);
-                version.cmk_id = key_id.clone();
-                report.wrapped_keys += 1;
-            }
-            report.envelopes += 1;
-            rewrapped.push(next);
-        }
+        let targets = targets(keyring.data(), table)?;
+        let (rewrapped, report) = inner.keys.rewrap(&targets, None, to_key, Reason::Rotate)?;
         keyring.update(|data| {
-            for envelope in rewrapped {
-                if envelope.table_id == STORE_TABLE_ID {
-                    data.store_key = envelope;
-                } else if let Some(t) = data
-                    .tables
-                    .iter_mut()
-                    .find(|t| t.envelope.table_id == envelope.table_id)
-                {
-                    t.envelope = envelope;
+            for ((target, _), envelope) in targets.iter().zip(rewrapped) {
+                if let Some(slot) = envelope_mut(data, target.id) {
+                    *slot = envelope;
                 }
             }
             if let (None, Some(key)) = (table, to_key) {
@@ -219,9 +156,7 @@ impl Store {
         })?;
         Ok(report)
     }
-}
 
-impl Store {
     /// Moves the whole store to master key `to_key` of the KMS `to` (another KMS, or the
     /// same one), online: every wrapped data key is unwrapped by the current KMS and
     /// wrapped by `to`, in memory only; then the keyring switches in one atomic write
@@ -231,71 +166,24 @@ impl Store {
     ///
     /// # Errors
     /// [`Error::Kms`] if either KMS refuses (nothing changes); [`Error::Io`].
-    pub fn migrate(
-        &self,
-        to: std::sync::Arc<dyn crate::kms::Kms>,
-        to_key: &str,
-        to_kms_uri: Option<&str>,
-    ) -> Result<RewrapReport> {
+    pub fn migrate(&self, to: Arc<dyn Kms>, to_key: &str, to_kms_uri: Option<&str>) -> Result<RewrapReport> {
         let inner = &self.inner;
         let mut keyring = inner.keyring.lock();
-        let from = inner.kms();
-        let retry = RetryPolicy::default();
-        let mut next = keyring.data().clone();
-        let store_id = next.store_id.clone();
-        let names: Vec<String> = std::iter::once("(store)".to_owned())
-            .chain(next.tables.iter().map(|t| t.name.clone()))
-            .collect();
-        let described = retry.run(|| to.describe_key(to_key));
-        inner.audit.append(&AuditEvent {
-            op: "describe-key",
-            key: to_key,
-            table: "(store)",
-            reason: Reason::Migrate,
-            error: described.as_ref().err().map(ToString::to_string),
-        })?;
-        let key_id = described?.key_id;
-        let mut report = RewrapReport {
-            envelopes: 0,
-            wrapped_keys: 0,
-        };
-        let envelopes =
-            std::iter::once(&mut next.store_key).chain(next.tables.iter_mut().map(|t| &mut t.envelope));
-        for (envelope, name) in envelopes.zip(&names) {
-            for version in &mut envelope.versions {
-                let context = keyring::context(&store_id, envelope.table_id, version.version);
-                let plain = retry.run(|| from.decrypt(version.edk.as_bytes(), &context));
-                inner.audit.append(&AuditEvent {
-                    op: "decrypt",
-                    key: &envelope.cmk,
-                    table: name,
-                    reason: Reason::Migrate,
-                    error: plain.as_ref().err().map(ToString::to_string),
-                })?;
-                let plain = plain?;
-                let wrapped = retry.run(|| to.encrypt(to_key, plain.expose(), &context));
-                drop(plain);
-                inner.audit.append(&AuditEvent {
-                    op: "encrypt",
-                    key: to_key,
-                    table: name,
-                    reason: Reason::Migrate,
-                    error: wrapped.as_ref().err().map(ToString::to_string),
-                })?;
-                version.edk = WrappedKey::from_bytes(wrapped?);
-                version.cmk_id = key_id.clone();
-                report.wrapped_keys += 1;
-            }
-            envelope.cmk = to_key.to_owned();
-            report.envelopes += 1;
-        }
-        next.default_key = to_key.to_owned();
-        next.kms = to_kms_uri.map_or_else(|| to.describe(), ToOwned::to_owned);
+        let targets = targets(keyring.data(), None)?;
+        let (moved, report) = inner
+            .keys
+            .rewrap(&targets, Some(&to), Some(to_key), Reason::Migrate)?;
         keyring.update(|data| {
-            *data = next;
+            for ((target, _), envelope) in targets.iter().zip(moved) {
+                if let Some(slot) = envelope_mut(data, target.id) {
+                    *slot = envelope;
+                }
+            }
+            data.default_key = to_key.to_owned();
+            data.kms = to_kms_uri.map_or_else(|| to.describe(), ToOwned::to_owned);
             Ok(())
         })?;
-        *inner.kms.write() = to;
+        inner.keys.switch_kms(to);
         Ok(report)
     }
 }

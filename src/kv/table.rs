@@ -335,7 +335,8 @@ impl Table {
     ///
     /// # Errors
     /// [`Error::NoSuchTable`] if the table was dropped; [`Error::Engine`].
-    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        let (key, value) = (key.as_ref(), value.as_ref());
         let keys = self.state.guard();
         let stored = self
             .state
@@ -351,8 +352,8 @@ impl Table {
     /// # Errors
     /// [`Error::Authentication`] naming the table and key if the stored value was
     /// modified or moved; [`Error::Engine`] for corrupt files.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.get_opt(key, &ReadOptions::default())
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        self.get_opt(key.as_ref(), &ReadOptions::default())
     }
 
     fn get_opt(&self, key: &[u8], opts: &ReadOptions) -> Result<Option<Vec<u8>>> {
@@ -377,10 +378,10 @@ impl Table {
     ///
     /// # Errors
     /// [`Error::Engine`].
-    pub fn delete(&self, key: &[u8]) -> Result<()> {
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<()> {
         self.store
             .db
-            .delete_cf_opt(&self.cf()?, key, &self.store.write_options)
+            .delete_cf_opt(&self.cf()?, key.as_ref(), &self.store.write_options)
             .map_err(engine)
     }
 
@@ -523,13 +524,13 @@ impl WriteBatch {
     }
 
     /// Adds a put.
-    pub fn put(&mut self, table: &Table, key: &[u8], value: &[u8]) {
-        self.add(table, key, Some(Zeroizing::new(value.to_vec())));
+    pub fn put(&mut self, table: &Table, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.add(table, key.as_ref(), Some(Zeroizing::new(value.as_ref().to_vec())));
     }
 
     /// Adds a delete.
-    pub fn delete(&mut self, table: &Table, key: &[u8]) {
-        self.add(table, key, None);
+    pub fn delete(&mut self, table: &Table, key: impl AsRef<[u8]>) {
+        self.add(table, key.as_ref(), None);
     }
 
     fn add(&mut self, table: &Table, key: &[u8], value: Option<Zeroizing<Vec<u8>>>) {
@@ -628,8 +629,8 @@ impl<'a> Snapshot<'a> {
     ///
     /// # Errors
     /// As [`Table::get`].
-    pub fn get(&self, table: &Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        table.get_opt(key, &self.read_options(ReadOptions::default()))
+    pub fn get(&self, table: &Table, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        table.get_opt(key.as_ref(), &self.read_options(ReadOptions::default()))
     }
 
     /// Iterates over `table` as of the snapshot.

@@ -14,97 +14,23 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
-
-use super::{Store, StoreInner, engine};
-use crate::audit::{AuditEvent, Reason};
-use crate::error::Result;
-use crate::kms::{KeyState, KmsErrorKind};
-
-/// What one round of the watch found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WatchReport {
-    /// Master keys checked.
-    pub keys_checked: usize,
-    /// Tables failed closed in this round: (table, master key, reason).
-    pub revoked: Vec<(String, String, String)>,
-    /// Keys whose state could not be learned (KMS unreachable or throttling): (key, error).
-    pub unreachable: Vec<(String, String)>,
-}
-
-/// A running key-state watch; stops when dropped.
-pub struct KeyWatch {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    last: Arc<Mutex<Option<Result<WatchReport, String>>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for KeyWatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyWatch").finish_non_exhaustive()
-    }
-}
-
-impl KeyWatch {
-    /// The last round's report (or its error), if a round has run.
-    pub fn last(&self) -> Option<Result<WatchReport, String>> {
-        self.last.lock().clone()
-    }
-}
-
-impl Drop for KeyWatch {
-    fn drop(&mut self) {
-        *self.stop.0.lock() = true;
-        self.stop.1.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Whether a failed `describe_key` means the key is revoked (rather than unreachable).
-fn revoking(kind: KmsErrorKind) -> bool {
-    matches!(
-        kind,
-        KmsErrorKind::Disabled
-            | KmsErrorKind::PendingDeletion
-            | KmsErrorKind::NotFound
-            | KmsErrorKind::AccessDenied
-            | KmsErrorKind::PendingImport
-    )
-}
+use super::{STORE_LABEL, Store, StoreInner, engine};
+use crate::audit::Reason;
+use crate::error::{Error, Result};
+use crate::keys::{Job, KeyWatch, WatchReport};
+use crate::kms::KeyState;
 
 impl Store {
     /// Starts a background thread that runs [`Store::check_keys`] every `interval` for as
     /// long as the returned guard and the store live.
     pub fn watch_keys(&self, interval: Duration) -> KeyWatch {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let last = Arc::new(Mutex::new(None));
         let weak: Weak<StoreInner> = Arc::downgrade(&self.inner);
-        let (stop2, last2) = (stop.clone(), last.clone());
-        let thread = std::thread::Builder::new()
-            .name("tde-key-watch".into())
-            .spawn(move || {
-                loop {
-                    {
-                        let mut stopped = stop2.0.lock();
-                        if !*stopped {
-                            stop2.1.wait_for(&mut stopped, interval);
-                        }
-                        if *stopped {
-                            return;
-                        }
-                    }
-                    let Some(inner) = weak.upgrade() else { return };
-                    let report = Store { inner }.check_keys().map_err(|e| e.to_string());
-                    *last2.lock() = Some(report);
-                }
-            })
-            .ok();
-        KeyWatch { stop, last, thread }
+        Job::periodic("tde-key-watch", interval, move |_| {
+            let inner = weak.upgrade()?;
+            Some(Store { inner }.check_keys())
+        })
     }
 
     /// One round of the key-state watch: asks the KMS for the state of every master key
@@ -131,18 +57,12 @@ impl Store {
         let mut report = WatchReport::default();
         for (key, tables) in by_key {
             report.keys_checked += 1;
-            let described = inner.kms().describe_key(&key);
-            inner.audit.append(&AuditEvent {
-                op: "describe-key",
-                key: &key,
-                table: if tables.is_empty() { "(store)" } else { &tables[0] },
-                reason: Reason::Watch,
-                error: described.as_ref().err().map(ToString::to_string),
-            })?;
-            let why = match described {
+            let label = tables.first().map_or(STORE_LABEL, String::as_str);
+            let why = match inner.keys.describe_key(&key, label, Reason::Watch) {
                 Ok(meta) if meta.state == KeyState::Enabled => continue,
                 Ok(meta) => format!("the key is {}", meta.state),
-                Err(e) if revoking(e.kind()) => e.to_string(),
+                Err(e) if crate::keys::revoking(&e) => e.to_string(),
+                Err(e @ Error::Io { .. }) => return Err(e),
                 Err(e) => {
                     report.unreachable.push((key, e.to_string()));
                     continue;

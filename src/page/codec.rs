@@ -42,7 +42,7 @@ pub(crate) enum Sealing {
         current: u32,
     },
     /// No encryption (benchmarks compare against this; see
-    /// `TablespaceOptions::insecure_unencrypted`). The reserve is zero.
+    /// `TablespaceOptions::dangerous`). The reserve is zero.
     Off,
 }
 
@@ -77,6 +77,21 @@ impl Sealing {
     pub(crate) fn forget(&mut self, version: u32) {
         if let Sealing::Aead { keys, .. } = self {
             keys.remove(&version);
+        }
+    }
+
+    /// Forgets every version (the master key was revoked).
+    pub(crate) fn forget_all(&mut self) {
+        if let Sealing::Aead { keys, .. } = self {
+            keys.clear();
+        }
+    }
+
+    /// The key of version `version`, if held.
+    pub(crate) fn key(&self, version: u32) -> Option<&Arc<AeadKey>> {
+        match self {
+            Sealing::Aead { keys, .. } => keys.get(&version),
+            Sealing::Off => None,
         }
     }
 

@@ -34,6 +34,11 @@ pub trait PageIo: Send + Sync + fmt::Debug {
     fn set_len(&self, file: PageFile, len: u64) -> io::Result<()>;
     /// Makes every write to `file` so far durable (fdatasync).
     fn sync(&self, file: PageFile) -> io::Result<()>;
+    /// The file of the tablespace's audit trail, beside it; `None` keeps the trail in
+    /// memory (storage that is not a file system).
+    fn audit_path(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// A tablespace file `path` and its journal `path` + `-journal`, on the real file system.
@@ -119,6 +124,10 @@ impl FileIo {
 }
 
 impl PageIo for FileIo {
+    fn audit_path(&self) -> Option<PathBuf> {
+        Some(crate::audit::tablespace_audit_path(&self.path))
+    }
+
     fn describe(&self, file: PageFile) -> String {
         match file {
             PageFile::Data => self.path.display().to_string(),

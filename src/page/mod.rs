@@ -51,12 +51,13 @@ mod codec;
 mod header;
 mod io;
 mod journal;
+mod lifecycle;
 mod pool;
 mod rotate;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
@@ -70,13 +71,13 @@ pub use io::{FileIo, PageFile, PageIo, journal_path};
 use journal::Journal;
 use pool::{Access, Guard, Owner};
 pub use pool::{BufferPool, PageMut, PageRef, PoolStats};
-pub use rotate::PageReencrypt;
 
+use crate::audit::{AUDIT_MAC_LABEL, AuditLog, Reason};
 use crate::cipher::{AeadKey, Suite};
-use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::keyring::{DkVersion, Envelope, RetryPolicy, UnwrapRequest, unwrap_all};
-use crate::kms::{DataKeySpec, EncryptionContext, Kms};
+use crate::keyring::{Envelope, RetryPolicy};
+use crate::keys::{EnvelopeId, JobControl, KeyService, KeyVersionInfo, Named, Scope};
+use crate::kms::{EncryptionContext, Kms};
 use crate::kv::DEFAULT_MASTER_KEY;
 use crate::secret::DataKey;
 
@@ -95,6 +96,10 @@ pub struct TablespaceOptions {
     retry: RetryPolicy,
     checkpoint_bytes: u64,
     encrypted: bool,
+    seal_limit: u64,
+    /// Where KMS calls are recorded instead of the tablespace's own trail (backups record
+    /// work on a scratch copy in the trail of what they serve).
+    pub(crate) audit: Option<Arc<AuditLog>>,
 }
 
 impl std::fmt::Debug for TablespaceOptions {
@@ -121,7 +126,25 @@ impl TablespaceOptions {
             retry: RetryPolicy::default(),
             checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
             encrypted: true,
+            seal_limit: crate::cipher::RANDOM_NONCE_LIMIT,
+            audit: None,
         }
+    }
+
+    /// Lowers the number of pages one data key version may seal (default and maximum:
+    /// 2^32, the bound for random 96-bit GCM nonces). The count is kept in the header
+    /// across opens; automatic rotation ([`Tablespace::maintain_keys`]) rotates a version
+    /// at 3/4 of it, and at the limit writes fail with [`Error::KeyExhausted`] until the
+    /// key is rotated.
+    #[must_use]
+    pub fn seal_limit(mut self, limit: u64) -> TablespaceOptions {
+        self.seal_limit = limit.clamp(1, crate::cipher::RANDOM_NONCE_LIMIT);
+        self
+    }
+
+    /// Settings that weaken protection (see [`crate::dangerous`]).
+    pub fn dangerous(self) -> crate::dangerous::Dangerous<TablespaceOptions> {
+        crate::dangerous::Dangerous(self)
     }
 
     /// The KMS URI recorded in the header (the CLI reopens with it). Default: the KMS's
@@ -170,15 +193,17 @@ impl TablespaceOptions {
         self.checkpoint_bytes = bytes;
         self
     }
+}
 
+impl crate::dangerous::Dangerous<TablespaceOptions> {
     /// **Insecure.** Creates (or opens) a tablespace whose pages are *not* encrypted:
     /// same format, journal and pool, zero reserve. For measuring what encryption costs;
-    /// never for data. Opening such a tablespace without this option fails, and so does
+    /// never for data. Opening such a tablespace without this setting fails, and so does
     /// opening an encrypted one with it.
-    #[must_use]
-    pub fn insecure_unencrypted(mut self) -> TablespaceOptions {
-        self.encrypted = false;
-        self
+    pub fn unencrypted(self) -> TablespaceOptions {
+        let mut options = self.0;
+        options.encrypted = false;
+        options
     }
 }
 
@@ -205,6 +230,10 @@ pub struct TablespaceInfo {
     pub encrypted: bool,
     /// The KMS recorded at creation.
     pub kms: String,
+    /// Every data key version: state and seals. From [`Tablespace::inspect`] (no key),
+    /// the counts are as recorded in the header, not verified; from an open tablespace,
+    /// counted live.
+    pub versions: Vec<KeyVersionInfo>,
 }
 
 /// Counters of one tablespace since it was opened.
@@ -258,11 +287,27 @@ struct Inner {
     /// Replaced by data key rotation (a new version) and re-encryption (retirement).
     sealing: RwLock<Sealing>,
     header_key: RwLock<Arc<AeadKey>>,
-    /// Keys for metadata about this tablespace (backup manifests), per data key version.
+    /// Keys for metadata about this tablespace (backup manifests, the audit trail), per
+    /// data key version.
     meta: Mutex<crate::keyring::MetaKeys>,
     encrypted: bool,
-    /// Replaced by a migration to another KMS.
-    kms: RwLock<Arc<dyn Kms>>,
+    /// The key lifecycle: KMS (replaced by a migration), retries, audit trail.
+    keys: KeyService,
+    /// What it was opened with (to reopen it).
+    options: TablespaceOptions,
+    seal_limit: u64,
+    /// Jobs running on it (re-encryption), cancelled at close.
+    jobs: Mutex<Vec<Weak<JobControl>>>,
+    /// One re-encryption at a time.
+    reencrypting: Mutex<()>,
+    /// Set when the key watch found the master key revoked: (key, why); `is_revoked`
+    /// says so without a lock on the read path.
+    revoked: RwLock<Option<(String, String)>>,
+    is_revoked: AtomicBool,
+    /// Set by close.
+    closing: Mutex<bool>,
+    /// The data file (its description, for storage that is not a file system).
+    location: PathBuf,
     durable: Mutex<Durable>,
     sync_lock: Mutex<()>,
     /// Engine pages (highest written + 1).
@@ -291,9 +336,32 @@ impl std::fmt::Debug for Tablespace {
 
 /// The encryption context of a tablespace's data key.
 pub fn context(tablespace_id: &[u8; 16], version: u32) -> EncryptionContext {
-    EncryptionContext::new()
-        .with("tde:tablespace", crate::hex::encode(tablespace_id))
-        .with("tde:dk-version", version.to_string())
+    Scope::Tablespace(*tablespace_id).context(EnvelopeId::Store, version)
+}
+
+/// The tablespace's envelope, named.
+fn envelope_name(name: &str) -> Named {
+    Named {
+        id: EnvelopeId::Store,
+        label: name.to_owned(),
+    }
+}
+
+/// The key service of the tablespace `id` on `io`: its trail is the override in
+/// `options`, else the file beside the tablespace, else memory.
+fn key_service(io: &dyn PageIo, id: &[u8; 16], options: &TablespaceOptions) -> Result<KeyService> {
+    let chain = crate::hex::encode(id);
+    let audit = match (&options.audit, io.audit_path()) {
+        (Some(audit), _) => audit.clone(),
+        (None, Some(path)) => Arc::new(AuditLog::open_at(path, &chain)?),
+        (None, None) => Arc::new(AuditLog::in_memory(&chain)),
+    };
+    Ok(KeyService::new(
+        Scope::Tablespace(*id),
+        options.kms.clone(),
+        audit,
+        options.retry,
+    ))
 }
 
 fn derived(suite: Suite, dk: &DataKey, id: &[u8; 16], label: &[u8], version: u32) -> Result<AeadKey> {
@@ -311,7 +379,12 @@ fn header_key(suite: Suite, dk: &DataKey, id: &[u8; 16], version: u32) -> Result
     derived(suite, dk, id, b"tde tablespace header key\0", version)
 }
 
-fn info_of(header: &Header, physical: usize, page_count: u64) -> TablespaceInfo {
+fn info_of(
+    header: &Header,
+    physical: usize,
+    page_count: u64,
+    live: &dyn Fn(u32) -> Option<u64>,
+) -> TablespaceInfo {
     let meta = &header.meta;
     TablespaceInfo {
         name: meta.name.clone(),
@@ -324,6 +397,8 @@ fn info_of(header: &Header, physical: usize, page_count: u64) -> TablespaceInfo 
         data_key_version: meta.envelope.current,
         encrypted: meta.encrypted,
         kms: meta.kms.clone(),
+        versions: crate::keys::describe_envelope(EnvelopeId::Store, &meta.name, &meta.envelope, live)
+            .versions,
     }
 }
 
@@ -344,6 +419,14 @@ impl Tablespace {
         pool: &BufferPool,
     ) -> Result<Tablespace> {
         let path = path.as_ref();
+        let audit = crate::audit::tablespace_audit_path(path);
+        if std::fs::symlink_metadata(&audit).is_ok() {
+            return Err(Error::InvalidArgument(format!(
+                "{} already exists (the audit trail of an earlier tablespace at this path?); \
+                 move it away before creating a tablespace here",
+                audit.display()
+            )));
+        }
         let io =
             FileIo::open(path, true).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         let name = path
@@ -394,10 +477,8 @@ impl Tablespace {
             .master_key
             .clone()
             .unwrap_or_else(|| DEFAULT_MASTER_KEY.to_owned());
-        let generated =
-            options
-                .kms
-                .generate_data_key(&cmk, DataKeySpec::from(options.suite), &context(&id, 1))?;
+        let keys = key_service(&*io, &id, options)?;
+        let generated = keys.generate(&envelope_name(name), &cmk, options.suite, 1, Reason::Create)?;
         let header = Header {
             page_size: options.page_size.bytes() as u32,
             id,
@@ -410,28 +491,22 @@ impl Tablespace {
                     table_id: 1,
                     cmk,
                     suite: options.suite,
-                    versions: vec![DkVersion {
-                        version: 1,
-                        edk: generated.wrapped.clone(),
-                        cmk_id: generated.key_id.clone(),
-                        created_at: SystemClock.now(),
-                        seals: 0,
-                    }],
+                    versions: vec![generated.record],
                     current: 1,
                     retired: Vec::new(),
                     reencrypt: None,
                 },
             },
         };
-        let keys = vec![(1, generated.plaintext)];
-        let hkey = header_key(options.suite, &keys[0].1, &id, 1)?;
+        let dks = vec![(1, generated.key)];
+        let hkey = header_key(options.suite, &dks[0].1, &id, 1)?;
         let page = header.encode(&hkey)?;
         io.write_all_at(data, 0, &page)
             .and_then(|()| io.sync(data))
             .map_err(|e| io_error(&*io, data, "writing", e))?;
         let journal = Journal::create(&*io, &id, page.len())
             .map_err(|e| io_error(&*io, PageFile::Journal, "creating", e))?;
-        Tablespace::assemble(io, header, keys, journal, options, pool)
+        Tablespace::assemble(io, header, dks, journal, keys, options, pool)
     }
 
     /// As [`Tablespace::open`], on any storage.
@@ -513,28 +588,18 @@ impl Tablespace {
                 if header.meta.encrypted { "out" } else { "" },
             )));
         }
-        let envelope = &header.meta.envelope;
-        let requests: Vec<UnwrapRequest> = envelope
-            .versions
-            .iter()
-            .map(|v| UnwrapRequest {
-                table: header.meta.name.clone(),
-                version: v.version,
-                cmk: envelope.cmk.clone(),
-                suite: envelope.suite,
-                edk: v.edk.clone(),
-                context: context(&id, v.version),
-            })
-            .collect();
-        let unwrapped = unwrap_all(&*options.kms, &requests, 4, &options.retry)?;
-        let keys: Vec<(u32, DataKey)> = envelope
-            .versions
-            .iter()
-            .map(|v| v.version)
-            .zip(unwrapped)
+        let keys = key_service(&*io, &id, options)?;
+        let dks: Vec<(u32, DataKey)> = keys
+            .unwrap_envelope(
+                &envelope_name(&header.meta.name),
+                &header.meta.envelope,
+                Reason::Open,
+            )?
+            .into_iter()
+            .map(|k| (k.version, k.key))
             .collect();
         let header = header.clone();
-        let mut ts = Tablespace::assemble(io.clone(), header, keys, journal, options, pool)?;
+        let mut ts = Tablespace::assemble(io.clone(), header, dks, journal, keys, options, pool)?;
         let recovered = ts.recover(&header_page).and_then(|()| {
             if fresh_journal {
                 Journal::write_header(&*io, &id, physical)
@@ -557,6 +622,7 @@ impl Tablespace {
         header: Header,
         keys: Vec<(u32, DataKey)>,
         journal: Journal,
+        service: KeyService,
         options: &TablespaceOptions,
         pool: &BufferPool,
     ) -> Result<Tablespace> {
@@ -568,7 +634,15 @@ impl Tablespace {
         let mut meta = crate::keyring::MetaKeys::default();
         for (version, dk) in &keys {
             meta.add(&crate::hex::encode(&header.id), *version, dk);
-            page_keys.insert(*version, Arc::new(page_key(suite, dk, &header.id, *version)?));
+            let recorded = envelope
+                .versions
+                .iter()
+                .find(|v| v.version == *version)
+                .map_or(0, |v| v.seals);
+            let key = page_key(suite, dk, &header.id, *version)?
+                .with_prior_seals(recorded)
+                .with_seal_limit(options.seal_limit);
+            page_keys.insert(*version, Arc::new(key));
             if *version == current {
                 hkey = Some(header_key(suite, dk, &header.id, *version)?);
             }
@@ -578,6 +652,9 @@ impl Tablespace {
             detail: format!("no data key version {current} in the envelope"),
         })?;
         drop(keys);
+        if let Some(key) = meta.mac_key(current, AUDIT_MAC_LABEL) {
+            service.audit().set_key(current, key);
+        }
         let sealing = if header.meta.encrypted {
             Sealing::Aead {
                 keys: page_keys,
@@ -588,6 +665,7 @@ impl Tablespace {
         };
         let physical = header.page_size as usize;
         let disk_pages = header.page_count.max(1);
+        let location = PathBuf::from(io.describe(PageFile::Data));
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let weak: Weak<dyn Owner> = weak.clone();
             Inner {
@@ -602,7 +680,15 @@ impl Tablespace {
                 sealing: RwLock::new(sealing),
                 header_key: RwLock::new(Arc::new(header_key)),
                 meta: Mutex::new(meta),
-                kms: RwLock::new(options.kms.clone()),
+                keys: service,
+                options: options.clone(),
+                seal_limit: options.seal_limit,
+                jobs: Mutex::new(Vec::new()),
+                reencrypting: Mutex::new(()),
+                revoked: RwLock::new(None),
+                is_revoked: AtomicBool::new(false),
+                closing: Mutex::new(false),
+                location,
                 pages: AtomicU64::new(disk_pages - 1),
                 durable: Mutex::new(Durable {
                     journal,
@@ -701,7 +787,14 @@ impl Tablespace {
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         let header = Header::decode(&first)?;
         let physical = header.page_size as usize;
-        Ok(info_of(&header, physical, header.page_count.max(1) - 1))
+        Ok(info_of(&header, physical, header.page_count.max(1) - 1, &|_| {
+            None
+        }))
+    }
+
+    /// The tablespace file.
+    pub fn path(&self) -> &Path {
+        &self.inner.location
     }
 
     /// Bytes of each page the engine sees (the physical page size minus [`RESERVE`]).
@@ -717,7 +810,10 @@ impl Tablespace {
     /// Facts about the tablespace.
     pub fn info(&self) -> TablespaceInfo {
         let durable = self.inner.durable.lock();
-        info_of(&durable.header, self.inner.physical, self.page_count())
+        let sealing = self.inner.sealing.read();
+        info_of(&durable.header, self.inner.physical, self.page_count(), &|v| {
+            sealing.key(v).map(|k| k.seals())
+        })
     }
 
     /// The tablespace id.
@@ -807,6 +903,7 @@ impl Tablespace {
 
     fn fetch(&self, page: u64, access: Access) -> Result<Guard<'_>> {
         let inner = &*self.inner;
+        inner.check_revoked()?;
         let physical = self.physical_no(page)?;
         inner.pool.inner.fetch(
             inner.owner,
@@ -877,7 +974,50 @@ impl Drop for Tablespace {
 }
 
 impl Inner {
+    /// [`Error::KeyRevoked`] once the key watch failed the tablespace closed.
+    fn check_revoked(&self) -> Result<()> {
+        if !self.is_revoked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match &*self.revoked.read() {
+            Some((key, reason)) => Err(Error::KeyRevoked {
+                table: self.name.clone(),
+                key: key.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the seal counts of the header's versions: exactly (`exact`, at close), or
+    /// (at a commit) leased ahead of the current version's count as the keys layer says
+    /// ([`crate::keys::leased_count`]). Returns whether the header changed.
+    fn record_seals(&self, durable: &mut Durable, exact: bool) -> bool {
+        if !self.encrypted {
+            return false;
+        }
+        let sealing = self.sealing.read();
+        let envelope = &mut durable.header.meta.envelope;
+        let mut changed = false;
+        for v in &mut envelope.versions {
+            let Some(seals) = sealing.key(v.version).map(|k| k.seals()) else {
+                continue;
+            };
+            if exact {
+                changed |= v.seals != seals;
+                v.seals = seals;
+            } else if v.version == envelope.current
+                && let Some(count) = crate::keys::leased_count(v.seals, seals, self.seal_limit)
+            {
+                v.seals = count;
+                changed = true;
+            }
+        }
+        changed
+    }
+
     fn check_poisoned(&self) -> Result<()> {
+        self.check_revoked()?;
         match &*self.poisoned.lock() {
             Some(cause) => Err(Error::Poisoned {
                 tablespace: self.name.clone(),
@@ -994,6 +1134,10 @@ impl Inner {
             durable.disk_pages = highest + 1;
             durable.header_changed = true;
         }
+        // Every seal of this commit is made: its count goes into the same commit.
+        if self.record_seals(durable, checkpoint && self.closing()) {
+            durable.header_changed = true;
+        }
         if durable.header_changed {
             let page = durable.header.encode(&self.header_key.read())?;
             durable
@@ -1022,10 +1166,26 @@ impl Inner {
     }
 
     fn close(&self) -> Result<()> {
+        // Jobs first: none may write once the tablespace is gone.
+        let jobs: Vec<Arc<JobControl>> = self.jobs.lock().drain(..).filter_map(|j| j.upgrade()).collect();
+        for job in &jobs {
+            job.cancel();
+        }
+        for job in jobs {
+            while !job.finished() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
         if self.poisoned.lock().is_some() {
             return self.check_poisoned();
         }
+        *self.closing.lock() = true;
         self.sync(true)
+    }
+
+    /// Whether the tablespace is closing (its last commit records exact seal counts).
+    fn closing(&self) -> bool {
+        *self.closing.lock()
     }
 }
 

@@ -268,9 +268,14 @@ impl PoolInner {
 
     /// Drops every frame of `owner` (wiping them) and forgets it.
     pub(crate) fn unregister(&self, owner: u64) {
+        self.state.lock().owners.remove(&owner);
+        self.drop_frames(owner);
+    }
+
+    /// Drops every frame of `owner`, dirty or not (wiping them).
+    pub(crate) fn drop_frames(&self, owner: u64) {
         let dropped: Vec<Arc<Frame>> = {
             let mut st = self.state.lock();
-            st.owners.remove(&owner);
             let keys: Vec<Key> = st
                 .lru
                 .iter()

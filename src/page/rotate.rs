@@ -10,27 +10,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::codec::stored_version;
-use super::{PageFile, Tablespace, context, header_key, io_error, page_key};
+use super::{Inner, PageFile, Tablespace, envelope_name, header_key, io_error, page_key};
+use crate::audit::{AuditEvent, Reason};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::keyring::{DkVersion, RetiredVersion, RetryPolicy};
-use crate::kms::{DataKeySpec, Kms};
-use crate::secret::WrappedKey;
-
-/// Wraps one data key again: (wrapped key, its encryption context, master key).
-type Wrap<'a> = dyn Fn(&[u8], &crate::kms::EncryptionContext, &str) -> Result<Vec<u8>> + 'a;
+use crate::keys::{
+    AutoRotation, Job, JobControl, PendingReencrypt, ReencryptJob, ReencryptOptions, ReencryptReport,
+    RetiredKey, RewrapReport, RotatedKey, RotationPolicy, WatchReport,
+};
+use crate::kms::{KeyState, Kms};
 
 /// Pages rewritten between two commits.
 const BATCH_PAGES: u64 = 256;
-
-/// What a re-encryption of a tablespace did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PageReencrypt {
-    /// Pages sealed again under the current version.
-    pub rewritten: u64,
-    /// Versions retired.
-    pub retired: Vec<u32>,
-}
 
 impl Tablespace {
     /// Makes a new data key version (one KMS call) current: pages written from now on are
@@ -45,30 +36,22 @@ impl Tablespace {
         let _one = inner.sync_lock.lock();
         inner.check_poisoned()?;
         let envelope = inner.durable.lock().header.meta.envelope.clone();
-        let version = envelope.next_version();
-        let kms = inner.kms.read().clone();
-        let generated = RetryPolicy::default().run(|| {
-            kms.generate_data_key(
-                &envelope.cmk,
-                DataKeySpec::from(envelope.suite),
-                &context(&inner.id, version),
-            )
-        })?;
-        let pages = page_key(envelope.suite, &generated.plaintext, &inner.id, version)?;
-        let header = header_key(envelope.suite, &generated.plaintext, &inner.id, version)?;
+        let new = inner
+            .keys
+            .rotate(&envelope_name(&inner.name), &envelope, Reason::Rotate)?;
+        let version = new.record.version;
+        let pages = page_key(envelope.suite, &new.key, &inner.id, version)?.with_seal_limit(inner.seal_limit);
+        let header = header_key(envelope.suite, &new.key, &inner.id, version)?;
         inner
             .meta
             .lock()
-            .add(&crate::hex::encode(&inner.id), version, &generated.plaintext);
+            .add(&crate::hex::encode(&inner.id), version, &new.key);
+        if let Some(key) = inner.meta.lock().mac_key(version, crate::audit::AUDIT_MAC_LABEL) {
+            inner.keys.audit().set_key(version, key);
+        }
         let mut durable = inner.durable.lock();
         let meta_envelope = &mut durable.header.meta.envelope;
-        meta_envelope.versions.push(DkVersion {
-            version,
-            edk: generated.wrapped,
-            cmk_id: generated.key_id,
-            created_at: SystemClock.now(),
-            seals: 0,
-        });
+        meta_envelope.versions.push(new.record);
         meta_envelope.current = version;
         durable.header_changed = true;
         inner.sealing.write().make_current(version, Arc::new(pages));
@@ -76,60 +59,106 @@ impl Tablespace {
         Ok(version)
     }
 
-    /// Re-encrypts every page sealed under an older data key version, committing every
-    /// 256 pages (each commit is a [`Tablespace::sync`], so call it between transactions),
-    /// at most `rate` bytes per second; then checkpoints and retires the old versions.
-    /// `progress(done, total)` is called after each commit, in pages. Stopping halfway is
-    /// safe: the next call continues with the pages still under old versions.
+    /// What awaits re-encryption: the versions older than the current one, and the bytes
+    /// of the tablespace (every page is read to find the ones under them).
     ///
     /// # Errors
-    /// As [`Tablespace::sync`] and [`Tablespace::write`].
-    pub fn reencrypt(&self, rate: Option<u64>, progress: &mut dyn FnMut(u64, u64)) -> Result<PageReencrypt> {
+    /// [`Error::Io`].
+    pub fn reencrypt_status(&self) -> Result<Vec<PendingReencrypt>> {
         let inner = &*self.inner;
-        let mut report = PageReencrypt::default();
+        let (versions, total) = {
+            let durable = inner.durable.lock();
+            (
+                crate::keys::old_versions(&durable.header.meta.envelope),
+                durable.disk_pages.saturating_sub(1),
+            )
+        };
+        if versions.is_empty() || !inner.encrypted {
+            return Ok(Vec::new());
+        }
+        let mut raw = vec![0u8; inner.physical];
+        let mut pages = 0u64;
+        for physical in 1..=total {
+            inner.read_raw(physical, &mut raw)?;
+            if versions.contains(&stored_version(&raw)) {
+                pages += 1;
+            }
+        }
+        Ok(vec![PendingReencrypt {
+            table: inner.name.clone(),
+            versions,
+            started: false,
+            bytes: pages * inner.physical as u64,
+        }])
+    }
+
+    /// Starts re-encrypting, in the background, every page sealed under an older data
+    /// key version, committing every 256 pages (each commit is a [`Tablespace::sync`],
+    /// so run it between transactions or accept that it commits theirs), at the
+    /// options' rate; then checkpoints and retires the old versions. Stopping halfway is
+    /// safe: the next pass continues with the pages still under old versions. Closing the
+    /// tablespace cancels the job.
+    pub fn reencrypt(&self, options: ReencryptOptions) -> ReencryptJob {
+        let control: Arc<JobControl> = Arc::default();
+        let inner = self.inner.clone();
+        inner.jobs.lock().push(Arc::downgrade(&control));
+        Job::start("tde-reencrypt", control, move |control| {
+            let Some(_one) = inner.reencrypting.try_lock() else {
+                return Err(Error::InvalidArgument(
+                    "a re-encryption pass is already running on this tablespace".into(),
+                ));
+            };
+            // A handle that does not close the tablespace when dropped.
+            let ts = Tablespace {
+                inner: inner.clone(),
+                closed: true,
+            };
+            ts.reencrypt_pass(options, control)
+        })
+    }
+
+    fn reencrypt_pass(&self, options: ReencryptOptions, control: &JobControl) -> Result<ReencryptReport> {
+        let inner = &*self.inner;
+        let mut report = ReencryptReport::default();
         let (old, current): (Vec<u32>, u32) = {
             let durable = inner.durable.lock();
             let envelope = &durable.header.meta.envelope;
-            (
-                envelope
-                    .versions
-                    .iter()
-                    .map(|v| v.version)
-                    .filter(|v| *v != envelope.current)
-                    .collect(),
-                envelope.current,
-            )
+            (crate::keys::old_versions(envelope), envelope.current)
         };
         if old.is_empty() || !inner.encrypted {
             return Ok(report);
         }
+        control.update(|p| p.table = Some(inner.name.clone()));
         self.sync()?;
         let total = inner.durable.lock().disk_pages.saturating_sub(1);
+        let page_bytes = inner.physical as u64;
+        control.update(|p| p.total_bytes = total * page_bytes);
         let started = Instant::now();
         let mut raw = vec![0u8; inner.physical];
         let mut batch = 0;
         for physical in 1..=total {
+            control.check()?;
             inner.read_raw(physical, &mut raw)?;
-            if stored_version(&raw) == current {
-                continue;
+            if stored_version(&raw) != current {
+                drop(self.write(physical - 1)?);
+                report.resealed_values += 1;
+                batch += 1;
             }
-            drop(self.write(physical - 1)?);
-            report.rewritten += 1;
-            batch += 1;
-            if batch == BATCH_PAGES || physical == total {
+            if batch == BATCH_PAGES || (physical == total && batch > 0) {
                 self.sync()?;
                 batch = 0;
-                progress(physical, total);
-                if let Some(rate) = rate {
+                control.update(|p| p.done_bytes = physical * page_bytes);
+                if let Some(rate) = options.rate {
                     let due = Duration::from_secs_f64(
-                        (report.rewritten * inner.physical as u64) as f64 / rate.max(1) as f64,
+                        (report.resealed_values * page_bytes) as f64 / rate.max(1) as f64,
                     );
-                    std::thread::sleep(due.saturating_sub(started.elapsed()));
+                    control.sleep(due.saturating_sub(started.elapsed()))?;
                 }
             }
         }
+        report.rewritten_bytes = report.resealed_values * page_bytes;
         self.sync()?;
-        progress(total, total);
+        control.update(|p| p.done_bytes = total * page_bytes);
         // Every page now names the current version, in the journal or the file; after a
         // checkpoint, in the file.
         self.checkpoint()?;
@@ -147,37 +176,36 @@ impl Tablespace {
                 });
             }
         }
-        {
+        let (cmk, retired) = {
             let _one = inner.sync_lock.lock();
             let mut durable = inner.durable.lock();
             let envelope = &mut durable.header.meta.envelope;
-            let now = SystemClock.now();
-            let (gone, kept): (Vec<_>, Vec<_>) = envelope
-                .versions
-                .drain(..)
-                .partition(|v| old.contains(&v.version));
-            envelope.versions = kept;
-            for v in gone {
-                report.retired.push(v.version);
-                envelope.retired.push(RetiredVersion {
-                    version: v.version,
-                    cmk_id: v.cmk_id,
-                    created_at: v.created_at,
-                    retired_at: now,
-                });
-            }
+            let retired = crate::keys::retire(envelope, &old, SystemClock.now());
+            let cmk = envelope.cmk.clone();
             durable.header_changed = true;
-        }
+            (cmk, retired)
+        };
         self.checkpoint()?;
         let mut sealing = inner.sealing.write();
-        for version in &report.retired {
-            sealing.forget(*version);
+        for version in retired {
+            sealing.forget(version);
+            inner.keys.audit().append(&AuditEvent {
+                op: "retire-data-key",
+                key: &cmk,
+                table: &inner.name,
+                reason: Reason::Rotate,
+                error: None,
+            })?;
+            let retired = RetiredKey {
+                table: inner.name.clone(),
+                version,
+            };
+            control.update(|p| p.retired.push(retired.clone()));
+            report.retired.push(retired);
         }
         Ok(report)
     }
-}
 
-impl Tablespace {
     /// Rewraps the tablespace's data keys under `to_key`, or under the current version of
     /// their own master key if `None` (after the KMS rotated it): the KMS re-encrypts each
     /// wrapped key; no page changes. Durable with the next [`Tablespace::sync`]; sync
@@ -185,15 +213,8 @@ impl Tablespace {
     ///
     /// # Errors
     /// [`Error::Kms`] if a master key refuses (nothing changes).
-    pub fn rewrap(&self, to_key: Option<&str>) -> Result<()> {
-        let kms = self.inner.kms.read().clone();
-        self.rewrap_with(
-            to_key,
-            &|edk, context, dest| {
-                Ok(RetryPolicy::default().run(|| kms.re_encrypt(edk, context, dest, context))?)
-            },
-            None,
-        )
+    pub fn rewrap(&self, to_key: Option<&str>) -> Result<RewrapReport> {
+        self.rewrap_to(None, to_key, None)
     }
 
     /// Moves the tablespace to master key `to_key` of the KMS `to`: every data key is
@@ -203,56 +224,131 @@ impl Tablespace {
     ///
     /// # Errors
     /// [`Error::Kms`] if either KMS refuses (nothing changes).
-    pub fn migrate(&self, to: Arc<dyn Kms>, to_key: &str, to_kms_uri: Option<&str>) -> Result<()> {
-        let from = self.inner.kms.read().clone();
+    pub fn migrate(&self, to: Arc<dyn Kms>, to_key: &str, to_kms_uri: Option<&str>) -> Result<RewrapReport> {
         let uri = to_kms_uri.map_or_else(|| to.describe(), ToOwned::to_owned);
-        self.rewrap_with(
-            Some(to_key),
-            &|edk, context, dest| {
-                let plain = RetryPolicy::default().run(|| from.decrypt(edk, context))?;
-                Ok(RetryPolicy::default().run(|| to.encrypt(dest, plain.expose(), context))?)
-            },
-            Some((to.clone(), uri)),
-        )
+        self.rewrap_to(Some(to), Some(to_key), Some(uri))
     }
 
-    /// Rewraps every version with `wrap(edk, context, master key)`; with `moved_to`, the
-    /// tablespace switches to that KMS (and records its URI) in the same step.
-    fn rewrap_with(
+    fn rewrap_to(
         &self,
+        to: Option<Arc<dyn Kms>>,
         to_key: Option<&str>,
-        wrap: &Wrap<'_>,
-        moved_to: Option<(Arc<dyn Kms>, String)>,
-    ) -> Result<()> {
+        uri: Option<String>,
+    ) -> Result<RewrapReport> {
         let inner = &*self.inner;
         inner.check_encrypted()?;
         let _one = inner.sync_lock.lock();
-        let mut envelope = inner.durable.lock().header.meta.envelope.clone();
-        let dest = to_key.unwrap_or(&envelope.cmk).to_owned();
-        for v in &mut envelope.versions {
-            let wrapped = wrap(v.edk.as_bytes(), &context(&inner.id, v.version), &dest)?;
-            v.edk = WrappedKey::from_bytes(wrapped);
-        }
-        let target = moved_to
-            .as_ref()
-            .map_or_else(|| inner.kms.read().clone(), |(kms, _)| kms.clone());
-        let key_id = target.describe_key(&dest).map(|d| d.key_id);
-        for v in &mut envelope.versions {
-            if let Ok(id) = &key_id {
-                v.cmk_id.clone_from(id);
-            }
-        }
-        envelope.cmk = dest;
+        let envelope = inner.durable.lock().header.meta.envelope.clone();
+        let reason = if to.is_some() {
+            Reason::Migrate
+        } else {
+            Reason::Rotate
+        };
+        let (mut rewrapped, report) = inner.keys.rewrap(
+            &[(envelope_name(&inner.name), envelope)],
+            to.as_ref(),
+            to_key,
+            reason,
+        )?;
         let mut durable = inner.durable.lock();
-        durable.header.meta.envelope = envelope;
-        if let Some((kms, uri)) = moved_to {
+        if let Some(envelope) = rewrapped.pop() {
+            durable.header.meta.envelope = envelope;
+        }
+        if let (Some(kms), Some(uri)) = (to, uri) {
             durable.header.meta.kms = uri;
-            *inner.kms.write() = kms;
+            inner.keys.switch_kms(kms);
         }
         durable.header_changed = true;
-        Ok(())
+        Ok(report)
     }
 
+    /// One round of key maintenance: records the seal counts (with the next commit) and
+    /// rotates the data key if its current version is past 3/4 of its seal limit or older
+    /// than the policy allows.
+    ///
+    /// # Errors
+    /// [`Error::Kms`]; [`Error::Poisoned`].
+    pub fn maintain_keys(&self, policy: &RotationPolicy) -> Result<Vec<RotatedKey>> {
+        let inner = &*self.inner;
+        if !inner.encrypted || inner.revoked.read().is_some() {
+            return Ok(Vec::new());
+        }
+        let due = {
+            let durable = inner.durable.lock();
+            let envelope = &durable.header.meta.envelope;
+            let usage = inner.sealing.read().key(envelope.current).map(|k| k.usage());
+            crate::keys::due_for_rotation(envelope, usage, policy, SystemClock.now())
+        };
+        if !due {
+            return Ok(Vec::new());
+        }
+        let version = self.rotate_data_key()?;
+        Ok(vec![RotatedKey {
+            table: inner.name.clone(),
+            version,
+        }])
+    }
+
+    /// Runs [`Tablespace::maintain_keys`] every `policy` interval in a background job
+    /// until the returned handle is dropped or the tablespace closes.
+    pub fn auto_rotate(&self, policy: RotationPolicy) -> AutoRotation {
+        let weak = Arc::downgrade(&self.inner);
+        Job::periodic("tde-auto-rotate", policy.interval(), move |control| {
+            let inner = weak.upgrade()?;
+            if inner.closing() {
+                return None;
+            }
+            let ts = Tablespace { inner, closed: true };
+            let outcome = ts.maintain_keys(&policy);
+            if let Ok(rotated) = &outcome {
+                control.update(|p| p.rotated.extend(rotated.iter().cloned()));
+            }
+            Some(outcome)
+        })
+    }
+
+    /// One round of the key-state watch: asks the KMS for the state of the master key
+    /// and, if it is revoked (disabled, pending deletion, gone, not permitted), fails the
+    /// tablespace closed: every later read or write returns [`Error::KeyRevoked`], its
+    /// pages are dropped from the pool and its keys from memory.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the audit trail cannot be written.
+    pub fn check_keys(&self) -> Result<WatchReport> {
+        let inner = &*self.inner;
+        let key = inner.durable.lock().header.meta.envelope.cmk.clone();
+        let mut report = WatchReport {
+            keys_checked: 1,
+            ..WatchReport::default()
+        };
+        let why = match inner.keys.describe_key(&key, &inner.name, Reason::Watch) {
+            Ok(meta) if meta.state == KeyState::Enabled => return Ok(report),
+            Ok(meta) => format!("the key is {}", meta.state),
+            Err(e) if crate::keys::revoking(&e) => e.to_string(),
+            Err(e @ Error::Io { .. }) => return Err(e),
+            Err(e) => {
+                report.unreachable.push((key, e.to_string()));
+                return Ok(report);
+            }
+        };
+        if inner.revoked.read().is_some() {
+            return Ok(report);
+        }
+        // Stop new operations, then drop what the pool holds in plaintext and the keys.
+        *inner.revoked.write() = Some((key.clone(), why.clone()));
+        inner.is_revoked.store(true, std::sync::atomic::Ordering::Release);
+        inner
+            .poisoned
+            .lock()
+            .get_or_insert_with(|| format!("master key {key} revoked: {why}"));
+        inner.pool.inner.drop_frames(inner.owner);
+        inner.sealing.write().forget_all();
+        report.revoked.push((inner.name.clone(), key, why));
+        Ok(report)
+    }
+}
+
+impl Tablespace {
     /// Writes a consistent copy of the tablespace file to `out`: syncs and checkpoints,
     /// then copies the file while no checkpoint can change it. Returns the bytes written.
     /// The copy is ciphertext, and opens alone with the KMS.
@@ -280,7 +376,7 @@ impl Tablespace {
     }
 }
 
-impl super::Inner {
+impl Inner {
     fn check_encrypted(&self) -> Result<()> {
         if self.encrypted {
             Ok(())

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tde::clock::ManualClock;
 use tde::kms::EncryptionContext;
 use tde::kms::local::LocalKms;
+use tde::testing::ManualClock;
 
 /// A local KMS in a temporary directory with a clock the test moves.
 pub struct TestKms {
@@ -169,18 +169,14 @@ impl TestPages {
 
 /// Options for a table under its own master key `key`.
 pub fn keyed(key: &str) -> tde::kv::TableOptions {
-    tde::kv::TableOptions {
-        master_key: Some(key.to_owned()),
-        ..tde::kv::TableOptions::default()
-    }
+    tde::kv::TableOptions::default().master_key(key)
 }
 
 /// Options for a table without value sealing.
 pub fn unsealed() -> tde::kv::TableOptions {
-    tde::kv::TableOptions {
-        value_seal: false,
-        ..tde::kv::TableOptions::default()
-    }
+    tde::kv::TableOptions::default()
+        .dangerous()
+        .without_value_sealing()
 }
 
 /// The `tde` command line against a local KMS in a temporary directory (`TDE_KMS`).
@@ -322,4 +318,9 @@ pub fn rewrite_replicated(bytes: &[u8], change: impl FnOnce(&mut serde_json::Val
     out.extend_from_slice(&h.finalize());
     out.extend_from_slice(&payload);
     out
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

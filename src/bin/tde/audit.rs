@@ -1,6 +1,7 @@
-//! `tde audit show|verify`: the store's trail of KMS calls (needs no key).
+//! `tde audit show|verify`: the trail of KMS calls of a store, a tablespace or a backup
+//! destination (needs no key, except `verify --deep`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
@@ -8,9 +9,10 @@ use crate::CliResult;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
-    /// Print every record of a store's audit trail.
+    /// Print every record of the audit trail of a store, a tablespace or a backup
+    /// destination.
     Show {
-        /// Directory of the store.
+        /// Directory of the store, tablespace file, or backup destination.
         path: PathBuf,
         /// One JSON object per line, as stored.
         #[arg(long)]
@@ -20,7 +22,7 @@ pub(crate) enum AuditCommand {
     /// With --deep, also open the store (needs the KMS) and check every keyed record's
     /// MAC, which someone without the KMS cannot forge.
     Verify {
-        /// Directory of the store.
+        /// Directory of the store, tablespace file, or backup destination.
         path: PathBuf,
         /// Authenticate the records with the store's keys.
         #[arg(long)]
@@ -31,7 +33,7 @@ pub(crate) enum AuditCommand {
 pub(crate) fn run(flag: Option<&str>, cmd: AuditCommand) -> CliResult {
     match cmd {
         AuditCommand::Show { path, json } => {
-            for r in tde::audit::read(&path)? {
+            for r in tde::audit::read_at(&trail(&path)?.0)? {
                 if json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
@@ -50,13 +52,14 @@ pub(crate) fn run(flag: Option<&str>, cmd: AuditCommand) -> CliResult {
             }
         }
         AuditCommand::Verify { path, deep: false } => {
-            let keyring = tde::keyring::Keyring::open(&path)?;
-            let (records, head) = tde::audit::verify(&path, &keyring.data().store_id)?;
+            let (file, chain) = trail(&path)?;
+            let (records, head) = tde::audit::verify_at(&file, &chain)?;
             println!("{records} records, chain intact; last hash {head}");
         }
         AuditCommand::Verify { path, deep: true } => {
-            let store = crate::db::open_store(&path, flag)?;
-            let r = store.verify_audit()?;
+            let engine = crate::db::open_any(&path, flag)?;
+            let r = engine.verify_audit()?;
+            engine.close()?;
             println!(
                 "{} records, chain intact; {} authenticated with the store's keys, {} after the last keyed record; last hash {}",
                 r.records,
@@ -67,4 +70,15 @@ pub(crate) fn run(flag: Option<&str>, cmd: AuditCommand) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// The trail of `path` (a store, a tablespace, or a backup destination) and its chain id.
+fn trail(path: &Path) -> CliResult<(PathBuf, String)> {
+    if tde::backup::is_destination(path) {
+        return Ok((
+            path.join(tde::audit::AUDIT_FILE),
+            tde::backup::DESTINATION_CHAIN.to_owned(),
+        ));
+    }
+    Ok(tde::engines::audit_trail(path)?)
 }

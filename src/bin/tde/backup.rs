@@ -9,7 +9,7 @@ use tde::kv::StoreOptions;
 use tde::page::TablespaceOptions;
 
 use crate::CliResult;
-use crate::db::{absolute, connect, open_store};
+use crate::db::{absolute, connect, open_any};
 use crate::progress::Progress;
 
 #[derive(Debug, Subcommand)]
@@ -90,19 +90,14 @@ fn options_for(dest: &Path, id: Option<&str>, flag: Option<&str>) -> CliResult<O
 pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
     match cmd {
         BackupCommand::Create { path, dest } => {
-            let report = if path.is_file() {
-                let ts = crate::page::open(&path, flag, &tde::page::BufferPool::new(4 << 20))?;
-                tde::backup::create_tablespace(&ts, &dest)?
-            } else {
-                let store = open_store(&path, flag)?;
-                let mut progress = Progress::bytes("backing up", 0);
-                let report = tde::backup::create_with_progress(&store, &dest, &mut |done, total| {
-                    progress.set_total(total);
-                    progress.set(done, None);
-                })?;
-                progress.finish(report.bytes);
-                report
-            };
+            let engine = open_any(&path, flag)?;
+            let mut progress = Progress::bytes("backing up", 0);
+            let report = engine.backup(&dest, &mut |done, total| {
+                progress.set_total(total);
+                progress.set(done, None);
+            })?;
+            progress.finish(report.bytes);
+            engine.close()?;
             println!("{}", report.id);
             eprintln!(
                 "backup {} of {}: {} files, {} bytes, {} bytes copied (the rest was already in {})",
@@ -178,7 +173,8 @@ pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
             let uri = to_uri.to_string();
             let m = match tde::backup::find(&dest, id.as_deref())?.kind {
                 BackupKind::Store => {
-                    tde::backup::rewrap(&dest, id.as_deref(), &*from, &*to, same, &to_key, Some(&uri))?
+                    let to = (!same).then_some(to);
+                    tde::backup::rewrap(&dest, id.as_deref(), from, to, &to_key, Some(&uri))?
                 }
                 BackupKind::Tablespace => {
                     let options = TablespaceOptions::new(from).kms_uri(from_uri.to_string());

@@ -176,10 +176,11 @@ fn open_tde(dir: &Path, kms: &Arc<LocalKms>, cache: Option<usize>, value_seal: b
         let store = Store::create(dir, options)?;
         store.create_table(
             "bench",
-            &TableOptions {
-                value_seal,
-                ..TableOptions::default()
-            },
+            &(if value_seal {
+                TableOptions::default()
+            } else {
+                TableOptions::default().dangerous().without_value_sealing()
+            }),
         )?;
         store
     };

@@ -46,7 +46,7 @@ fn options(kms: &Arc<LocalKms>, size: PageSize, encrypted: bool) -> TablespaceOp
     if encrypted {
         options
     } else {
-        options.insecure_unencrypted()
+        options.dangerous().unencrypted()
     }
 }
 

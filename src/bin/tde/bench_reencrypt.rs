@@ -47,10 +47,11 @@ pub(crate) fn run(args: &ReencryptArgs) -> CliResult {
     let store = Store::create(&dir, StoreOptions::new(kms))?;
     let table = store.create_table(
         "bench",
-        &TableOptions {
-            value_seal: !args.no_value_seal,
-            ..TableOptions::default()
-        },
+        &(if !args.no_value_seal {
+            TableOptions::default()
+        } else {
+            TableOptions::default().dangerous().without_value_sealing()
+        }),
     )?;
     eprintln!(
         "tde bench reencrypt: loading a {} MiB store (value sealing {})",
@@ -62,7 +63,7 @@ pub(crate) fn run(args: &ReencryptArgs) -> CliResult {
         for _ in 0..50 {
             let mut batch = store.batch();
             for _ in 0..2_000 {
-                batch.put(&table, &key(i), &value(i));
+                batch.put(&table, key(i), value(i));
                 i += 1;
             }
             store.write(batch)?;

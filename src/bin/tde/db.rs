@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use tde::cipher::Suite;
+use tde::keys::KeyLifecycle;
 use tde::kms::{Kms, KmsUri};
 use tde::kv::{ScanOptions, Store, StoreOptions, TableOptions};
 
@@ -100,19 +101,36 @@ pub(crate) fn connect(uri: &KmsUri) -> CliResult<Arc<dyn Kms>> {
     Ok(tde::kms::open_uri(uri)?)
 }
 
+/// The KMS for what `path` holds: `--kms` if given, else the one it recorded.
+pub(crate) fn kms_for(path: &Path, flag: Option<&str>) -> CliResult<KmsUri> {
+    match flag {
+        Some(f) => absolute(KmsUri::parse(f)?),
+        None => Ok(KmsUri::parse(&tde::engines::recorded_kms(path)?)?),
+    }
+}
+
 /// Opens a store with `--kms` if given, else the KMS it recorded.
 pub(crate) fn open_store(path: &Path, flag: Option<&str>) -> CliResult<Store> {
-    let uri = match flag {
-        Some(f) => absolute(KmsUri::parse(f)?)?,
-        None => {
-            let keyring = tde::keyring::Keyring::open(path)?;
-            KmsUri::parse(&keyring.data().kms)?
-        }
-    };
+    if tde::engines::identify(path)? != tde::engines::EngineKind::Store {
+        return Err(format!("{} is a tablespace; this command works on stores", path.display()).into());
+    }
+    let uri = kms_for(path, flag)?;
     let kms = connect(&uri)?;
     Ok(Store::open(
         path,
         StoreOptions::new(kms).kms_uri(uri.to_string()),
+    )?)
+}
+
+/// Opens what `path` holds (a store or a tablespace) with `--kms` if given, else the
+/// KMS it recorded.
+pub(crate) fn open_any(path: &Path, flag: Option<&str>) -> CliResult<Box<dyn KeyLifecycle>> {
+    let uri = kms_for(path, flag)?;
+    Ok(tde::engines::open(
+        path,
+        connect(&uri)?,
+        Some(&uri.to_string()),
+        16 << 20,
     )?)
 }
 
@@ -143,14 +161,17 @@ pub(crate) fn run_table(flag: Option<&str>, cmd: TableCommand) -> CliResult {
             no_value_seal,
         } => {
             let store = open_store(&path, flag)?;
-            store.create_table(
-                &name,
-                &TableOptions {
-                    master_key: key,
-                    suite: cipher,
-                    value_seal: !no_value_seal,
-                },
-            )?;
+            let mut options = TableOptions::default();
+            if let Some(key) = key {
+                options = options.master_key(key);
+            }
+            if let Some(cipher) = cipher {
+                options = options.suite(cipher);
+            }
+            if no_value_seal {
+                options = options.dangerous().without_value_sealing();
+            }
+            store.create_table(&name, &options)?;
             let info = store.tables().into_iter().find(|t| t.name == name);
             if let Some(info) = info {
                 println!(
@@ -274,35 +295,26 @@ pub(crate) fn load(flag: Option<&str>, target: &Target) -> CliResult {
 }
 
 pub(crate) fn verify(flag: Option<&str>, path: &Path) -> CliResult {
-    let store = open_store(path, flag)?;
-    let mut failures = 0;
-    let mut total = 0u64;
-    for info in store.tables() {
-        let table = store.table(&info.name)?;
-        let mut count = 0u64;
-        let mut failure = None;
-        for item in table.iter()? {
-            match item {
-                Ok(_) => count += 1,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        total += count;
-        match failure {
-            None => println!("{}: {count} records, all authentic", info.name),
-            Some(e) => {
-                failures += 1;
-                println!("{}: FAILED after {count} records: {e}", info.name);
-            }
+    let engine = open_any(path, flag)?;
+    let report = engine.verify()?;
+    for part in &report.parts {
+        match &part.error {
+            None => println!("{}: {} {}, all authentic", part.name, part.checked, report.unit),
+            Some(e) => println!(
+                "{}: FAILED after {} {}: {e}",
+                part.name, part.checked, report.unit
+            ),
         }
     }
-    if failures > 0 {
-        return Err(format!("{failures} table(s) failed verification").into());
+    engine.close()?;
+    if report.failures() > 0 {
+        return Err(format!("{} part(s) failed verification", report.failures()).into());
     }
-    println!("verified {total} records in {} tables", store.tables().len());
+    let parts = match (report.unit, report.parts.len()) {
+        ("pages", 1) => "1 tablespace".to_owned(),
+        (_, n) => format!("{n} tables"),
+    };
+    println!("verified {} {} in {parts}", report.checked(), report.unit);
     Ok(())
 }
 
@@ -312,21 +324,9 @@ pub(crate) fn rotate(
     table: Option<&str>,
     to_key: Option<&str>,
 ) -> CliResult {
-    if path.is_file() {
-        if table.is_some() {
-            return Err("--table applies to key-value stores; a tablespace has one envelope".into());
-        }
-        let ts = crate::page::open(path, flag, &tde::page::BufferPool::new(1 << 20))?;
-        ts.rewrap(to_key)?;
-        ts.close()?;
-        println!(
-            "rewrapped the data keys of {}; no page was rewritten",
-            path.display()
-        );
-        return Ok(());
-    }
-    let store = open_store(path, flag)?;
-    let report = store.rewrap(table, to_key)?;
+    let engine = open_any(path, flag)?;
+    let report = engine.rewrap(table, to_key)?;
+    engine.close()?;
     println!(
         "rewrapped {} data key(s) of {} envelope(s); no data file was rewritten",
         report.wrapped_keys, report.envelopes
@@ -335,9 +335,9 @@ pub(crate) fn rotate(
 }
 
 pub(crate) fn watch(flag: Option<&str>, path: &Path, interval: u64, once: bool) -> CliResult {
-    let store = open_store(path, flag)?;
+    let engine = open_any(path, flag)?;
     loop {
-        let report = store.check_keys()?;
+        let report = engine.check_keys()?;
         for (key, error) in &report.unreachable {
             println!("unreachable: master key {key}: {error} (tables keep working)");
         }
@@ -356,32 +356,14 @@ pub(crate) fn watch(flag: Option<&str>, path: &Path, interval: u64, once: bool) 
 }
 
 pub(crate) fn migrate(flag: Option<&str>, path: &Path, to_key: &str, to_kms: Option<&str>) -> CliResult {
-    if path.is_file() {
-        let ts = crate::page::open(path, flag, &tde::page::BufferPool::new(1 << 20))?;
-        let uri = match to_kms {
-            Some(u) => absolute(KmsUri::parse(u)?)?,
-            None => KmsUri::parse(&ts.info().kms)?,
-        };
-        ts.migrate(connect(&uri)?, to_key, Some(&uri.to_string()))?;
-        ts.close()?;
-        println!(
-            "moved {} to {to_key} (KMS {uri}); no page was rewritten",
-            path.display()
-        );
-        return Ok(());
-    }
-    let store = open_store(path, flag)?;
-    let (to, uri) = match to_kms {
-        Some(u) => {
-            let uri = absolute(KmsUri::parse(u)?)?;
-            (connect(&uri)?, uri.to_string())
-        }
-        None => {
-            let uri = KmsUri::parse(&store.recorded_kms())?;
-            (connect(&uri)?, uri.to_string())
-        }
+    let from = kms_for(path, flag)?;
+    let engine = tde::engines::open(path, connect(&from)?, Some(&from.to_string()), 16 << 20)?;
+    let uri = match to_kms {
+        Some(u) => absolute(KmsUri::parse(u)?)?,
+        None => from,
     };
-    let report = store.migrate(to, to_key, Some(&uri))?;
+    let report = engine.migrate(connect(&uri)?, to_key, Some(&uri.to_string()))?;
+    engine.close()?;
     println!(
         "moved {} data key(s) of {} envelope(s) to {to_key} (KMS {uri}); no data file was rewritten",
         report.wrapped_keys, report.envelopes

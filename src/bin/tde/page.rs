@@ -4,11 +4,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use tde::cipher::Suite;
-use tde::kms::KmsUri;
 use tde::page::{BufferPool, PageSize, Tablespace, TablespaceOptions};
 
 use crate::CliResult;
-use crate::db::{absolute, connect, kms_for_create};
+use crate::db::{connect, kms_for_create};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PageCommand {
@@ -27,7 +26,8 @@ pub(crate) enum PageCommand {
         #[arg(long, default_value = "16k")]
         page_size: PageSize,
     },
-    /// Show what a tablespace header records (needs no key).
+    /// Show what a tablespace header records (needs no key: seal counts are as recorded
+    /// in the header, not verified).
     Info {
         /// The tablespace file.
         file: PathBuf,
@@ -44,10 +44,7 @@ pub(crate) enum PageCommand {
 
 /// Opens a tablespace with `--kms` if given, else the KMS its header records.
 pub(crate) fn open(file: &Path, flag: Option<&str>, pool: &BufferPool) -> CliResult<Tablespace> {
-    let uri = match flag {
-        Some(f) => absolute(KmsUri::parse(f)?)?,
-        None => KmsUri::parse(&Tablespace::inspect(file)?.kms)?,
-    };
+    let uri = crate::db::kms_for(file, flag)?;
     let options = TablespaceOptions::new(connect(&uri)?).kms_uri(uri.to_string());
     Ok(Tablespace::open(file, &options, pool)?)
 }
@@ -97,6 +94,15 @@ pub(crate) fn run(flag: Option<&str>, cmd: PageCommand) -> CliResult {
                 println!("master key         {}", info.master_key);
                 println!("data key version   {}", info.data_key_version);
                 println!("kms                {}", info.kms);
+                for v in &info.versions {
+                    let state = serde_json::to_value(v.state)?;
+                    println!(
+                        "  version {:<4} {:<9} {} seals (as recorded)",
+                        v.version,
+                        state.as_str().unwrap_or_default(),
+                        v.seals
+                    );
+                }
             }
         }
         PageCommand::Verify { file } => {
