@@ -262,7 +262,7 @@ impl BTree {
                 unreachable!("leaves link to leaves")
             };
             for (k, v) in entries {
-                if !(start, end).contains(k.as_slice()) {
+                if !RangeBounds::<[u8]>::contains(&(start, end), k.as_slice()) {
                     let past_end = match end {
                         Bound::Included(e) => k.as_slice() > e,
                         Bound::Excluded(e) => k.as_slice() >= e,

@@ -2,8 +2,11 @@
 //! import expiry), behind a trait so tests can move time.
 
 use std::fmt;
+#[cfg(any(test, feature = "testing"))]
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+#[cfg(any(test, feature = "testing"))]
+use std::time::Duration;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::kms::Timestamp;
 
@@ -28,9 +31,11 @@ impl Clock for SystemClock {
 }
 
 /// A clock that moves only when told to: for tests and simulations of key lifecycles.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug)]
 pub struct ManualClock(AtomicU64);
 
+#[cfg(any(test, feature = "testing"))]
 impl ManualClock {
     /// Starts at the current system time.
     pub fn new() -> ManualClock {
@@ -48,12 +53,14 @@ impl ManualClock {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Default for ManualClock {
     fn default() -> ManualClock {
         ManualClock::new()
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         Timestamp(self.0.load(Ordering::SeqCst))

@@ -22,7 +22,9 @@
 mod storage;
 
 use sha2::{Digest, Sha256};
-pub use storage::{DirLock, FsStorage, Storage};
+#[cfg(any(test, feature = "testing"))]
+pub use storage::DirLock;
+pub use storage::{FsStorage, Storage};
 
 use crate::error::{Error, Result};
 

@@ -8,10 +8,14 @@
 //! The trait is provider-neutral: the local KMS here, and cloud or hardware KMSs behind
 //! cargo features, implement the same five operations with the same error kinds.
 
+#[cfg(feature = "aws-kms")]
+pub mod aws;
 mod error;
 pub mod local;
 mod types;
 mod uri;
+#[cfg(feature = "vault")]
+pub mod vault;
 
 pub use error::{KmsError, KmsErrorKind};
 pub use types::{

@@ -1,4 +1,7 @@
-//! Naming a KMS: `local:DIR` (or a bare path) for the embedded local KMS.
+//! Naming a KMS: `local:DIR` (or a bare path) for the embedded local KMS,
+//! `aws-kms:[?region=R&endpoint=URL]` for AWS KMS, `vault-transit:[ADDR][?mount=M&namespace=NS]`
+//! for Vault or OpenBao Transit. A URI names where a KMS is, never a secret: it is
+//! recorded in stores and backups.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,6 +17,44 @@ use crate::error::{Error, Result};
 pub enum KmsUri {
     /// The embedded local KMS in a directory.
     Local(PathBuf),
+    /// AWS KMS (feature `aws-kms`): region and endpoint override the standard AWS
+    /// configuration.
+    AwsKms {
+        /// `region=`.
+        region: Option<String>,
+        /// `endpoint=`.
+        endpoint: Option<String>,
+    },
+    /// Vault / OpenBao Transit (feature `vault`).
+    VaultTransit {
+        /// The server, e.g. `https://vault.example:8200`; default `VAULT_ADDR`.
+        addr: Option<String>,
+        /// `mount=` (default `transit`).
+        mount: Option<String>,
+        /// `namespace=` (default `VAULT_NAMESPACE`).
+        namespace: Option<String>,
+    },
+}
+
+/// `?k=v&k=v` of `query`, only the keys in `allowed`, each once.
+fn parameters(scheme: &str, query: &str, allowed: &[&str]) -> Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !allowed.contains(&k) || v.is_empty() || out.iter().any(|(seen, _)| seen == k) {
+            return Err(Error::InvalidArgument(format!(
+                "{scheme}: bad parameter {pair:?} (accepted, once each: {})",
+                allowed.join(", ")
+            )));
+        }
+        out.push((k.to_owned(), v.to_owned()));
+    }
+    Ok(out)
+}
+
+fn take(params: &mut Vec<(String, String)>, key: &str) -> Option<String> {
+    let i = params.iter().position(|(k, _)| k == key)?;
+    Some(params.remove(i).1)
 }
 
 impl KmsUri {
@@ -34,6 +75,28 @@ impl KmsUri {
             }
             return Ok(KmsUri::Local(PathBuf::from(dir)));
         }
+        if let Some(rest) = text.strip_prefix("aws-kms:") {
+            let query = rest.strip_prefix('?').unwrap_or(rest);
+            if !rest.is_empty() && !rest.starts_with('?') {
+                return Err(Error::InvalidArgument(format!(
+                    "aws-kms: takes only parameters, e.g. aws-kms:?region=eu-west-1, not {text:?}"
+                )));
+            }
+            let mut params = parameters("aws-kms", query, &["region", "endpoint"])?;
+            return Ok(KmsUri::AwsKms {
+                region: take(&mut params, "region"),
+                endpoint: take(&mut params, "endpoint"),
+            });
+        }
+        if let Some(rest) = text.strip_prefix("vault-transit:") {
+            let (addr, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let mut params = parameters("vault-transit", query, &["mount", "namespace"])?;
+            return Ok(KmsUri::VaultTransit {
+                addr: (!addr.is_empty()).then(|| addr.to_owned()),
+                mount: take(&mut params, "mount"),
+                namespace: take(&mut params, "namespace"),
+            });
+        }
         if let Some((scheme, _)) = text.split_once(':')
             && !scheme.is_empty()
             && scheme
@@ -42,7 +105,7 @@ impl KmsUri {
             && scheme.len() > 1
         {
             return Err(Error::InvalidArgument(format!(
-                "unsupported KMS scheme {scheme:?}; this build supports local:DIR"
+                "unsupported KMS scheme {scheme:?}; tde knows local:DIR, aws-kms: and vault-transit:"
             )));
         }
         Ok(KmsUri::Local(PathBuf::from(text)))
@@ -52,14 +115,49 @@ impl KmsUri {
     pub fn local_dir(&self) -> Option<&Path> {
         match self {
             KmsUri::Local(dir) => Some(dir),
+            _ => None,
         }
+    }
+
+    /// Whether the KMS creates the service key `alias/acs/tde` on first use (only the
+    /// local KMS does: with another provider, name a master key).
+    pub fn has_service_key(&self) -> bool {
+        matches!(self, KmsUri::Local(_))
     }
 }
 
 impl fmt::Display for KmsUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let query = |pairs: &[(&str, &Option<String>)]| {
+            let set: Vec<String> = pairs
+                .iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+                .collect();
+            if set.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", set.join("&"))
+            }
+        };
         match self {
             KmsUri::Local(dir) => write!(f, "local:{}", dir.display()),
+            KmsUri::AwsKms { region, endpoint } => {
+                write!(
+                    f,
+                    "aws-kms:{}",
+                    query(&[("region", region), ("endpoint", endpoint)])
+                )
+            }
+            KmsUri::VaultTransit {
+                addr,
+                mount,
+                namespace,
+            } => write!(
+                f,
+                "vault-transit:{}{}",
+                addr.as_deref().unwrap_or_default(),
+                query(&[("mount", mount), ("namespace", namespace)])
+            ),
         }
     }
 }
@@ -89,6 +187,14 @@ pub fn default_local_dir() -> Result<PathBuf> {
     ))
 }
 
+/// The error for a provider this build does not include.
+#[cfg_attr(all(feature = "aws-kms", feature = "vault"), allow(dead_code))]
+fn missing_feature(uri: &KmsUri, feature: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "{uri} needs a tde built with the `{feature}` feature (cargo build --features {feature})"
+    ))
+}
+
 /// Opens the KMS a URI names. A local KMS is unlocked with its root key file, or with
 /// the passphrase in `TDE_KMS_PASSPHRASE`.
 ///
@@ -97,6 +203,25 @@ pub fn default_local_dir() -> Result<PathBuf> {
 pub fn open(uri: &KmsUri) -> Result<Arc<dyn Kms>> {
     match uri {
         KmsUri::Local(dir) => Ok(Arc::new(LocalKms::open(dir)?)),
+        #[cfg(feature = "aws-kms")]
+        KmsUri::AwsKms { region, endpoint } => Ok(Arc::new(super::aws::AwsKms::connect(
+            region.as_deref(),
+            endpoint.as_deref(),
+        )?)),
+        #[cfg(not(feature = "aws-kms"))]
+        KmsUri::AwsKms { .. } => Err(missing_feature(uri, "aws-kms")),
+        #[cfg(feature = "vault")]
+        KmsUri::VaultTransit {
+            addr,
+            mount,
+            namespace,
+        } => Ok(Arc::new(super::vault::VaultTransit::connect(
+            addr.as_deref(),
+            mount.as_deref(),
+            namespace.as_deref(),
+        )?)),
+        #[cfg(not(feature = "vault"))]
+        KmsUri::VaultTransit { .. } => Err(missing_feature(uri, "vault")),
     }
 }
 
@@ -114,6 +239,19 @@ mod tests {
         assert_eq!(KmsUri::parse("/a/b").unwrap(), KmsUri::Local("/a/b".into()));
         assert_eq!(KmsUri::parse("rel/dir").unwrap(), KmsUri::Local("rel/dir".into()));
         assert!(KmsUri::parse("aws-kms://eu").is_err());
+        assert!(KmsUri::parse("aws-kms:?colour=red").is_err());
+        assert!(KmsUri::parse("aws-kms:?region=a&region=b").is_err());
+        assert!(KmsUri::parse("gcp-kms:x").is_err());
+        for text in [
+            "aws-kms:",
+            "aws-kms:?region=eu-west-1",
+            "aws-kms:?region=eu-west-1&endpoint=http://127.0.0.1:5000",
+            "vault-transit:",
+            "vault-transit:https://vault.example:8200",
+            "vault-transit:http://127.0.0.1:8200?mount=kms&namespace=team",
+        ] {
+            assert_eq!(KmsUri::parse(text).unwrap().to_string(), text, "round trip");
+        }
         assert!(KmsUri::parse("local:").is_err());
         assert!(KmsUri::parse("").is_err());
         assert_eq!(KmsUri::parse("local:/x").unwrap().to_string(), "local:/x");

@@ -89,10 +89,20 @@ pub(crate) fn kms_for_create(flag: Option<&str>) -> CliResult<KmsUri> {
     absolute(KmsUri::parse(&text)?)
 }
 
+/// A provider without an auto-created service key needs a master key named.
+pub(crate) fn require_key(uri: &KmsUri, key: Option<&String>, flag: &str) -> CliResult {
+    if key.is_none() && !uri.has_service_key() {
+        return Err(format!(
+            "{uri} has no service key that tde creates on first use: name a master key with {flag}"
+        )
+        .into());
+    }
+    Ok(())
+}
+
 pub(crate) fn absolute(uri: KmsUri) -> CliResult<KmsUri> {
     Ok(match uri {
         KmsUri::Local(dir) => KmsUri::Local(std::path::absolute(dir)?),
-        #[allow(unreachable_patterns)]
         other => other,
     })
 }
@@ -138,6 +148,7 @@ pub(crate) fn run_db(flag: Option<&str>, cmd: DbCommand) -> CliResult {
     match cmd {
         DbCommand::Create { path, default_key } => {
             let uri = kms_for_create(flag)?;
+            require_key(&uri, default_key.as_ref(), "--default-key")?;
             let kms = connect(&uri)?;
             let mut options = StoreOptions::new(kms).kms_uri(uri.to_string());
             if let Some(key) = default_key {

@@ -196,6 +196,13 @@ fn write_binary(bytes: &[u8]) -> CliResult {
 }
 
 pub(crate) fn run(uri: Option<&str>, cmd: KmsCommand) -> CliResult {
+    let env = std::env::var("TDE_KMS").ok().filter(|v| !v.is_empty());
+    if let Some(text) = uri.map(str::to_owned).or(env) {
+        let parsed = KmsUri::parse(&text)?;
+        if parsed.local_dir().is_none() {
+            return crate::kms_provider::run(&parsed, cmd);
+        }
+    }
     match cmd {
         KmsCommand::Init { dir, root_key_file } => {
             let dir = match dir {

@@ -11,6 +11,7 @@ mod bench_page;
 mod bench_reencrypt;
 mod db;
 mod kms;
+mod kms_provider;
 mod page;
 mod progress;
 mod reencrypt;

@@ -58,6 +58,7 @@ pub(crate) fn run(flag: Option<&str>, cmd: PageCommand) -> CliResult {
             page_size,
         } => {
             let uri = kms_for_create(flag)?;
+            crate::db::require_key(&uri, key.as_ref(), "--key")?;
             let mut options = TablespaceOptions::new(connect(&uri)?)
                 .kms_uri(uri.to_string())
                 .suite(cipher)
