@@ -50,6 +50,7 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", common::hex(&bytes))
 }
 
+#[cfg(any(feature = "vault", feature = "aws-kms"))]
 fn env(name: &str, what: &str) -> String {
     std::env::var(name)
         .ok()
