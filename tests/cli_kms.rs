@@ -306,8 +306,13 @@ fn kms_is_chosen_by_flag_env_or_default_and_must_exist() {
         .unwrap();
     assert!(out.status.success());
 
-    let err = cli.fails(&["--kms", "aws-kms://eu-west-1", "kms", "list"], b"");
+    let err = cli.fails(&["--kms", "gcp-kms://eu-west-1", "kms", "list"], b"");
     assert!(err.contains("unsupported KMS scheme"), "{err}");
+    let err = cli.fails(&["--kms", "aws-kms://eu-west-1", "kms", "list"], b"");
+    assert!(err.contains("takes only parameters"), "{err}");
+    // A provider manages its keys with its own tools where tde has no equivalent verb.
+    let err = cli.fails(&["--kms", "aws-kms:?region=eu-west-1", "kms", "list"], b"");
+    assert!(err.contains("not supported by aws-kms"), "{err}");
 }
 
 #[test]

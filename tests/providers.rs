@@ -6,9 +6,11 @@
 //!
 //! The local KMS runs everywhere. The others run when their feature is built and need
 //! their server, which `.ci/run` starts on 127.0.0.1: OpenBao (`TDE_TEST_VAULT_ADDR`,
-//! `VAULT_TOKEN`, Transit mounted at `transit`) and moto (`TDE_TEST_AWS_ENDPOINT`, with
-//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`). A built provider whose
-//! server is not configured fails, it is not skipped.
+//! `VAULT_TOKEN`, Transit mounted at `transit`), moto (`TDE_TEST_AWS_ENDPOINT`, with
+//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`) and SoftHSM2 for PKCS#11
+//! (`TDE_TEST_PKCS11_MODULE`, `TDE_TEST_PKCS11_TOKEN`, `TDE_PKCS11_PIN`, `SOFTHSM2_CONF`:
+//! a token initialised for the run). A built provider whose server is not configured
+//! fails, it is not skipped.
 
 mod common;
 
@@ -50,7 +52,7 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", common::hex(&bytes))
 }
 
-#[cfg(any(feature = "vault", feature = "aws-kms"))]
+#[cfg(any(feature = "vault", feature = "aws-kms", feature = "pkcs11"))]
 fn env(name: &str, what: &str) -> String {
     std::env::var(name)
         .ok()
@@ -128,6 +130,30 @@ fn aws() -> Provider {
         // moto does not enforce key state (a disabled key still decrypts there).
         stop: None,
         unreachable: Arc::new(AwsKms::connect(Some("us-east-1"), Some("http://127.0.0.1:1")).unwrap()),
+        _tmp: tempfile::tempdir().unwrap(),
+    }
+}
+
+#[cfg(feature = "pkcs11")]
+fn pkcs11() -> Provider {
+    use tde::kms::pkcs11::Pkcs11Kms;
+    let module = env("TDE_TEST_PKCS11_MODULE", "the pkcs11 provider");
+    let token = env("TDE_TEST_PKCS11_TOKEN", "the pkcs11 provider");
+    let uri = tde::kms::KmsUri::parse(&format!("pkcs11:token={token}?module-path={module}")).unwrap();
+    let hsm = Arc::new(Pkcs11Kms::open(&uri).unwrap());
+    let key = hsm.create_key(&unique("tde-one")).unwrap();
+    let key2 = hsm.create_key(&unique("tde-two")).unwrap();
+    let admin = hsm.clone();
+    // A token cannot be taken away in a test: the outage is injected.
+    let down = Arc::new(FaultyKms::new(hsm.clone()));
+    down.set_outage(true);
+    Provider {
+        name: "pkcs11 (SoftHSM2)",
+        kms: hsm,
+        key,
+        key2,
+        stop: Some(Box::new(move |key| admin.set_enabled(key, false).unwrap())),
+        unreachable: down,
         _tmp: tempfile::tempdir().unwrap(),
     }
 }
@@ -236,6 +262,12 @@ fn vault_transit_conforms() {
     conformance(&vault());
 }
 
+#[cfg(feature = "pkcs11")]
+#[test]
+fn pkcs11_conforms() {
+    conformance(&pkcs11());
+}
+
 #[cfg(feature = "aws-kms")]
 #[test]
 fn aws_kms_conforms() {
@@ -251,6 +283,8 @@ fn a_store_migrates_across_every_provider() {
     let mut chain = vec![first];
     #[cfg(feature = "vault")]
     chain.push(vault());
+    #[cfg(feature = "pkcs11")]
+    chain.push(pkcs11());
     #[cfg(feature = "aws-kms")]
     chain.push(aws());
     chain.push(local());
@@ -320,4 +354,18 @@ fn the_command_line_works_with_every_provider() {
     assert!(described.contains("\"state\": \"Enabled\""), "{described}");
     let err = cli.fails(&["--kms", &vault, "kms", "disable", &name]);
     assert!(err.contains("not supported by vault-transit"), "{err}");
+    #[cfg(feature = "pkcs11")]
+    {
+        // A key made on the token, the store moved there, read back; the PIN comes from
+        // the environment and is recorded nowhere.
+        let hsm = format!(
+            "pkcs11:token={}?module-path={}",
+            env("TDE_TEST_PKCS11_TOKEN", "the pkcs11 provider"),
+            env("TDE_TEST_PKCS11_MODULE", "the pkcs11 provider")
+        );
+        let label = unique("cli");
+        cli.ok(&["--kms", &hsm, "kms", "create-key", "--alias", &label]);
+        cli.ok(&["migrate", &db, "--to-kms", &hsm, "--to-key", &label]);
+        assert_eq!(cli.ok(&["get", &db, "t", "k"]), "on transit\n");
+    }
 }

@@ -12,6 +12,8 @@
 pub mod aws;
 mod error;
 pub mod local;
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
 mod types;
 mod uri;
 #[cfg(feature = "vault")]
@@ -22,7 +24,7 @@ pub use types::{
     DataKeySpec, EncryptionContext, GeneratedDataKey, KeyMetadata, KeySpec, KeyState, KeyVersionInfo,
     MAX_DIRECT_PLAINTEXT, Origin, RotationInfo, Timestamp,
 };
-pub use uri::{KmsUri, default_local_dir, open as open_uri};
+pub use uri::{KmsUri, Pin, default_local_dir, open as open_uri};
 
 pub use crate::clock::{Clock, SystemClock};
 

@@ -1,7 +1,8 @@
 //! Naming a KMS: `local:DIR` (or a bare path) for the embedded local KMS,
 //! `aws-kms:[?region=R&endpoint=URL]` for AWS KMS, `vault-transit:[ADDR][?mount=M&namespace=NS]`
-//! for Vault or OpenBao Transit. A URI names where a KMS is, never a secret: it is
-//! recorded in stores and backups.
+//! for Vault or OpenBao Transit, `pkcs11:token=LABEL?module-path=PATH` (RFC 7512) for a
+//! PKCS#11 token. A URI names where a KMS is, never a secret: it is recorded in stores
+//! and backups (a PKCS#11 `pin-value` is accepted but never shown or recorded).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,17 @@ pub enum KmsUri {
         /// `endpoint=`.
         endpoint: Option<String>,
     },
+    /// A PKCS#11 token (feature `pkcs11`).
+    Pkcs11 {
+        /// `token=` (path attribute): the token's label.
+        token: String,
+        /// `module-path=`: the PKCS#11 module.
+        module_path: PathBuf,
+        /// `pin-source=`: a file holding the PIN (`file:PATH` or `PATH`).
+        pin_source: Option<String>,
+        /// `pin-value=`: the PIN itself; never displayed.
+        pin_value: Option<Pin>,
+    },
     /// Vault / OpenBao Transit (feature `vault`).
     VaultTransit {
         /// The server, e.g. `https://vault.example:8200`; default `VAULT_ADDR`.
@@ -34,6 +46,52 @@ pub enum KmsUri {
         /// `namespace=` (default `VAULT_NAMESPACE`).
         namespace: Option<String>,
     },
+}
+
+/// A PIN given in a URI: compared, cloned, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pin(String);
+
+impl fmt::Debug for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pin(..)")
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl Pin {
+    /// The PIN's bytes, as a secret.
+    pub fn secret(&self) -> crate::secret::SecretBytes {
+        crate::secret::SecretBytes::new(self.0.as_bytes().to_vec())
+    }
+}
+
+/// RFC 3986 percent-decoding of one URI component.
+fn percent_decode(scheme: &str, text: &str) -> Result<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!("{scheme}: bad percent-encoding in {text:?}"))
+                })?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| Error::InvalidArgument(format!("{scheme}: {text:?} is not UTF-8")))
 }
 
 /// `?k=v&k=v` of `query`, only the keys in `allowed`, each once.
@@ -86,6 +144,26 @@ impl KmsUri {
             return Ok(KmsUri::AwsKms {
                 region: take(&mut params, "region"),
                 endpoint: take(&mut params, "endpoint"),
+            });
+        }
+        if let Some(rest) = text.strip_prefix("pkcs11:") {
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let mut path_attrs = parameters("pkcs11", &path.replace(';', "&"), &["token"])?;
+            let mut params = parameters("pkcs11", query, &["module-path", "pin-source", "pin-value"])?;
+            let token = take(&mut path_attrs, "token")
+                .ok_or_else(|| Error::InvalidArgument("pkcs11: needs token=LABEL".into()))?;
+            let module = take(&mut params, "module-path").ok_or_else(|| {
+                Error::InvalidArgument("pkcs11: needs ?module-path=PATH to the PKCS#11 module".into())
+            })?;
+            return Ok(KmsUri::Pkcs11 {
+                token: percent_decode("pkcs11", &token)?,
+                module_path: PathBuf::from(percent_decode("pkcs11", &module)?),
+                pin_source: take(&mut params, "pin-source")
+                    .map(|p| percent_decode("pkcs11", &p))
+                    .transpose()?,
+                pin_value: take(&mut params, "pin-value")
+                    .map(|p| percent_decode("pkcs11", &p).map(Pin))
+                    .transpose()?,
             });
         }
         if let Some(rest) = text.strip_prefix("vault-transit:") {
@@ -148,6 +226,19 @@ impl fmt::Display for KmsUri {
                     query(&[("region", region), ("endpoint", endpoint)])
                 )
             }
+            KmsUri::Pkcs11 {
+                token,
+                module_path,
+                pin_source,
+                ..
+            } => {
+                let module = Some(module_path.display().to_string());
+                write!(
+                    f,
+                    "pkcs11:token={token}{}",
+                    query(&[("module-path", &module), ("pin-source", pin_source)])
+                )
+            }
             KmsUri::VaultTransit {
                 addr,
                 mount,
@@ -188,7 +279,10 @@ pub fn default_local_dir() -> Result<PathBuf> {
 }
 
 /// The error for a provider this build does not include.
-#[cfg_attr(all(feature = "aws-kms", feature = "vault"), allow(dead_code))]
+#[cfg_attr(
+    all(feature = "aws-kms", feature = "vault", feature = "pkcs11"),
+    allow(dead_code)
+)]
 fn missing_feature(uri: &KmsUri, feature: &str) -> Error {
     Error::InvalidArgument(format!(
         "{uri} needs a tde built with the `{feature}` feature (cargo build --features {feature})"
@@ -210,6 +304,10 @@ pub fn open(uri: &KmsUri) -> Result<Arc<dyn Kms>> {
         )?)),
         #[cfg(not(feature = "aws-kms"))]
         KmsUri::AwsKms { .. } => Err(missing_feature(uri, "aws-kms")),
+        #[cfg(feature = "pkcs11")]
+        KmsUri::Pkcs11 { .. } => Ok(Arc::new(super::pkcs11::Pkcs11Kms::open(uri)?)),
+        #[cfg(not(feature = "pkcs11"))]
+        KmsUri::Pkcs11 { .. } => Err(missing_feature(uri, "pkcs11")),
         #[cfg(feature = "vault")]
         KmsUri::VaultTransit {
             addr,
@@ -249,9 +347,17 @@ mod tests {
             "vault-transit:",
             "vault-transit:https://vault.example:8200",
             "vault-transit:http://127.0.0.1:8200?mount=kms&namespace=team",
+            "pkcs11:token=tde?module-path=/usr/lib/softhsm/libsofthsm2.so",
+            "pkcs11:token=tde?module-path=/m.so&pin-source=file:/run/pin",
         ] {
             assert_eq!(KmsUri::parse(text).unwrap().to_string(), text, "round trip");
         }
+        // A PIN in the URI is used, never shown.
+        let uri = KmsUri::parse("pkcs11:token=My%20Token?module-path=/m.so&pin-value=1234").unwrap();
+        assert_eq!(uri.to_string(), "pkcs11:token=My Token?module-path=/m.so");
+        assert!(!format!("{uri:?}").contains("1234"));
+        assert!(KmsUri::parse("pkcs11:token=t").is_err(), "no module");
+        assert!(KmsUri::parse("pkcs11:?module-path=/m.so").is_err(), "no token");
         assert!(KmsUri::parse("local:").is_err());
         assert!(KmsUri::parse("").is_err());
         assert_eq!(KmsUri::parse("local:/x").unwrap().to_string(), "local:/x");

@@ -65,6 +65,11 @@ fn create_key(uri: &KmsUri, alias: Option<&str>, description: Option<&str>) -> C
             )?;
             Ok(transit.create_key(name)?)
         }
+        #[cfg(feature = "pkcs11")]
+        KmsUri::Pkcs11 { .. } => {
+            let name = alias.ok_or("a key on a PKCS#11 token needs a label: --alias LABEL")?;
+            Ok(tde::kms::pkcs11::Pkcs11Kms::open(uri)?.create_key(name)?)
+        }
         _ => {
             // Without the provider's feature, opening it says which feature is missing.
             tde::kms::open_uri(uri)?;
