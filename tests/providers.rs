@@ -352,8 +352,22 @@ fn the_command_line_works_with_every_provider() {
     assert_eq!(cli.ok(&["get", &db, "t", "k"]), "on transit\n");
     let described = cli.ok(&["--kms", &vault, "kms", "describe", &name]);
     assert!(described.contains("\"state\": \"Enabled\""), "{described}");
+    cli.ok(&["--kms", &vault, "kms", "rotate", &name]);
+    let described = cli.ok(&["--kms", &vault, "kms", "describe", &name]);
+    assert!(described.contains("\"primary_version\": 2"), "{described}");
     let err = cli.fails(&["--kms", &vault, "kms", "disable", &name]);
     assert!(err.contains("not supported by vault-transit"), "{err}");
+    let err = cli.fails(&["--kms", &aws, "kms", "list"]);
+    assert!(err.contains("not supported by aws-kms"), "{err}");
+    // Direct encryption through a provider.
+    let blob = cli.run(&["--kms", &aws, "kms", "encrypt", &alias], b"small secret");
+    assert!(blob.status.success());
+    let plain = cli.run(&["--kms", &aws, "kms", "decrypt"], &blob.stdout);
+    assert_eq!(plain.stdout, b"small secret");
+    cli.ok(&["--kms", &aws, "kms", "disable", &alias]);
+    let described = cli.ok(&["--kms", &aws, "kms", "describe", &alias]);
+    assert!(described.contains("\"state\": \"Disabled\""), "{described}");
+    cli.ok(&["--kms", &aws, "kms", "enable", &alias]);
     #[cfg(feature = "pkcs11")]
     {
         // A key made on the token, the store moved there, read back; the PIN comes from
@@ -366,6 +380,12 @@ fn the_command_line_works_with_every_provider() {
         let label = unique("cli");
         cli.ok(&["--kms", &hsm, "kms", "create-key", "--alias", &label]);
         cli.ok(&["migrate", &db, "--to-kms", &hsm, "--to-key", &label]);
+        assert_eq!(cli.ok(&["get", &db, "t", "k"]), "on transit\n");
+        // The emergency stop: a disabled key on the token, and the store does not open.
+        cli.ok(&["--kms", &hsm, "kms", "disable", &label]);
+        let err = cli.fails(&["get", &db, "t", "k"]);
+        assert!(err.contains("key disabled"), "{err}");
+        cli.ok(&["--kms", &hsm, "kms", "enable", &label]);
         assert_eq!(cli.ok(&["get", &db, "t", "k"]), "on transit\n");
     }
 }

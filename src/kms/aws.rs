@@ -361,14 +361,107 @@ impl AwsKms {
         Ok(meta.arn().unwrap_or(&id).to_owned())
     }
 
-    /// Disables `key` (the emergency stop of this provider).
+    /// The key id an alias (or id, or ARN) names: the management operations take no
+    /// alias.
+    fn resolve(&self, key: &str) -> Result<String> {
+        let out = self
+            .runtime
+            .block_on(self.client.describe_key().key_id(key).send())
+            .map_err(|e| self.map_error(Some(key), e))?;
+        out.key_metadata()
+            .map(|m| m.key_id().to_owned())
+            .ok_or_else(|| KmsError::new(KmsErrorKind::Internal, "DescribeKey returned no metadata").into())
+    }
+
+    /// Enables or disables `key` (`EnableKey` / `DisableKey`: the emergency stop).
     ///
     /// # Errors
     /// [`Error::Kms`] as AWS KMS answers.
-    pub fn disable_key(&self, key: &str) -> Result<()> {
+    pub fn set_enabled(&self, key: &str, on: bool) -> Result<()> {
+        let key = &self.resolve(key)?;
+        if on {
+            self.runtime
+                .block_on(self.client.enable_key().key_id(key).send())
+                .map_err(|e| self.map_error(Some(key), e))?;
+        } else {
+            self.runtime
+                .block_on(self.client.disable_key().key_id(key).send())
+                .map_err(|e| self.map_error(Some(key), e))?;
+        }
+        Ok(())
+    }
+
+    /// Rotates `key` now (`RotateKeyOnDemand`).
+    ///
+    /// # Errors
+    /// [`Error::Kms`] as AWS KMS answers.
+    pub fn rotate_key(&self, key: &str) -> Result<()> {
+        let key = &self.resolve(key)?;
         self.runtime
-            .block_on(self.client.disable_key().key_id(key).send())
+            .block_on(self.client.rotate_key_on_demand().key_id(key).send())
             .map_err(|e| self.map_error(Some(key), e))?;
         Ok(())
+    }
+
+    /// Schedules `key`'s deletion after `days` (7-30); returns the deletion date.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] as AWS KMS answers.
+    pub fn schedule_deletion(&self, key: &str, days: u32) -> Result<Timestamp> {
+        let key = &self.resolve(key)?;
+        let out = self
+            .runtime
+            .block_on(
+                self.client
+                    .schedule_key_deletion()
+                    .key_id(key)
+                    .pending_window_in_days(i32::try_from(days).unwrap_or(30))
+                    .send(),
+            )
+            .map_err(|e| self.map_error(Some(key), e))?;
+        Ok(seconds(out.deletion_date()))
+    }
+
+    /// Cancels `key`'s scheduled deletion (`CancelKeyDeletion`).
+    ///
+    /// # Errors
+    /// [`Error::Kms`] as AWS KMS answers.
+    pub fn cancel_deletion(&self, key: &str) -> Result<()> {
+        let key = &self.resolve(key)?;
+        self.runtime
+            .block_on(self.client.cancel_key_deletion().key_id(key).send())
+            .map_err(|e| self.map_error(Some(key), e))?;
+        Ok(())
+    }
+
+    /// Points `alias` at `key`: `UpdateAlias`, or `CreateAlias` if it does not exist.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] as AWS KMS answers.
+    pub fn set_alias(&self, alias: &str, key: &str) -> Result<()> {
+        let key = &self.resolve(key)?;
+        let updated = self.runtime.block_on(
+            self.client
+                .update_alias()
+                .alias_name(alias)
+                .target_key_id(key)
+                .send(),
+        );
+        match updated.map_err(|e| self.map_error(Some(alias), e)) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == KmsErrorKind::NotFound => {
+                self.runtime
+                    .block_on(
+                        self.client
+                            .create_alias()
+                            .alias_name(alias)
+                            .target_key_id(key)
+                            .send(),
+                    )
+                    .map_err(|e| self.map_error(Some(alias), e))?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }

@@ -140,7 +140,7 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
 }
 
-fn context(pairs: Vec<(String, String)>) -> EncryptionContext {
+pub(crate) fn context(pairs: Vec<(String, String)>) -> EncryptionContext {
     pairs
         .into_iter()
         .fold(EncryptionContext::new(), |ctx, (k, v)| ctx.with(k, v))
@@ -176,7 +176,7 @@ fn state_line(meta: &KeyMetadata) -> String {
     format!("key {} is {}", meta.key_id, meta.state)
 }
 
-fn read_stdin(limit: usize) -> CliResult<Vec<u8>> {
+pub(crate) fn read_stdin(limit: usize) -> CliResult<Vec<u8>> {
     let mut buf = Vec::new();
     std::io::stdin()
         .lock()
@@ -185,7 +185,7 @@ fn read_stdin(limit: usize) -> CliResult<Vec<u8>> {
     Ok(buf)
 }
 
-fn write_binary(bytes: &[u8]) -> CliResult {
+pub(crate) fn write_binary(bytes: &[u8]) -> CliResult {
     let mut out = std::io::stdout().lock();
     if out.is_terminal() {
         return Err("refusing to write binary data to a terminal; redirect stdout to a file".into());
