@@ -447,3 +447,28 @@ fn a_tablespace_moves_to_another_master_key_or_kms_without_rewriting_pages() {
         check(&ts.read(n).unwrap(), n);
     }
 }
+
+#[test]
+fn a_tablespace_is_not_created_over_an_earlier_ones_trail_until_it_is_removed() {
+    let t = TestPages::new();
+    let path = t.path("reused.tbs");
+    let pool = BufferPool::new(1 << 20);
+    Tablespace::create(&path, &t.options(), &pool)
+        .unwrap()
+        .close()
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    // The old trail is still there: a new tablespace would append to another's chain.
+    let err = Tablespace::create(&path, &t.options(), &pool).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidArgument(m) if m.contains("-audit")),
+        "{err}"
+    );
+    Tablespace::remove(&path).unwrap();
+    assert!(!tde::audit::tablespace_audit_path(&path).exists());
+    assert!(!tde::page::journal_path(&path).exists());
+    Tablespace::create(&path, &t.options(), &pool)
+        .unwrap()
+        .close()
+        .unwrap();
+}

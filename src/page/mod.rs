@@ -436,6 +436,28 @@ impl Tablespace {
         Tablespace::create_with(Arc::new(io), &name, options, pool)
     }
 
+    /// Deletes the closed tablespace at `path`: its file, its journal and its audit
+    /// trail (a tablespace is not created over an earlier one's trail). Files that are
+    /// not there are skipped.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if a file cannot be removed.
+    pub fn remove(path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        for file in [
+            path.to_path_buf(),
+            journal_path(path),
+            crate::audit::tablespace_audit_path(path),
+        ] {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("removing {}", file.display()), e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Opens the tablespace at `path`: reads its header, unwraps its data key (the only
     /// KMS call), and recovers from its journal.
     ///

@@ -81,8 +81,7 @@ fn round(
     let paths = [root.join("plain.tdb"), root.join("tde.tdb")];
     let opts = [options(kms, size, false), options(kms, size, true)];
     for (path, o) in paths.iter().zip(&opts) {
-        let _ = std::fs::remove_file(path);
-        let _ = std::fs::remove_file(tde::page::journal_path(path));
+        tde::page::Tablespace::remove(path)?;
         fill(path, o, s.pages)?;
     }
     let order: [usize; 2] = if plain_first { [0, 1] } else { [1, 0] };
