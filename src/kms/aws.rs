@@ -222,12 +222,7 @@ impl Kms for AwsKms {
     }
 
     fn encrypt(&self, key: &str, plaintext: &[u8], context: &EncryptionContext) -> KmsResult<Vec<u8>> {
-        if plaintext.len() > MAX_ENCRYPT_PLAINTEXT {
-            return Err(KmsError::new(
-                KmsErrorKind::InvalidRequest,
-                format!("AWS KMS encrypts at most {MAX_ENCRYPT_PLAINTEXT} bytes"),
-            ));
-        }
+        super::provider::check_direct(plaintext.len(), MAX_ENCRYPT_PLAINTEXT, "AWS KMS")?;
         let request = self
             .client
             .encrypt()

@@ -14,6 +14,8 @@ mod error;
 pub mod local;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
+#[cfg(any(feature = "aws-kms", feature = "vault", feature = "pkcs11"))]
+mod provider;
 mod types;
 mod uri;
 #[cfg(feature = "vault")]

@@ -28,11 +28,11 @@ use cryptoki::types::AuthPin;
 use parking_lot::Mutex;
 
 use super::{
-    DataKeySpec, EncryptionContext, GeneratedDataKey, KeyMetadata, KeySpec, KeyState, KeyVersionInfo, Kms,
-    KmsError, KmsErrorKind, KmsResult, Origin, RotationInfo, Timestamp,
+    DataKeySpec, EncryptionContext, GeneratedDataKey, KeyMetadata, KeyState, KeyVersionInfo, Kms, KmsError,
+    KmsErrorKind, KmsResult, Timestamp,
 };
 use crate::error::{Error, Result};
-use crate::secret::{DataKey, SecretBytes, WrappedKey};
+use crate::secret::SecretBytes;
 
 const BLOB_MAGIC: &[u8] = b"tdep11\x01";
 const IV_LEN: usize = 12;
@@ -302,23 +302,11 @@ impl Kms for Pkcs11Kms {
         spec: DataKeySpec,
         context: &EncryptionContext,
     ) -> KmsResult<GeneratedDataKey> {
-        let plaintext = DataKey::generate(spec.key_len())
-            .map_err(|e| KmsError::new(KmsErrorKind::Internal, format!("no randomness: {e}")))?;
-        let wrapped = self.wrap(key, plaintext.expose(), context)?;
-        Ok(GeneratedDataKey {
-            key_id: label(key)?.to_owned(),
-            plaintext,
-            wrapped: WrappedKey::from_bytes(wrapped),
-        })
+        super::provider::generate_and_wrap(label(key)?, spec, |dk| self.wrap(key, dk, context))
     }
 
     fn encrypt(&self, key: &str, plaintext: &[u8], context: &EncryptionContext) -> KmsResult<Vec<u8>> {
-        if plaintext.len() > MAX_ENCRYPT_PLAINTEXT {
-            return Err(KmsError::new(
-                KmsErrorKind::InvalidRequest,
-                format!("tde encrypts at most {MAX_ENCRYPT_PLAINTEXT} bytes on a PKCS#11 token"),
-            ));
-        }
+        super::provider::check_direct(plaintext.len(), MAX_ENCRYPT_PLAINTEXT, "tde on a PKCS#11 token")?;
         self.wrap(key, plaintext, context)
     }
 
@@ -370,34 +358,16 @@ impl Kms for Pkcs11Kms {
         let enabled = attributes
             .iter()
             .all(|a| matches!(a, Attribute::Encrypt(true) | Attribute::Decrypt(true)));
-        let never = Timestamp(0);
-        Ok(KeyMetadata {
-            key_id: label(key)?.to_owned(),
-            aliases: Vec::new(),
-            description: String::new(),
-            spec: KeySpec::Aes256,
-            origin: Origin::Kms,
-            state: if enabled {
-                KeyState::Enabled
-            } else {
-                KeyState::Disabled
-            },
-            created_at: never,
-            service_key: false,
-            versions: vec![KeyVersionInfo {
-                version: 1,
-                created_at: never,
-            }],
-            primary_version: 1,
-            rotation: RotationInfo {
-                interval_days: None,
-                last_rotated_at: never,
-                next_rotation_at: None,
-            },
-            deletion_date: None,
-            material_expires_at: None,
-            material_expired: false,
-        })
+        let state = if enabled {
+            KeyState::Enabled
+        } else {
+            KeyState::Disabled
+        };
+        let version = KeyVersionInfo {
+            version: 1,
+            created_at: Timestamp(0),
+        };
+        Ok(super::provider::metadata(label(key)?, state, vec![version]))
     }
 }
 

@@ -26,7 +26,7 @@ use super::{
     KmsError, KmsErrorKind, KmsResult, Origin, RotationInfo, Timestamp,
 };
 use crate::error::{Error, Result};
-use crate::secret::{DataKey, SecretBytes, WrappedKey};
+use crate::secret::SecretBytes;
 
 /// Longest a call may take, connection included.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -297,23 +297,11 @@ impl Kms for VaultTransit {
         spec: DataKeySpec,
         context: &EncryptionContext,
     ) -> KmsResult<GeneratedDataKey> {
-        let plaintext = DataKey::generate(spec.key_len())
-            .map_err(|e| KmsError::new(KmsErrorKind::Internal, format!("no randomness: {e}")))?;
-        let wrapped = self.encrypt_with(key, plaintext.expose(), context)?;
-        Ok(GeneratedDataKey {
-            key_id: key_name(key)?.to_owned(),
-            plaintext,
-            wrapped: WrappedKey::from_bytes(wrapped),
-        })
+        super::provider::generate_and_wrap(key_name(key)?, spec, |dk| self.encrypt_with(key, dk, context))
     }
 
     fn encrypt(&self, key: &str, plaintext: &[u8], context: &EncryptionContext) -> KmsResult<Vec<u8>> {
-        if plaintext.len() > MAX_ENCRYPT_PLAINTEXT {
-            return Err(KmsError::new(
-                KmsErrorKind::InvalidRequest,
-                format!("tde sends Transit at most {MAX_ENCRYPT_PLAINTEXT} bytes to encrypt"),
-            ));
-        }
+        super::provider::check_direct(plaintext.len(), MAX_ENCRYPT_PLAINTEXT, "tde on Transit")?;
         self.encrypt_with(key, plaintext, context)
     }
 
