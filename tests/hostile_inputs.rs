@@ -182,7 +182,7 @@ impl World {
                 .unwrap();
         }
         store.flush().unwrap();
-        tde::backup::create(&store, &root.join("dest")).unwrap();
+        tde::backup::create(&store, root.join("dest")).unwrap();
         drop(store);
         let pool = BufferPool::new(1 << 20);
         let ts = Tablespace::create(root.join("ts.tbs"), &ts_options, &pool).unwrap();
@@ -198,7 +198,7 @@ impl World {
         page.copy_from_slice(&page_bytes(4, len));
         drop(page);
         ts.sync().unwrap();
-        tde::backup::create_tablespace(&ts, &root.join("tsdest")).unwrap();
+        tde::backup::create_tablespace(&ts, root.join("tsdest")).unwrap();
         drop(ts);
         std::fs::create_dir(root.join("outside")).unwrap();
         std::fs::write(root.join("outside").join("canary"), b"do not touch").unwrap();
@@ -287,9 +287,9 @@ fn exercise(root: &Path, blob: &[u8], rows_may_vanish: bool) {
         check_store(&store);
         let _ = store.verify_audit();
     }
-    let _ = tde::backup::verify(&root.join("dest"), None);
+    let _ = tde::backup::verify(root.join("dest"), None);
     if let Ok(store) = tde::backup::restore(
-        &root.join("dest"),
+        root.join("dest"),
         None,
         &root.join("restored"),
         store_options.clone(),
@@ -298,7 +298,7 @@ fn exercise(root: &Path, blob: &[u8], rows_may_vanish: bool) {
         drop(store);
         let _ = std::fs::remove_dir_all(root.join("restored"));
     }
-    let _ = tde::backup::rewrap(&root.join("dest"), None, kms.clone(), None, "alias/acs/tde", None);
+    let _ = tde::backup::rewrap(root.join("dest"), None, kms.clone(), None, "alias/acs/tde", None);
     let pool = BufferPool::new(1 << 20);
     if let Ok(ts) = Tablespace::open(root.join("ts.tbs"), &ts_options, &pool) {
         for n in 0..5 {
@@ -307,7 +307,7 @@ fn exercise(root: &Path, blob: &[u8], rows_may_vanish: bool) {
             }
         }
     }
-    let _ = tde::backup::verify_deep_tablespace(&root.join("tsdest"), None, &ts_options);
+    let _ = tde::backup::verify_deep_tablespace(root.join("tsdest"), None, &ts_options);
 }
 
 /// Runs `cases()` cases, each mutating a fresh copy of the world with `mutate`.

@@ -8,12 +8,14 @@
 //! interrupted has no manifest and does not exist; the next one reuses what was copied.
 //! Not here: opening the store (`kv`), talking to the KMS beyond what restore needs.
 //!
-//! Layout of a backup destination:
+//! Layout of a backup destination (a directory, or `s3://BUCKET/PREFIX` in object
+//! storage; see [`Destination`]):
 //!
 //! ```text
 //! DEST/objects/<sha256>       one file per distinct content (SST files are shared)
 //! DEST/backups/<id>.json      manifest: id, time, store id, KMS, files (name, size,
 //!                             sha256), an HMAC under the store's keys, and a SHA-256
+//! DEST/TDE-AUDIT              the KMS calls of rewraps and deep verifications
 //! ```
 //!
 //! Security notes: nothing in a backup is plaintext, and no key is in it unwrapped. A
@@ -34,9 +36,16 @@
 //! older keyring, another backup's files) is refused. Replacing a whole destination with
 //! an older genuine copy cannot be told apart from that older state.
 
+mod destination;
+#[cfg(feature = "s3")]
+mod s3;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+
+pub use destination::Destination;
+use destination::{open_regular, sync_dir};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -50,8 +59,6 @@ use crate::page::{BufferPool, Tablespace, TablespaceOptions};
 
 /// Format 2: manifests carry an HMAC. Format 1 manifests had none and are refused.
 const FORMAT: u32 = 2;
-const OBJECTS: &str = "objects";
-const BACKUPS: &str = "backups";
 /// What a manifest's HMAC key is derived for.
 pub(crate) const MANIFEST_MAC_LABEL: &[u8] = b"tde backup manifest\0";
 /// Bounds on what a manifest may say.
@@ -174,46 +181,6 @@ fn is_text(s: &str) -> bool {
     s.len() <= MAX_TEXT && !s.chars().any(char::is_control)
 }
 
-/// Opens `path` for reading without following a symbolic link, and only if it is a
-/// regular file.
-fn open_regular(path: &Path) -> Result<File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
-    let file = options.open(path).map_err(|e| match e.raw_os_error() {
-        #[cfg(unix)]
-        Some(libc::ELOOP) => corrupt(path, "is a symbolic link".into()),
-        _ => io("opening", path, e),
-    })?;
-    let meta = file.metadata().map_err(|e| io("reading", path, e))?;
-    if !meta.is_file() {
-        return Err(corrupt(path, "is not a regular file".into()));
-    }
-    Ok(file)
-}
-
-/// The destination's `objects/` and `backups/` directories, created when `create` is
-/// set. Refuses them if they are symbolic links or not directories.
-fn layout(dest: &Path, create: bool) -> Result<(PathBuf, PathBuf)> {
-    let dirs = (dest.join(OBJECTS), dest.join(BACKUPS));
-    for d in [&dirs.0, &dirs.1] {
-        if create && std::fs::symlink_metadata(d).is_err() {
-            std::fs::create_dir_all(d).map_err(|e| io("creating", d, e))?;
-        }
-        let meta = std::fs::symlink_metadata(d).map_err(|e| io("reading", d, e))?;
-        if !meta.is_dir() {
-            return Err(corrupt(d, "is not a directory (a symbolic link?)".into()));
-        }
-    }
-    Ok(dirs)
-}
-
-/// The object holding `file`'s bytes (its name was validated with the manifest).
-fn object_path(dest: &Path, file: &BackupFile) -> PathBuf {
-    dest.join(OBJECTS).join(&file.sha256)
-}
-
 fn sha256_of(mut reader: impl Read, path: &Path, limit: u64) -> Result<(u64, String)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -236,39 +203,15 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
     sha256_of(open_regular(path)?, path, u64::MAX)
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("syncing", dir, e))
-}
-
-/// Copies `from` to `to` through a temporary file, fsynced, then renamed.
-fn copy_durably(from: &Path, to: &Path) -> Result<()> {
-    let tmp = to.with_extension("tmp");
-    let mut source = open_regular(from)?;
-    let mut out = File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
-    std::io::copy(&mut source, &mut out)
-        .and_then(|_| out.sync_all())
-        .map_err(|e| io("copying to", &tmp, e))?;
-    std::fs::rename(&tmp, to).map_err(|e| io("renaming", &tmp, e))
-}
-
 /// Copies the object of `file` to `to`, checking its size and SHA-256 on the way: a
 /// mismatch leaves nothing at `to`, and no more than the recorded size is ever read.
-fn copy_verified(dest: &Path, manifest: &Manifest, file: &BackupFile, to: &Path) -> Result<()> {
-    let object = object_path(dest, file);
-    if std::fs::symlink_metadata(&object).is_err() {
-        return Err(corrupt(
-            &object,
-            format!("backup {}: {} is missing", manifest.id, file.name),
-        ));
-    }
+fn copy_verified(dest: &Destination, manifest: &Manifest, file: &BackupFile, to: &Path) -> Result<()> {
+    let (object, source) = open_object(dest, manifest, file)?;
     let tmp = to.with_file_name(format!(
         ".{}.tmp",
         to.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
     ));
     let result = (|| {
-        let source = open_regular(&object)?;
         let mut out = File::create(&tmp).map_err(|e| io("creating", &tmp, e))?;
         let mut hasher = Sha256::new();
         let mut reader = source.take(file.size.saturating_add(1));
@@ -296,6 +239,23 @@ fn copy_verified(dest: &Path, manifest: &Manifest, file: &BackupFile, to: &Path)
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The object holding `file`'s bytes (its name was validated with the manifest), open for
+/// reading, and where it is.
+fn open_object<'a>(
+    dest: &'a Destination,
+    manifest: &Manifest,
+    file: &BackupFile,
+) -> Result<(PathBuf, Box<dyn Read + 'a>)> {
+    let object = dest.backend().object_location(&file.sha256);
+    match dest.backend().open_object(&file.sha256)? {
+        Some(reader) => Ok((object, reader)),
+        None => Err(corrupt(
+            &object,
+            format!("backup {}: {} is missing", manifest.id, file.name),
+        )),
+    }
 }
 
 fn mismatch(object: &Path, manifest: &Manifest, file: &BackupFile) -> Error {
@@ -404,15 +364,10 @@ impl Manifest {
         }
     }
 
-    fn read(path: &Path, id: &str) -> Result<Manifest> {
-        let file = open_regular(path)?;
-        let mut bytes = Vec::new();
-        file.take(MAX_MANIFEST_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| io("reading", path, e))?;
-        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(corrupt(path, format!("larger than {MAX_MANIFEST_BYTES} bytes")));
-        }
+    fn read(dest: &Destination, id: &str) -> Result<Manifest> {
+        let bytes = dest.backend().read_manifest(id, MAX_MANIFEST_BYTES)?;
+        let location = manifest_location(dest, id);
+        let path = location.as_path();
         let manifest: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| corrupt(path, format!("manifest: {e}")))?;
         if manifest.format != FORMAT {
@@ -435,6 +390,11 @@ impl Manifest {
     }
 }
 
+/// Where manifest `id` is, for messages.
+fn manifest_location(dest: &Destination, id: &str) -> PathBuf {
+    PathBuf::from(format!("{dest}/{}/{id}.json", destination::BACKUPS))
+}
+
 fn short(s: &str) -> String {
     s.chars().take(64).collect()
 }
@@ -449,13 +409,10 @@ fn is_backup_id(id: &str) -> bool {
 }
 
 /// The ids of the manifests in `dest`, sorted; other files are ignored.
-fn manifest_ids(dest: &Path) -> Result<Vec<String>> {
-    let (_, backups) = layout(dest, false)?;
-    let entries = std::fs::read_dir(&backups).map_err(|e| io("reading", &backups, e))?;
+fn manifest_ids(dest: &Destination) -> Result<Vec<String>> {
     let mut ids = Vec::new();
-    for entry in entries {
-        let name = entry.map_err(|e| io("reading", &backups, e))?.file_name();
-        if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json"))
+    for name in dest.backend().manifest_names()? {
+        if let Some(id) = name.strip_suffix(".json")
             && is_backup_id(id)
         {
             ids.push(id.to_owned());
@@ -467,7 +424,7 @@ fn manifest_ids(dest: &Path) -> Result<Vec<String>> {
 
 /// A new backup id: the time to the nanosecond, so ids sort in the order backups were
 /// taken, and later than every id already in `dest`.
-fn new_id(dest: &Path) -> Result<String> {
+fn new_id(dest: &Destination) -> Result<String> {
     let now = std::time::SystemTime::now();
     let nanos = now
         .duration_since(std::time::UNIX_EPOCH)
@@ -484,8 +441,7 @@ fn new_id(dest: &Path) -> Result<String> {
     }
     if !is_backup_id(&id) {
         return Err(Error::InvalidArgument(format!(
-            "{} holds too many backups taken in the same nanosecond",
-            dest.display()
+            "{dest} holds too many backups taken in the same nanosecond"
         )));
     }
     Ok(id)
@@ -498,7 +454,7 @@ fn new_id(dest: &Path) -> Result<String> {
 /// [`Error::Io`] (the store is unchanged; earlier backups in `dest` are intact);
 /// [`Error::Corrupt`] if `dest`'s layout was tampered with; [`Error::Engine`] if RocksDB
 /// cannot take the checkpoint.
-pub fn create(store: &Store, dest: &Path) -> Result<BackupReport> {
+pub fn create(store: &Store, dest: impl Into<Destination>) -> Result<BackupReport> {
     create_with_progress(store, dest, &mut |_, _| {})
 }
 
@@ -508,38 +464,33 @@ pub fn create(store: &Store, dest: &Path) -> Result<BackupReport> {
 /// As [`create`].
 pub fn create_with_progress(
     store: &Store,
-    dest: &Path,
+    dest: impl Into<Destination>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<BackupReport> {
-    layout(dest, true)?;
+    let dest = dest.into();
+    dest.backend().prepare(true)?;
     let checkpoint = store.checkpoint()?;
-    let result = ingest(store, &checkpoint.dir, dest, progress);
+    let result = ingest(store, &checkpoint.dir, &dest, progress);
     drop(checkpoint);
     result
 }
 
 /// Stores `path` as an object of `dest` unless it is there already; returns (size,
 /// sha256, bytes copied).
-fn store_object(dest: &Path, path: &Path) -> Result<(u64, String, u64)> {
+fn store_object(dest: &Destination, path: &Path) -> Result<(u64, String, u64)> {
     let (size, sha256) = sha256_file(path)?;
-    let object = dest.join(OBJECTS).join(&sha256);
-    match std::fs::symlink_metadata(&object) {
-        Ok(meta) if meta.is_file() && meta.len() == size => Ok((size, sha256, 0)),
-        // A damaged or planted entry under that name: replace it with the real bytes.
-        _ => {
-            if std::fs::symlink_metadata(&object).is_ok() {
-                std::fs::remove_file(&object).map_err(|e| io("replacing", &object, e))?;
-            }
-            copy_durably(path, &object)?;
-            Ok((size, sha256, size))
-        }
+    if dest.backend().object_size(&sha256)? == Some(size) {
+        return Ok((size, sha256, 0));
     }
+    // Missing, or a damaged or planted entry under that name: (re)write the real bytes.
+    dest.backend().put_object(&sha256, path)?;
+    Ok((size, sha256, size))
 }
 
 fn ingest(
     store: &Store,
     checkpoint: &Path,
-    dest: &Path,
+    dest: &Destination,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<BackupReport> {
     let mut names: Vec<String> = std::fs::read_dir(checkpoint)
@@ -562,7 +513,7 @@ fn ingest(
         files.push(BackupFile { name, size, sha256 });
         progress(bytes.min(total), total);
     }
-    sync_dir(&dest.join(OBJECTS))?;
+    dest.backend().sync_objects()?;
     let (version, key) = store.manifest_key()?;
     let mut manifest = Manifest {
         format: FORMAT,
@@ -586,20 +537,9 @@ fn ingest(
     })
 }
 
-fn write_manifest(dest: &Path, manifest: &Manifest) -> Result<()> {
-    let backups = dest.join(BACKUPS);
-    let path = backups.join(format!("{}.json", manifest.id));
-    let tmp = backups.join(format!(".{}.json.tmp", manifest.id));
+fn write_manifest(dest: &Destination, manifest: &Manifest) -> Result<()> {
     let json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    let _ = std::fs::remove_file(&tmp);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(&json).and_then(|()| f.sync_all()))
-        .map_err(|e| io("writing", &tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| io("renaming", &tmp, e))?;
-    sync_dir(&backups)
+    dest.backend().write_manifest(&manifest.id, &json)
 }
 
 /// Every backup in `dest`, oldest first. Manifests are checked for damage (checksum) and
@@ -607,11 +547,11 @@ fn write_manifest(dest: &Path, manifest: &Manifest) -> Result<()> {
 ///
 /// # Errors
 /// [`Error::Io`]; [`Error::Corrupt`] for a damaged or malformed manifest.
-pub fn list(dest: &Path) -> Result<Vec<Manifest>> {
-    let backups = dest.join(BACKUPS);
-    manifest_ids(dest)?
+pub fn list(dest: impl Into<Destination>) -> Result<Vec<Manifest>> {
+    let dest = dest.into();
+    manifest_ids(&dest)?
         .iter()
-        .map(|id| Manifest::read(&backups.join(format!("{id}.json")), id))
+        .map(|id| Manifest::read(&dest, id))
         .collect()
 }
 
@@ -619,20 +559,21 @@ pub fn list(dest: &Path) -> Result<Vec<Manifest>> {
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] if there is none (or no such id); as [`list`].
-pub fn find(dest: &Path, id: Option<&str>) -> Result<Manifest> {
+pub fn find(dest: impl Into<Destination>, id: Option<&str>) -> Result<Manifest> {
+    let dest = dest.into();
     let missing = || {
         Error::InvalidArgument(match id {
-            Some(id) => format!("{} has no backup {id}", dest.display()),
-            None => format!("{} holds no backup", dest.display()),
+            Some(id) => format!("{dest} has no backup {id}"),
+            None => format!("{dest} holds no backup"),
         })
     };
-    let ids = manifest_ids(dest)?;
+    let ids = manifest_ids(&dest)?;
     let id = match id {
         Some(id) => ids.into_iter().find(|i| i == id),
         None => ids.into_iter().last(),
     }
     .ok_or_else(missing)?;
-    Manifest::read(&dest.join(BACKUPS).join(format!("{id}.json")), &id)
+    Manifest::read(&dest, &id)
 }
 
 /// Checks every backup in `dest` (or only `id`) without any key: each manifest's
@@ -641,7 +582,7 @@ pub fn find(dest: &Path, id: Option<&str>) -> Result<Manifest> {
 ///
 /// # Errors
 /// [`Error::Corrupt`] naming the backup and file; [`Error::Io`].
-pub fn verify(dest: &Path, id: Option<&str>) -> Result<VerifyReport> {
+pub fn verify(dest: impl Into<Destination>, id: Option<&str>) -> Result<VerifyReport> {
     verify_with_progress(dest, id, &mut |_, _| {})
 }
 
@@ -650,13 +591,14 @@ pub fn verify(dest: &Path, id: Option<&str>) -> Result<VerifyReport> {
 /// # Errors
 /// As [`verify`].
 pub fn verify_with_progress(
-    dest: &Path,
+    dest: impl Into<Destination>,
     id: Option<&str>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<VerifyReport> {
+    let dest = dest.into();
     let manifests = match id {
-        Some(_) => vec![find(dest, id)?],
-        None => list(dest)?,
+        Some(_) => vec![find(&dest, id)?],
+        None => list(&dest)?,
     };
     let total: u64 = manifests
         .iter()
@@ -670,7 +612,7 @@ pub fn verify_with_progress(
     };
     for manifest in &manifests {
         for file in &manifest.files {
-            check_object(dest, manifest, file)?;
+            check_object(&dest, manifest, file)?;
             report.files += 1;
             report.bytes += file.size;
             progress(report.bytes, total);
@@ -681,15 +623,9 @@ pub fn verify_with_progress(
 }
 
 /// Checks that the object of `file` is there with the size and SHA-256 it records.
-fn check_object(dest: &Path, manifest: &Manifest, file: &BackupFile) -> Result<()> {
-    let object = object_path(dest, file);
-    if std::fs::symlink_metadata(&object).is_err() {
-        return Err(corrupt(
-            &object,
-            format!("backup {}: {} is missing", manifest.id, file.name),
-        ));
-    }
-    let (size, sha256) = sha256_of(open_regular(&object)?, &object, file.size)?;
+fn check_object(dest: &Destination, manifest: &Manifest, file: &BackupFile) -> Result<()> {
+    let (object, reader) = open_object(dest, manifest, file)?;
+    let (size, sha256) = sha256_of(reader, &object, file.size)?;
     if size != file.size || sha256 != file.sha256 {
         return Err(mismatch(&object, manifest, file));
     }
@@ -705,8 +641,14 @@ fn check_object(dest: &Path, manifest: &Manifest, file: &BackupFile) -> Result<(
 /// not match its checksum; [`Error::Authentication`] if the manifest or the keyring was
 /// forged; [`Error::KeysUnavailable`] if the KMS will not unwrap the keys (a disabled or
 /// deleted master key); [`Error::Io`].
-pub fn restore(dest: &Path, id: Option<&str>, path: &Path, options: StoreOptions) -> Result<Store> {
-    let manifest = find(dest, id)?;
+pub fn restore(
+    dest: impl Into<Destination>,
+    id: Option<&str>,
+    path: &Path,
+    options: StoreOptions,
+) -> Result<Store> {
+    let dest = dest.into();
+    let manifest = find(&dest, id)?;
     if manifest.kind != BackupKind::Store {
         return Err(Error::InvalidArgument(format!(
             "backup {} holds a tablespace; restore it with restore_tablespace",
@@ -723,7 +665,7 @@ pub fn restore(dest: &Path, id: Option<&str>, path: &Path, options: StoreOptions
         }
     }
     std::fs::create_dir_all(path).map_err(|e| io("creating", path, e))?;
-    let result = restore_into(dest, &manifest, path)
+    let result = restore_into(&dest, &manifest, path)
         .and_then(|()| Store::open(path, options))
         .and_then(|store| {
             manifest.authenticate(store.manifest_key_at(manifest.mac_version).as_ref())?;
@@ -735,7 +677,7 @@ pub fn restore(dest: &Path, id: Option<&str>, path: &Path, options: StoreOptions
     result
 }
 
-fn restore_into(dest: &Path, manifest: &Manifest, path: &Path) -> Result<()> {
+fn restore_into(dest: &Destination, manifest: &Manifest, path: &Path) -> Result<()> {
     for file in &manifest.files {
         copy_verified(dest, manifest, file, &path.join(&file.name))?;
     }
@@ -754,47 +696,56 @@ fn scratch(what: &str) -> Result<tempfile::TempDir> {
 /// As [`verify`], then restores the backup into a temporary directory (in the system's
 /// temporary directory), checks its manifest's HMAC and reads and authenticates every
 /// record of every table (needs the KMS). The KMS calls are recorded in the
-/// destination's audit trail ([`destination_audit`]).
+/// destination's audit trail ([`audit_records`]).
 ///
 /// # Errors
 /// As [`verify`] and [`restore`]; [`Error::Authentication`] for a record or manifest
 /// that fails.
-pub fn verify_deep(dest: &Path, id: Option<&str>, mut options: StoreOptions) -> Result<VerifyReport> {
-    let mut report = verify(dest, id)?;
+pub fn verify_deep(dest: impl Into<Destination>, id: Option<&str>, mut options: StoreOptions) -> Result<VerifyReport> {
+    let dest = dest.into();
+    let mut report = verify(&dest, id)?;
     let scratch = scratch(".tde-deep-verify-")?;
     let target: PathBuf = scratch.path().join("store");
-    options.audit = Some(std::sync::Arc::new(destination_audit(dest)?));
-    let store = restore(dest, id, &target, options)?;
-    let mut records = 0u64;
-    for info in store.tables() {
-        let table = store.table(&info.name)?;
-        for item in table.iter()? {
-            item?;
-            records += 1;
+    let trail = dest.trail()?;
+    options.audit = Some(trail.log.clone());
+    let result = restore(&dest, id, &target, options).and_then(|store| {
+        let mut records = 0u64;
+        for info in store.tables() {
+            let table = store.table(&info.name)?;
+            for item in table.iter()? {
+                item?;
+                records += 1;
+            }
         }
-    }
-    report.records = Some(records);
+        Ok(records)
+    });
+    // The calls made are recorded whether or not the backup passed.
+    trail.finish()?;
+    report.records = Some(result?);
     Ok(report)
 }
 
 /// The chain id of a backup destination's audit trail.
 pub const DESTINATION_CHAIN: &str = "tde backup destination";
 
-/// Whether `path` is a backup destination (it has the `backups` and `objects`
+/// Whether `path` is a backup destination directory (it has the `backups` and `objects`
 /// directories).
 pub fn is_destination(path: &Path) -> bool {
-    layout(path, false).is_ok()
+    Destination::dir(path).backend().prepare(false).is_ok()
 }
 
-/// The audit trail kept in the destination `dest` (`dest/TDE-AUDIT`): the KMS calls of
-/// work on backups that no store or tablespace of their own records (rewrap, deep
-/// verification).
+/// The records of the audit trail kept in the destination `dest` (`DEST/TDE-AUDIT`):
+/// the KMS calls of work on backups that no store or tablespace of their own records
+/// (rewrap, deep verification).
 ///
 /// # Errors
 /// [`Error::Io`]; [`Error::Corrupt`].
-pub fn destination_audit(dest: &Path) -> Result<crate::audit::AuditLog> {
-    layout(dest, false)?;
-    crate::audit::AuditLog::open(dest, DESTINATION_CHAIN)
+pub fn audit_records(dest: impl Into<Destination>) -> Result<Vec<crate::audit::AuditRecord>> {
+    let (path, _scratch) = dest.into().trail_copy()?;
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Ok(Vec::new());
+    }
+    crate::audit::read_at(&path)
 }
 
 /// Verifies the chain of the destination's audit trail (it is not keyed: a destination
@@ -802,8 +753,9 @@ pub fn destination_audit(dest: &Path) -> Result<crate::audit::AuditLog> {
 ///
 /// # Errors
 /// As [`crate::audit::verify`].
-pub fn verify_destination_audit(dest: &Path) -> Result<(u64, String)> {
-    crate::audit::verify(dest, DESTINATION_CHAIN)
+pub fn verify_destination_audit(dest: impl Into<Destination>) -> Result<(u64, String)> {
+    let (path, _scratch) = dest.into().trail_copy()?;
+    crate::audit::verify_at(&path, DESTINATION_CHAIN)
 }
 
 /// Rewraps the data keys of backup `id` (or the latest) in `dest` for master key `to_key`
@@ -811,7 +763,7 @@ pub fn verify_destination_audit(dest: &Path) -> Result<(u64, String)> {
 /// is re-encrypted inside the KMS when it stays in `from`, else unwrapped by `from` and
 /// wrapped by `to` in memory (the keys layer does both). The keyring and the manifest are
 /// authenticated first (which unwraps the store-level key with `from`). Every KMS call is
-/// recorded in the destination's audit trail ([`destination_audit`]). The backup's
+/// recorded in the destination's audit trail ([`audit_records`]). The backup's
 /// keyring and manifest are replaced atomically (same id); its `kms` becomes `to_kms_uri`
 /// (default: `to`'s description). The old keyring's objects are removed from `dest` once
 /// no backup refers to them.
@@ -820,8 +772,31 @@ pub fn verify_destination_audit(dest: &Path) -> Result<(u64, String)> {
 /// [`Error::Kms`] if a key refuses (nothing changes); [`Error::Authentication`] if the
 /// manifest or keyring was forged; [`Error::Corrupt`], [`Error::Io`].
 pub fn rewrap(
-    dest: &Path,
+    dest: impl Into<Destination>,
     id: Option<&str>,
+    from: std::sync::Arc<dyn crate::kms::Kms>,
+    to: Option<std::sync::Arc<dyn crate::kms::Kms>>,
+    to_key: &str,
+    to_kms_uri: Option<&str>,
+) -> Result<Manifest> {
+    let dest = dest.into();
+    let manifest = find(&dest, id)?;
+    if manifest.kind != BackupKind::Store {
+        return Err(Error::InvalidArgument(format!(
+            "backup {} holds a tablespace; rewrap it with rewrap_tablespace",
+            manifest.id
+        )));
+    }
+    let trail = dest.trail()?;
+    let result = rewrap_store(&dest, manifest, &trail.log, from, to, to_key, to_kms_uri);
+    trail.finish()?;
+    result
+}
+
+fn rewrap_store(
+    dest: &Destination,
+    mut manifest: Manifest,
+    audit: &std::sync::Arc<crate::audit::AuditLog>,
     from: std::sync::Arc<dyn crate::kms::Kms>,
     to: Option<std::sync::Arc<dyn crate::kms::Kms>>,
     to_key: &str,
@@ -830,14 +805,6 @@ pub fn rewrap(
     use crate::keyring::{KEYRING_FILE, Keyring};
     use crate::keys::{EnvelopeId, KeyService, Scope};
 
-    let mut manifest = find(dest, id)?;
-    if manifest.kind != BackupKind::Store {
-        return Err(Error::InvalidArgument(format!(
-            "backup {} holds a tablespace; rewrap it with rewrap_tablespace",
-            manifest.id
-        )));
-    }
-    layout(dest, false)?;
     let scratch = scratch(".tde-rewrap-")?;
     let is_keyring = |name: &str| name.starts_with(KEYRING_FILE);
     for file in manifest.files.iter().filter(|f| is_keyring(&f.name)) {
@@ -847,14 +814,14 @@ pub fn rewrap(
     let store_id = keyring.data().store_id.clone();
     if store_id != manifest.store_id {
         return Err(corrupt(
-            dest,
+            &manifest_location(dest, &manifest.id),
             format!("backup {}: its keyring belongs to another store", manifest.id),
         ));
     }
     let keys = KeyService::new(
         Scope::Store(store_id),
         from,
-        std::sync::Arc::new(destination_audit(dest)?),
+        audit.clone(),
         crate::keys::RetryPolicy::default(),
     );
     // Authenticate the keyring and the manifest before changing anything.
@@ -913,7 +880,7 @@ pub fn rewrap(
         file.size = size;
         file.sha256 = sha256;
     }
-    sync_dir(&dest.join(OBJECTS))?;
+    dest.backend().sync_objects()?;
     manifest.kms = keyring.data().kms.clone();
     let mac_key = mac_key.ok_or_else(|| Error::InvalidArgument("no manifest key".into()))?;
     manifest.seal(manifest.mac_version, &mac_key)?;
@@ -925,7 +892,7 @@ pub fn rewrap(
 /// Removes the objects `candidates` (validated object names) that no backup in `dest`
 /// refers to any more. If any manifest cannot be read, nothing is removed: an object is
 /// only deleted when it is known to be unreferenced.
-fn remove_unreferenced(dest: &Path, candidates: Vec<String>) {
+fn remove_unreferenced(dest: &Destination, candidates: Vec<String>) {
     let Ok(all) = list(dest) else {
         return;
     };
@@ -937,7 +904,7 @@ fn remove_unreferenced(dest: &Path, candidates: Vec<String>) {
         .into_iter()
         .filter(|s| is_sha256_hex(s) && !referenced.contains(s))
     {
-        let _ = std::fs::remove_file(dest.join(OBJECTS).join(sha));
+        dest.backend().remove_object(&sha);
     }
 }
 
@@ -947,8 +914,9 @@ fn remove_unreferenced(dest: &Path, candidates: Vec<String>) {
 ///
 /// # Errors
 /// As [`Tablespace::export`]; [`Error::Io`] (earlier backups in `dest` are intact).
-pub fn create_tablespace(ts: &Tablespace, dest: &Path) -> Result<BackupReport> {
-    layout(dest, true)?;
+pub fn create_tablespace(ts: &Tablespace, dest: impl Into<Destination>) -> Result<BackupReport> {
+    let dest = &dest.into();
+    dest.backend().prepare(true)?;
     let info = ts.info();
     let scratch = scratch(".tde-tablespace-")?;
     let copy = scratch.path().join("tablespace");
@@ -961,7 +929,7 @@ pub fn create_tablespace(ts: &Tablespace, dest: &Path) -> Result<BackupReport> {
     let (_, sha256, mut copied) = store_object(dest, &copy)?;
     let (trail_size, trail_sha256, n) = store_object(dest, &trail)?;
     copied += n;
-    sync_dir(&dest.join(OBJECTS))?;
+    dest.backend().sync_objects()?;
     let name = if is_plain_name(&info.name, MAX_NAME - 6) {
         info.name
     } else {
@@ -1001,7 +969,7 @@ pub fn create_tablespace(ts: &Tablespace, dest: &Path) -> Result<BackupReport> {
     })
 }
 
-fn tablespace_manifest(dest: &Path, id: Option<&str>) -> Result<Manifest> {
+fn tablespace_manifest(dest: &Destination, id: Option<&str>) -> Result<Manifest> {
     let manifest = find(dest, id)?;
     match manifest.kind {
         BackupKind::Tablespace => Ok(manifest),
@@ -1022,12 +990,13 @@ fn tablespace_manifest(dest: &Path, id: Option<&str>) -> Result<Manifest> {
 /// [`Error::Authentication`] if the manifest or the header was forged;
 /// [`Error::KeysUnavailable`] if the KMS will not unwrap the keys; [`Error::Io`].
 pub fn restore_tablespace(
-    dest: &Path,
+    dest: impl Into<Destination>,
     id: Option<&str>,
     path: &Path,
     options: &TablespaceOptions,
     pool: &BufferPool,
 ) -> Result<Tablespace> {
+    let dest = &dest.into();
     let manifest = tablespace_manifest(dest, id)?;
     let trail = crate::audit::tablespace_audit_path(path);
     if path.exists() || crate::page::journal_path(path).exists() || trail.exists() {
@@ -1048,7 +1017,7 @@ pub fn restore_tablespace(
             manifest.authenticate(ts.manifest_key_at(manifest.mac_version).as_ref())?;
             if crate::hex::encode(&ts.id()) != manifest.store_id {
                 return Err(corrupt(
-                    dest,
+                    &manifest_location(dest, &manifest.id),
                     format!("backup {}: its file is another tablespace", manifest.id),
                 ));
             }
@@ -1069,17 +1038,21 @@ pub fn restore_tablespace(
 /// # Errors
 /// As [`verify`] and [`restore_tablespace`]; [`Error::Authentication`] for a page.
 pub fn verify_deep_tablespace(
-    dest: &Path,
+    dest: impl Into<Destination>,
     id: Option<&str>,
     options: &TablespaceOptions,
 ) -> Result<VerifyReport> {
-    let mut report = verify(dest, id)?;
+    let dest = dest.into();
+    let mut report = verify(&dest, id)?;
     let scratch = scratch(".tde-deep-verify-")?;
     let pool = BufferPool::new(4 << 20);
     let mut options = options.clone();
-    options.audit = Some(std::sync::Arc::new(destination_audit(dest)?));
-    let ts = restore_tablespace(dest, id, &scratch.path().join("tablespace"), &options, &pool)?;
-    report.records = Some(ts.verify()?);
+    let trail = dest.trail()?;
+    options.audit = Some(trail.log.clone());
+    let pages = restore_tablespace(&dest, id, &scratch.path().join("tablespace"), &options, &pool)
+        .and_then(|ts| ts.verify());
+    trail.finish()?;
+    report.records = Some(pages?);
     Ok(report)
 }
 
@@ -1088,24 +1061,38 @@ pub fn verify_deep_tablespace(
 /// (its current KMS) in the system's temporary directory, authenticated, rewrapped or
 /// migrated, and stored as the backup's new file under the same id. Only the header page
 /// differs; the pages stay as they are. The KMS calls are recorded in the destination's
-/// audit trail ([`destination_audit`]).
+/// audit trail ([`audit_records`]).
 ///
 /// # Errors
 /// [`Error::Kms`] if a key refuses (the backup is unchanged); [`Error::Io`].
 pub fn rewrap_tablespace(
-    dest: &Path,
+    dest: impl Into<Destination>,
     id: Option<&str>,
     options: &TablespaceOptions,
     to: Option<(std::sync::Arc<dyn crate::kms::Kms>, Option<&str>)>,
     to_key: &str,
 ) -> Result<Manifest> {
-    let mut manifest = tablespace_manifest(dest, id)?;
+    let dest = dest.into();
+    let manifest = tablespace_manifest(&dest, id)?;
+    let trail = dest.trail()?;
+    let mut options = options.clone();
+    options.audit = Some(trail.log.clone());
+    let result = rewrap_tablespace_in(&dest, manifest, &options, to, to_key);
+    trail.finish()?;
+    result
+}
+
+fn rewrap_tablespace_in(
+    dest: &Destination,
+    mut manifest: Manifest,
+    options: &TablespaceOptions,
+    to: Option<(std::sync::Arc<dyn crate::kms::Kms>, Option<&str>)>,
+    to_key: &str,
+) -> Result<Manifest> {
     let scratch = scratch(".tde-rewrap-")?;
     let copy = scratch.path().join("tablespace");
     let pool = BufferPool::new(4 << 20);
-    let mut options = options.clone();
-    options.audit = Some(std::sync::Arc::new(destination_audit(dest)?));
-    let ts = restore_tablespace(dest, Some(&manifest.id), &copy, &options, &pool)?;
+    let ts = restore_tablespace(dest, Some(&manifest.id), &copy, options, &pool)?;
     match to {
         Some((kms, uri)) => ts.migrate(kms, to_key, uri)?,
         None => ts.rewrap(Some(to_key))?,
@@ -1114,7 +1101,7 @@ pub fn rewrap_tablespace(
     let mac_key = ts.manifest_key_at(manifest.mac_version);
     ts.close()?;
     let (size, sha256, _) = store_object(dest, &copy)?;
-    sync_dir(&dest.join(OBJECTS))?;
+    dest.backend().sync_objects()?;
     let name = manifest.files[0].name.clone();
     let old = std::mem::replace(&mut manifest.files[0], BackupFile { name, size, sha256 });
     manifest.kms = info.kms;

@@ -360,7 +360,11 @@ pub trait KeyLifecycle: Send + Sync {
     ///
     /// # Errors
     /// As [`crate::backup::create`].
-    fn backup(&self, dest: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<crate::backup::BackupReport>;
+    fn backup(
+        &self,
+        dest: &crate::backup::Destination,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<crate::backup::BackupReport>;
 
     /// Closes it and opens it again with the same options (a RocksDB store replaces its
     /// MANIFEST and info log at open).

@@ -12,9 +12,11 @@
 pub mod aws;
 mod error;
 pub mod local;
+#[cfg(feature = "kmip")]
+pub mod kmip;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
-#[cfg(any(feature = "aws-kms", feature = "vault", feature = "pkcs11"))]
+#[cfg(any(feature = "aws-kms", feature = "vault", feature = "pkcs11", feature = "kmip"))]
 mod provider;
 mod types;
 mod uri;

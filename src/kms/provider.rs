@@ -9,7 +9,7 @@ use super::{
 use crate::secret::{DataKey, WrappedKey};
 
 /// A data key of `spec` from the OS CSPRNG, wrapped by `wrap`, reported under `key_id`.
-#[cfg_attr(not(any(feature = "vault", feature = "pkcs11")), allow(dead_code))]
+#[cfg_attr(not(any(feature = "vault", feature = "pkcs11", feature = "kmip")), allow(dead_code))]
 pub(crate) fn generate_and_wrap(
     key_id: &str,
     spec: DataKeySpec,
@@ -39,7 +39,7 @@ pub(crate) fn check_direct(len: usize, max: usize, provider: &str) -> KmsResult<
 
 /// Metadata for an AES-256 key of which a provider reports the state, versions and
 /// creation time only.
-#[cfg_attr(not(feature = "pkcs11"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "pkcs11", feature = "kmip")), allow(dead_code))]
 pub(crate) fn metadata(key_id: &str, state: KeyState, versions: Vec<KeyVersionInfo>) -> KeyMetadata {
     let created = versions.first().map_or(Timestamp(0), |v| v.created_at);
     let last = versions.last().map_or(created, |v| v.created_at);

@@ -1,7 +1,8 @@
 //! Naming a KMS: `local:DIR` (or a bare path) for the embedded local KMS,
 //! `aws-kms:[?region=R&endpoint=URL]` for AWS KMS, `vault-transit:[ADDR][?mount=M&namespace=NS]`
 //! for Vault or OpenBao Transit, `pkcs11:token=LABEL?module-path=PATH` (RFC 7512) for a
-//! PKCS#11 token. A URI names where a KMS is, never a secret: it is recorded in stores
+//! PKCS#11 token, `kmip://HOST:PORT?cert=FILE&key=FILE&ca=FILE` for a KMIP server. A URI
+//! names where a KMS is, never a secret: it is recorded in stores
 //! and backups (a PKCS#11 `pin-value` is accepted but never shown or recorded).
 
 use std::fmt;
@@ -36,6 +37,19 @@ pub enum KmsUri {
         pin_source: Option<String>,
         /// `pin-value=`: the PIN itself; never displayed.
         pin_value: Option<Pin>,
+    },
+    /// A KMIP server over mutual TLS (feature `kmip`).
+    Kmip {
+        /// Host name or IP address (what the server's certificate must name).
+        host: String,
+        /// Port (KMIP's is 5696).
+        port: u16,
+        /// `cert=`: tde's client certificate (PEM).
+        cert: PathBuf,
+        /// `key=`: its private key (PEM); a path, never the key itself.
+        key: PathBuf,
+        /// `ca=`: the CA certificate(s) the server's certificate must chain to (PEM).
+        ca: PathBuf,
     },
     /// Vault / OpenBao Transit (feature `vault`).
     VaultTransit {
@@ -146,6 +160,38 @@ impl KmsUri {
                 endpoint: take(&mut params, "endpoint"),
             });
         }
+        if let Some(rest) = text.strip_prefix("kmip://") {
+            let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let (host, port) = authority
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                .filter(|(h, p)| !h.is_empty() && *p != 0)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "kmip: needs HOST:PORT, e.g. kmip://kms.example:5696?cert=..., not {authority:?}"
+                    ))
+                })?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let mut params = parameters("kmip", query, &["cert", "key", "ca"])?;
+            let mut file = |name: &str| {
+                take(&mut params, name)
+                    .map(|v| percent_decode("kmip", &v).map(PathBuf::from))
+                    .transpose()?
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "kmip: needs ?cert=FILE&key=FILE&ca=FILE (mutual TLS); {name} is missing"
+                        ))
+                    })
+            };
+            let (cert, key, ca) = (file("cert")?, file("key")?, file("ca")?);
+            return Ok(KmsUri::Kmip {
+                host: host.to_owned(),
+                port,
+                cert,
+                key,
+                ca,
+            });
+        }
         if let Some(rest) = text.strip_prefix("pkcs11:") {
             let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
             let mut path_attrs = parameters("pkcs11", &path.replace(';', "&"), &["token"])?;
@@ -239,6 +285,26 @@ impl fmt::Display for KmsUri {
                     query(&[("module-path", &module), ("pin-source", pin_source)])
                 )
             }
+            KmsUri::Kmip {
+                host,
+                port,
+                cert,
+                key,
+                ca,
+            } => {
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                write!(
+                    f,
+                    "kmip://{host}:{port}?cert={}&key={}&ca={}",
+                    cert.display(),
+                    key.display(),
+                    ca.display()
+                )
+            }
             KmsUri::VaultTransit {
                 addr,
                 mount,
@@ -280,7 +346,7 @@ pub fn default_local_dir() -> Result<PathBuf> {
 
 /// The error for a provider this build does not include.
 #[cfg_attr(
-    all(feature = "aws-kms", feature = "vault", feature = "pkcs11"),
+    all(feature = "aws-kms", feature = "vault", feature = "pkcs11", feature = "kmip"),
     allow(dead_code)
 )]
 fn missing_feature(uri: &KmsUri, feature: &str) -> Error {
@@ -304,6 +370,10 @@ pub fn open(uri: &KmsUri) -> Result<Arc<dyn Kms>> {
         )?)),
         #[cfg(not(feature = "aws-kms"))]
         KmsUri::AwsKms { .. } => Err(missing_feature(uri, "aws-kms")),
+        #[cfg(feature = "kmip")]
+        KmsUri::Kmip { .. } => Ok(Arc::new(super::kmip::KmipKms::open(uri)?)),
+        #[cfg(not(feature = "kmip"))]
+        KmsUri::Kmip { .. } => Err(missing_feature(uri, "kmip")),
         #[cfg(feature = "pkcs11")]
         KmsUri::Pkcs11 { .. } => Ok(Arc::new(super::pkcs11::Pkcs11Kms::open(uri)?)),
         #[cfg(not(feature = "pkcs11"))]
@@ -348,6 +418,8 @@ mod tests {
             "vault-transit:https://vault.example:8200",
             "vault-transit:http://127.0.0.1:8200?mount=kms&namespace=team",
             "pkcs11:token=tde?module-path=/usr/lib/softhsm/libsofthsm2.so",
+            "kmip://127.0.0.1:5696?cert=/etc/tde/c.pem&key=/etc/tde/k.pem&ca=/etc/tde/ca.pem",
+            "kmip://[::1]:5696?cert=c&key=k&ca=a",
             "pkcs11:token=tde?module-path=/m.so&pin-source=file:/run/pin",
         ] {
             assert_eq!(KmsUri::parse(text).unwrap().to_string(), text, "round trip");
@@ -357,6 +429,9 @@ mod tests {
         assert_eq!(uri.to_string(), "pkcs11:token=My Token?module-path=/m.so");
         assert!(!format!("{uri:?}").contains("1234"));
         assert!(KmsUri::parse("pkcs11:token=t").is_err(), "no module");
+        assert!(KmsUri::parse("kmip://h:5696?cert=c&key=k").is_err(), "no CA");
+        assert!(KmsUri::parse("kmip://h?cert=c&key=k&ca=a").is_err(), "no port");
+        assert!(KmsUri::parse("kmip://h:5696?cert=c&key=k&ca=a&pin=1").is_err(), "unknown parameter");
         assert!(KmsUri::parse("pkcs11:?module-path=/m.so").is_err(), "no token");
         assert!(KmsUri::parse("local:").is_err());
         assert!(KmsUri::parse("").is_err());

@@ -147,7 +147,11 @@ impl KeyLifecycle for Store {
         Store::verify_audit(self)
     }
 
-    fn backup(&self, dest: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<crate::backup::BackupReport> {
+    fn backup(
+        &self,
+        dest: &crate::backup::Destination,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<crate::backup::BackupReport> {
         crate::backup::create_with_progress(self, dest, progress)
     }
 

@@ -155,7 +155,7 @@ impl KeyLifecycle for Tablespace {
 
     fn backup(
         &self,
-        dest: &Path,
+        dest: &crate::backup::Destination,
         _progress: &mut dyn FnMut(u64, u64),
     ) -> Result<crate::backup::BackupReport> {
         crate::backup::create_tablespace(self, dest)

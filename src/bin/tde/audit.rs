@@ -33,7 +33,11 @@ pub(crate) enum AuditCommand {
 pub(crate) fn run(flag: Option<&str>, cmd: AuditCommand) -> CliResult {
     match cmd {
         AuditCommand::Show { path, json } => {
-            for r in tde::audit::read_at(&trail(&path)?.0)? {
+            let records = match object_storage(&path)? {
+                Some(dest) => tde::backup::audit_records(&dest)?,
+                None => tde::audit::read_at(&trail(&path)?.0)?,
+            };
+            for r in records {
                 if json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
@@ -52,8 +56,13 @@ pub(crate) fn run(flag: Option<&str>, cmd: AuditCommand) -> CliResult {
             }
         }
         AuditCommand::Verify { path, deep: false } => {
-            let (file, chain) = trail(&path)?;
-            let (records, head) = tde::audit::verify_at(&file, &chain)?;
+            let (records, head) = match object_storage(&path)? {
+                Some(dest) => tde::backup::verify_destination_audit(&dest)?,
+                None => {
+                    let (file, chain) = trail(&path)?;
+                    tde::audit::verify_at(&file, &chain)?
+                }
+            };
             println!("{records} records, chain intact; last hash {head}");
         }
         AuditCommand::Verify { path, deep: true } => {
@@ -70,6 +79,14 @@ pub(crate) fn run(flag: Option<&str>, cmd: AuditCommand) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// The backup destination `path` names if it is in object storage (`s3://...`).
+fn object_storage(path: &Path) -> CliResult<Option<tde::backup::Destination>> {
+    match path.to_str() {
+        Some(s) if s.contains("://") => Ok(Some(tde::backup::Destination::parse(s)?)),
+        _ => Ok(None),
+    }
 }
 
 /// The trail of `path` (a store, a tablespace, or a backup destination) and its chain id.

@@ -1,9 +1,9 @@
 //! `tde backup create|list|verify|restore`: ciphertext backups from the command line.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Subcommand;
-use tde::backup::BackupKind;
+use tde::backup::{BackupKind, Destination};
 use tde::kms::KmsUri;
 use tde::kv::StoreOptions;
 use tde::page::TablespaceOptions;
@@ -14,25 +14,25 @@ use crate::progress::Progress;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BackupCommand {
-    /// Back up a store (a directory) or a page-store tablespace (a file) into DEST
-    /// (created if needed). Only files not already in DEST are copied; every backup stays
+    /// Back up a store (a directory) or a page-store tablespace (a file) into DEST (a
+    /// directory, created if needed, or s3://BUCKET/PREFIX). Only files not already in DEST are copied; every backup stays
     /// restorable on its own.
     Create {
         /// Directory of the store, or tablespace file.
         path: PathBuf,
-        /// Backup destination.
-        dest: PathBuf,
+        /// Backup destination: a directory, or s3://BUCKET/PREFIX.
+        dest: String,
     },
     /// List the backups in DEST.
     List {
-        /// Backup destination.
-        dest: PathBuf,
+        /// Backup destination: a directory, or s3://BUCKET/PREFIX.
+        dest: String,
     },
     /// Check every manifest and file checksum without any key; with --deep, also restore
     /// to a scratch directory and authenticate every record (needs the KMS).
     Verify {
-        /// Backup destination.
-        dest: PathBuf,
+        /// Backup destination: a directory, or s3://BUCKET/PREFIX.
+        dest: String,
         /// Only this backup.
         #[arg(long)]
         id: Option<String>,
@@ -43,8 +43,8 @@ pub(crate) enum BackupCommand {
     /// Rewrap a backup's data keys for another master key and/or another KMS, without
     /// touching its data files (e.g. to carry it to another region or provider).
     Rewrap {
-        /// Backup destination.
-        dest: PathBuf,
+        /// Backup destination: a directory, or s3://BUCKET/PREFIX.
+        dest: String,
         /// The master key to wrap under.
         #[arg(long, value_name = "KEY")]
         to_key: String,
@@ -58,8 +58,8 @@ pub(crate) enum BackupCommand {
     /// Restore the latest backup (or --id) into NEWPATH, a new directory (a new file for
     /// a tablespace); needs the KMS.
     Restore {
-        /// Backup destination.
-        dest: PathBuf,
+        /// Backup destination: a directory, or s3://BUCKET/PREFIX.
+        dest: String,
         /// Directory (or tablespace file) to restore into; must not exist (or be empty).
         newpath: PathBuf,
         /// The backup to restore (default: the latest).
@@ -75,7 +75,7 @@ struct Options {
 }
 
 /// Options for a backup: `--kms` if given, else the KMS its manifest records.
-fn options_for(dest: &Path, id: Option<&str>, flag: Option<&str>) -> CliResult<Options> {
+fn options_for(dest: &Destination, id: Option<&str>, flag: Option<&str>) -> CliResult<Options> {
     let uri = match flag {
         Some(f) => absolute(KmsUri::parse(f)?)?,
         None => KmsUri::parse(&tde::backup::find(dest, id)?.kms)?,
@@ -88,8 +88,10 @@ fn options_for(dest: &Path, id: Option<&str>, flag: Option<&str>) -> CliResult<O
 }
 
 pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
+    let parse = |dest: &str| Destination::parse(dest);
     match cmd {
         BackupCommand::Create { path, dest } => {
+            let dest = parse(&dest)?;
             let engine = open_any(&path, flag)?;
             let mut progress = Progress::bytes("backing up", 0);
             let report = engine.backup(&dest, &mut |done, total| {
@@ -100,16 +102,16 @@ pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
             engine.close()?;
             println!("{}", report.id);
             eprintln!(
-                "backup {} of {}: {} files, {} bytes, {} bytes copied (the rest was already in {})",
+                "backup {} of {}: {} files, {} bytes, {} bytes copied (the rest was already in {dest})",
                 report.id,
                 path.display(),
                 report.files,
                 report.bytes,
                 report.copied_bytes,
-                dest.display()
             );
         }
         BackupCommand::List { dest } => {
+            let dest = parse(&dest)?;
             for m in tde::backup::list(&dest)? {
                 let bytes: u64 = m.files.iter().map(|f| f.size).sum();
                 let kind = match m.kind {
@@ -126,6 +128,7 @@ pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
             }
         }
         BackupCommand::Verify { dest, id, deep } => {
+            let dest = parse(&dest)?;
             let report = if deep {
                 let options = options_for(&dest, id.as_deref(), flag)?;
                 match tde::backup::find(&dest, id.as_deref())?.kind {
@@ -157,6 +160,7 @@ pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
             to_kms,
             id,
         } => {
+            let dest = parse(&dest)?;
             let from_uri = match flag {
                 Some(f) => absolute(KmsUri::parse(f)?)?,
                 None => KmsUri::parse(&tde::backup::find(&dest, id.as_deref())?.kms)?,
@@ -188,6 +192,7 @@ pub(crate) fn run(flag: Option<&str>, cmd: BackupCommand) -> CliResult {
             );
         }
         BackupCommand::Restore { dest, newpath, id } => {
+            let dest = parse(&dest)?;
             let options = options_for(&dest, id.as_deref(), flag)?;
             if tde::backup::find(&dest, id.as_deref())?.kind == BackupKind::Tablespace {
                 let pool = tde::page::BufferPool::new(4 << 20);

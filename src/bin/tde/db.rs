@@ -103,6 +103,19 @@ pub(crate) fn require_key(uri: &KmsUri, key: Option<&String>, flag: &str) -> Cli
 pub(crate) fn absolute(uri: KmsUri) -> CliResult<KmsUri> {
     Ok(match uri {
         KmsUri::Local(dir) => KmsUri::Local(std::path::absolute(dir)?),
+        KmsUri::Kmip {
+            host,
+            port,
+            cert,
+            key,
+            ca,
+        } => KmsUri::Kmip {
+            host,
+            port,
+            cert: std::path::absolute(cert)?,
+            key: std::path::absolute(key)?,
+            ca: std::path::absolute(ca)?,
+        },
         other => other,
     })
 }

@@ -108,6 +108,25 @@ fn admin(uri: &KmsUri, cmd: KmsCommand) -> CliResult {
             }
             Ok(())
         }
+        #[cfg(feature = "kmip")]
+        KmsUri::Kmip { .. } => {
+            let server = tde::kms::kmip::KmipKms::open(uri)?;
+            match cmd {
+                KmsCommand::CreateKey { alias, .. } => {
+                    let name = alias.ok_or("a KMIP key needs a name: --alias NAME")?;
+                    println!("{}", server.create_key(&name)?);
+                }
+                KmsCommand::Disable { key } => {
+                    server.revoke_key(&key)?;
+                    eprintln!("KMIP key {key} revoked: it no longer encrypts (KMIP has no way back)");
+                }
+                KmsCommand::ScheduleDeletion { .. } => {
+                    return Err("KMIP destroys at once, with no waiting period: revoke with `tde kms disable KEY`, and destroy with the server's own tools once nothing needs the key".into());
+                }
+                other => return unsupported(uri, &other),
+            }
+            Ok(())
+        }
         #[cfg(feature = "pkcs11")]
         KmsUri::Pkcs11 { .. } => {
             let token = tde::kms::pkcs11::Pkcs11Kms::open(uri)?;
