@@ -9,8 +9,10 @@
 //! `VAULT_TOKEN`, Transit mounted at `transit`), moto (`TDE_TEST_AWS_ENDPOINT`, with
 //! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`) and SoftHSM2 for PKCS#11
 //! (`TDE_TEST_PKCS11_MODULE`, `TDE_TEST_PKCS11_TOKEN`, `TDE_PKCS11_PIN`, `SOFTHSM2_CONF`:
-//! a token initialised for the run). A built provider whose server is not configured
-//! fails, it is not skipped.
+//! a token initialised for the run), PyKMIP for KMIP (`TDE_TEST_KMIP_ADDR` = HOST:PORT
+//! and `TDE_TEST_KMIP_CERTS`, a directory with `ca.pem`, `client.pem`, `client.key` and
+//! `rogue.pem`, `rogue.key` from another CA, made for the run). A built provider whose
+//! server is not configured fails, it is not skipped.
 
 mod common;
 
@@ -52,7 +54,7 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", common::hex(&bytes))
 }
 
-#[cfg(any(feature = "vault", feature = "aws-kms", feature = "pkcs11"))]
+#[cfg(any(feature = "vault", feature = "aws-kms", feature = "pkcs11", feature = "kmip"))]
 fn env(name: &str, what: &str) -> String {
     std::env::var(name)
         .ok()
@@ -154,6 +156,39 @@ fn pkcs11() -> Provider {
         key2,
         stop: Some(Box::new(move |key| admin.set_enabled(key, false).unwrap())),
         unreachable: down,
+        _tmp: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// The `kmip://` URI of the test server, with the client certificate `who`.
+#[cfg(feature = "kmip")]
+fn kmip_uri(who: &str) -> String {
+    let addr = env("TDE_TEST_KMIP_ADDR", "the kmip provider");
+    let certs = env("TDE_TEST_KMIP_CERTS", "the kmip provider");
+    format!("kmip://{addr}?cert={certs}/{who}.pem&key={certs}/{who}.key&ca={certs}/ca.pem")
+}
+
+#[cfg(feature = "kmip")]
+fn kmip() -> Provider {
+    use tde::kms::kmip::KmipKms;
+    let open = |uri: &str| KmipKms::open(&tde::kms::KmsUri::parse(uri).unwrap()).unwrap();
+    let server = Arc::new(open(&kmip_uri("client")));
+    let key = unique("tde-one");
+    server.create_key(&key).unwrap();
+    let key2 = unique("tde-two");
+    server.create_key(&key2).unwrap();
+    let admin = server.clone();
+    let certs = env("TDE_TEST_KMIP_CERTS", "the kmip provider");
+    let nowhere =
+        format!("kmip://127.0.0.1:1?cert={certs}/client.pem&key={certs}/client.key&ca={certs}/ca.pem");
+    Provider {
+        name: "kmip (PyKMIP)",
+        kms: server,
+        key,
+        key2,
+        // Revoked: no longer Active, and PyKMIP refuses to decrypt with it.
+        stop: Some(Box::new(move |key| admin.revoke_key(key).unwrap())),
+        unreachable: Arc::new(open(&nowhere)),
         _tmp: tempfile::tempdir().unwrap(),
     }
 }
@@ -274,6 +309,37 @@ fn aws_kms_conforms() {
     conformance(&aws());
 }
 
+#[cfg(feature = "kmip")]
+#[test]
+fn kmip_conforms() {
+    conformance(&kmip());
+}
+
+/// What only KMIP has: a destroyed key is not found, and the server's mutual TLS refuses
+/// a client whose certificate it does not trust (no retry can cure it).
+#[cfg(feature = "kmip")]
+#[test]
+fn kmip_destroy_and_mutual_tls() {
+    use tde::kms::kmip::KmipKms;
+    let p = kmip();
+    let blob = p.kms.encrypt(&p.key2, b"secret", &ctx("x")).unwrap();
+    let server = KmipKms::open(&tde::kms::KmsUri::parse(&kmip_uri("client")).unwrap()).unwrap();
+    server.destroy_key(&p.key2).unwrap();
+    let err = p.kms.decrypt(&blob, &ctx("x")).unwrap_err();
+    assert_eq!(err.kind(), KmsErrorKind::NotFound, "{err}");
+    let err = server.describe_key(&p.key2).unwrap_err();
+    assert_eq!(err.kind(), KmsErrorKind::NotFound, "{err}");
+    // A client certificate from another CA: the handshake is refused.
+    let rogue = KmipKms::open(&tde::kms::KmsUri::parse(&kmip_uri("rogue")).unwrap()).unwrap();
+    let err = rogue.describe_key(&p.key).unwrap_err();
+    assert_eq!(err.kind(), KmsErrorKind::AccessDenied, "{err}");
+    assert!(!err.is_retryable());
+    // And tde cannot be pointed at a KMIP server without a client certificate.
+    let addr = env("TDE_TEST_KMIP_ADDR", "the kmip provider");
+    let err = tde::kms::KmsUri::parse(&format!("kmip://{addr}?ca=/x/ca.pem")).unwrap_err();
+    assert!(err.to_string().contains("mutual TLS"), "{err}");
+}
+
 /// A store moves across every provider built, online, its data readable after each move
 /// and after each reopen.
 #[test]
@@ -283,6 +349,8 @@ fn a_store_migrates_across_every_provider() {
     let mut chain = vec![first];
     #[cfg(feature = "vault")]
     chain.push(vault());
+    #[cfg(feature = "kmip")]
+    chain.push(kmip());
     #[cfg(feature = "pkcs11")]
     chain.push(pkcs11());
     #[cfg(feature = "aws-kms")]
@@ -422,5 +490,22 @@ fn the_command_line_works_with_every_provider() {
         assert!(err.contains("key disabled"), "{err}");
         cli.ok(&["--kms", &hsm, "kms", "enable", &label]);
         assert_eq!(cli.ok(&["get", &db, "t", "k"]), "on transit\n");
+    }
+    #[cfg(feature = "kmip")]
+    {
+        // A key made on the KMIP server, the store moved there; revoking the key stops
+        // the store, and KMIP's immediate destroy is not offered as a scheduled deletion.
+        let kmip = kmip_uri("client");
+        let name = unique("cli");
+        cli.ok(&["--kms", &kmip, "kms", "create-key", "--alias", &name]);
+        cli.ok(&["migrate", &db, "--to-kms", &kmip, "--to-key", &name]);
+        assert_eq!(cli.ok(&["get", &db, "t", "k"]), "on transit\n");
+        let described = cli.ok(&["--kms", &kmip, "kms", "describe", &name]);
+        assert!(described.contains("KMIP state: Active"), "{described}");
+        let err = cli.fails(&["--kms", &kmip, "kms", "schedule-deletion", &name]);
+        assert!(err.contains("no waiting period"), "{err}");
+        cli.ok(&["--kms", &kmip, "kms", "disable", &name]);
+        let err = cli.fails(&["get", &db, "t", "k"]);
+        assert!(err.contains("key disabled"), "{err}");
     }
 }

@@ -701,7 +701,11 @@ fn scratch(what: &str) -> Result<tempfile::TempDir> {
 /// # Errors
 /// As [`verify`] and [`restore`]; [`Error::Authentication`] for a record or manifest
 /// that fails.
-pub fn verify_deep(dest: impl Into<Destination>, id: Option<&str>, mut options: StoreOptions) -> Result<VerifyReport> {
+pub fn verify_deep(
+    dest: impl Into<Destination>,
+    id: Option<&str>,
+    mut options: StoreOptions,
+) -> Result<VerifyReport> {
     let dest = dest.into();
     let mut report = verify(&dest, id)?;
     let scratch = scratch(".tde-deep-verify-")?;

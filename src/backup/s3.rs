@@ -112,9 +112,8 @@ fn s3_error(what: String, e: object_store::Error) -> Error {
 impl S3Backend {
     /// `rest` is what follows `s3://`: `BUCKET/PREFIX`. Makes no request.
     pub(super) fn connect(rest: &str) -> Result<S3Backend> {
-        let bad = |why: &str| {
-            Error::InvalidArgument(format!("s3://{rest}: {why} (expected s3://BUCKET/PREFIX)"))
-        };
+        let bad =
+            |why: &str| Error::InvalidArgument(format!("s3://{rest}: {why} (expected s3://BUCKET/PREFIX)"));
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let prefix = prefix.trim_end_matches('/');
         if !is_bucket(bucket) {
@@ -202,7 +201,12 @@ impl S3Backend {
     }
 
     fn bucket_url(&self) -> String {
-        let bucket = self.url.trim_start_matches("s3://").split('/').next().unwrap_or("");
+        let bucket = self
+            .url
+            .trim_start_matches("s3://")
+            .split('/')
+            .next()
+            .unwrap_or("");
         format!("s3://{bucket}")
     }
 
@@ -266,7 +270,8 @@ impl S3Backend {
         if size > max {
             return Err(self.corrupt(key, format!("larger than {max} bytes")));
         }
-        let mut out = std::fs::File::create(to).map_err(|e| Error::io(format!("creating {}", to.display()), e))?;
+        let mut out =
+            std::fs::File::create(to).map_err(|e| Error::io(format!("creating {}", to.display()), e))?;
         let mut reader = ObjectReader {
             backend: self,
             key: key.clone(),

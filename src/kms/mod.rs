@@ -11,9 +11,9 @@
 #[cfg(feature = "aws-kms")]
 pub mod aws;
 mod error;
-pub mod local;
 #[cfg(feature = "kmip")]
 pub mod kmip;
+pub mod local;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
 #[cfg(any(feature = "aws-kms", feature = "vault", feature = "pkcs11", feature = "kmip"))]

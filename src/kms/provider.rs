@@ -9,7 +9,10 @@ use super::{
 use crate::secret::{DataKey, WrappedKey};
 
 /// A data key of `spec` from the OS CSPRNG, wrapped by `wrap`, reported under `key_id`.
-#[cfg_attr(not(any(feature = "vault", feature = "pkcs11", feature = "kmip")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "vault", feature = "pkcs11", feature = "kmip")),
+    allow(dead_code)
+)]
 pub(crate) fn generate_and_wrap(
     key_id: &str,
     spec: DataKeySpec,

@@ -431,7 +431,10 @@ mod tests {
         assert!(KmsUri::parse("pkcs11:token=t").is_err(), "no module");
         assert!(KmsUri::parse("kmip://h:5696?cert=c&key=k").is_err(), "no CA");
         assert!(KmsUri::parse("kmip://h?cert=c&key=k&ca=a").is_err(), "no port");
-        assert!(KmsUri::parse("kmip://h:5696?cert=c&key=k&ca=a&pin=1").is_err(), "unknown parameter");
+        assert!(
+            KmsUri::parse("kmip://h:5696?cert=c&key=k&ca=a&pin=1").is_err(),
+            "unknown parameter"
+        );
         assert!(KmsUri::parse("pkcs11:?module-path=/m.so").is_err(), "no token");
         assert!(KmsUri::parse("local:").is_err());
         assert!(KmsUri::parse("").is_err());

@@ -146,7 +146,9 @@ pub struct KmipKms {
 
 impl std::fmt::Debug for KmipKms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KmipKms").field("uri", &self.uri).finish_non_exhaustive()
+        f.debug_struct("KmipKms")
+            .field("uri", &self.uri)
+            .finish_non_exhaustive()
     }
 }
 
@@ -166,7 +168,11 @@ fn key_name(key: &str) -> KmsResult<&str> {
     Ok(name)
 }
 
-fn read_pem<T>(what: &str, path: &Path, parse: impl FnOnce(&Path) -> std::result::Result<T, rustls::pki_types::pem::Error>) -> Result<T> {
+fn read_pem<T>(
+    what: &str,
+    path: &Path,
+    parse: impl FnOnce(&Path) -> std::result::Result<T, rustls::pki_types::pem::Error>,
+) -> Result<T> {
     parse(path).map_err(|e| Error::InvalidArgument(format!("kmip: {what} {}: {e}", path.display())))
 }
 
@@ -207,7 +213,10 @@ impl KmipKms {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .and_then(|b| b.with_root_certificates(roots).with_client_auth_cert(certs, private))
+            .and_then(|b| {
+                b.with_root_certificates(roots)
+                    .with_client_auth_cert(certs, private)
+            })
             .map_err(|e| Error::InvalidArgument(format!("kmip: TLS configuration: {e}")))?;
         let server_name = ServerName::try_from(host.to_owned())
             .map_err(|e| Error::InvalidArgument(format!("kmip: host {host:?}: {e}")))?;
@@ -258,11 +267,15 @@ impl KmipKms {
                     tcp.set_write_timeout(Some(CALL_TIMEOUT)).map_err(unavailable)?;
                     tcp.set_nodelay(true).map_err(unavailable)?;
                     let conn = rustls::ClientConnection::new(self.config.clone(), self.server_name.clone())
-                        .map_err(|e| KmsError::new(KmsErrorKind::InvalidRequest, format!("KMIP TLS: {e}")))?;
+                        .map_err(|e| {
+                        KmsError::new(KmsErrorKind::InvalidRequest, format!("KMIP TLS: {e}"))
+                    })?;
                     let mut tls = rustls::StreamOwned::new(conn, tcp);
                     // Handshake now, so a refused certificate shows as such.
                     while tls.conn.is_handshaking() {
-                        tls.conn.complete_io(&mut tls.sock).map_err(|e| handshake_error(&self.addr, &e))?;
+                        tls.conn
+                            .complete_io(&mut tls.sock)
+                            .map_err(|e| handshake_error(&self.addr, &e))?;
                     }
                     return Ok(tls);
                 }
@@ -312,11 +325,17 @@ impl KmipKms {
             .map_err(|e| KmsError::new(KmsErrorKind::Internal, format!("KMIP: malformed response: {e}")))?;
         drop(response);
         if item.tag != tag::RESPONSE_MESSAGE {
-            return Err(KmsError::new(KmsErrorKind::Internal, "KMIP: not a response message"));
+            return Err(KmsError::new(
+                KmsErrorKind::Internal,
+                "KMIP: not a response message",
+            ));
         }
         let Item { value, .. } = item;
         let ttlv::Value::Structure(children) = value else {
-            return Err(KmsError::new(KmsErrorKind::Internal, "KMIP: not a response message"));
+            return Err(KmsError::new(
+                KmsErrorKind::Internal,
+                "KMIP: not a response message",
+            ));
         };
         let batch = children
             .into_iter()
@@ -335,7 +354,10 @@ impl KmipKms {
             return Err(self.failure(operation, reason, &message, key));
         }
         let ttlv::Value::Structure(items) = batch.value else {
-            return Err(KmsError::new(KmsErrorKind::Internal, "KMIP: malformed batch item"));
+            return Err(KmsError::new(
+                KmsErrorKind::Internal,
+                "KMIP: malformed batch item",
+            ));
         };
         Ok(items
             .into_iter()
@@ -430,7 +452,9 @@ impl KmipKms {
         }
         match self.state(uid) {
             Ok((STATE_ACTIVE, _)) | Err(_) => e,
-            Ok((5 | 6, _)) => KmsError::new(KmsErrorKind::NotFound, format!("KMIP key {uid} is destroyed")).with_key(uid),
+            Ok((5 | 6, _)) => {
+                KmsError::new(KmsErrorKind::NotFound, format!("KMIP key {uid} is destroyed")).with_key(uid)
+            }
             Ok((state, _)) => KmsError::new(
                 KmsErrorKind::Disabled,
                 format!("KMIP key {uid} is {} (not Active)", state_name(state)),
@@ -462,7 +486,10 @@ impl KmipKms {
             many => {
                 return Err(KmsError::new(
                     KmsErrorKind::InvalidRequest,
-                    format!("{} KMIP objects are named {name:?}; name one by its Unique Identifier", many.len()),
+                    format!(
+                        "{} KMIP objects are named {name:?}; name one by its Unique Identifier",
+                        many.len()
+                    ),
                 )
                 .with_key(key));
             }
@@ -486,18 +513,21 @@ impl KmipKms {
             )
             .map_err(|e| self.explain(e, &uid))?;
         let field = |t: u32, what: &str| {
-            payload
-                .get(t)
-                .and_then(Item::as_bytes)
-                .ok_or_else(|| KmsError::new(KmsErrorKind::Internal, format!("KMIP Encrypt returned no {what}")))
+            payload.get(t).and_then(Item::as_bytes).ok_or_else(|| {
+                KmsError::new(KmsErrorKind::Internal, format!("KMIP Encrypt returned no {what}"))
+            })
         };
         let ciphertext = field(tag::DATA, "data")?;
         let iv = field(tag::IV_COUNTER_NONCE, "IV")?;
         let tag = field(tag::AEAD_TAG, "tag")?;
         if iv.is_empty() || iv.len() > 255 || tag.len() != TAG_LEN || ciphertext.len() != plaintext.len() {
-            return Err(KmsError::new(KmsErrorKind::Internal, "KMIP Encrypt returned malformed output"));
+            return Err(KmsError::new(
+                KmsErrorKind::Internal,
+                "KMIP Encrypt returned malformed output",
+            ));
         }
-        let mut blob = Vec::with_capacity(BLOB_MAGIC.len() + 3 + uid.len() + iv.len() + TAG_LEN + ciphertext.len());
+        let mut blob =
+            Vec::with_capacity(BLOB_MAGIC.len() + 3 + uid.len() + iv.len() + TAG_LEN + ciphertext.len());
         blob.extend_from_slice(BLOB_MAGIC);
         blob.extend_from_slice(&u16::try_from(uid.len()).unwrap_or(u16::MAX).to_be_bytes());
         blob.extend_from_slice(uid.as_bytes());
@@ -517,9 +547,12 @@ impl KmipKms {
         let name = key_name(name)?;
         let existing = self.call(op::LOCATE, vec![name_attribute(name)], name)?;
         if existing.get(tag::UNIQUE_IDENTIFIER).is_some() {
-            return Err(KmsError::new(KmsErrorKind::InvalidRequest, format!("a KMIP key is already named {name:?}"))
-                .with_key(name)
-                .into());
+            return Err(KmsError::new(
+                KmsErrorKind::InvalidRequest,
+                format!("a KMIP key is already named {name:?}"),
+            )
+            .with_key(name)
+            .into());
         }
         let attribute = |n: &str, value: Item| {
             Item::structure(tag::ATTRIBUTE, vec![Item::text(tag::ATTRIBUTE_NAME, n), value])
@@ -531,7 +564,10 @@ impl KmipKms {
                 Item::structure(
                     tag::TEMPLATE_ATTRIBUTE,
                     vec![
-                        attribute("Cryptographic Algorithm", Item::enumeration(tag::ATTRIBUTE_VALUE, AES)),
+                        attribute(
+                            "Cryptographic Algorithm",
+                            Item::enumeration(tag::ATTRIBUTE_VALUE, AES),
+                        ),
                         attribute("Cryptographic Length", Item::int(tag::ATTRIBUTE_VALUE, 256)),
                         attribute(
                             "Cryptographic Usage Mask",
@@ -632,8 +668,16 @@ fn handshake_error(addr: &str, e: &std::io::Error) -> KmsError {
     KmsError::new(kind, format!("KMIP TLS handshake with {addr}: {e}"))
 }
 
-/// A blob's (Unique Identifier, IV, tag, ciphertext). A blob is hostile input.
-fn parse_blob(blob: &[u8]) -> KmsResult<(&str, &[u8], &[u8], &[u8])> {
+/// The parts of a wrapped blob.
+struct Blob<'a> {
+    uid: &'a str,
+    iv: &'a [u8],
+    tag: &'a [u8],
+    ciphertext: &'a [u8],
+}
+
+/// A blob's parts. A blob is hostile input.
+fn parse_blob(blob: &[u8]) -> KmsResult<Blob<'_>> {
     let invalid = || KmsError::new(KmsErrorKind::InvalidCiphertext, "not a KMIP-wrapped blob");
     let rest = blob.strip_prefix(BLOB_MAGIC).ok_or_else(invalid)?;
     let (len, rest) = rest.split_first_chunk::<2>().ok_or_else(invalid)?;
@@ -654,7 +698,12 @@ fn parse_blob(blob: &[u8]) -> KmsResult<(&str, &[u8], &[u8], &[u8])> {
     if ciphertext.len() > MAX_ENCRYPT_PLAINTEXT {
         return Err(invalid());
     }
-    Ok((uid, iv, tag, ciphertext))
+    Ok(Blob {
+        uid,
+        iv,
+        tag,
+        ciphertext,
+    })
 }
 
 impl Kms for KmipKms {
@@ -677,7 +726,12 @@ impl Kms for KmipKms {
     }
 
     fn decrypt(&self, ciphertext: &[u8], context: &EncryptionContext) -> KmsResult<SecretBytes> {
-        let (uid, iv, tag, data) = parse_blob(ciphertext)?;
+        let Blob {
+            uid,
+            iv,
+            tag,
+            ciphertext: data,
+        } = parse_blob(ciphertext)?;
         let payload = self
             .call(
                 op::DECRYPT,
@@ -697,7 +751,10 @@ impl Kms for KmipKms {
             .and_then(Item::as_bytes)
             .ok_or_else(|| KmsError::new(KmsErrorKind::Internal, "KMIP Decrypt returned no data"))?;
         if plain.len() != data.len() {
-            return Err(KmsError::new(KmsErrorKind::Internal, "KMIP Decrypt returned malformed output"));
+            return Err(KmsError::new(
+                KmsErrorKind::Internal,
+                "KMIP Decrypt returned malformed output",
+            ));
         }
         Ok(SecretBytes::new(plain.to_vec()))
     }
@@ -719,7 +776,10 @@ impl Kms for KmipKms {
         let kind = match state {
             STATE_ACTIVE => KeyState::Enabled,
             5 | 6 => {
-                return Err(KmsError::new(KmsErrorKind::NotFound, format!("KMIP key {uid} is destroyed")).with_key(key));
+                return Err(
+                    KmsError::new(KmsErrorKind::NotFound, format!("KMIP key {uid} is destroyed"))
+                        .with_key(key),
+                );
             }
             _ => KeyState::Disabled,
         };
@@ -753,8 +813,11 @@ mod tests {
         blob.extend_from_slice(&[1; 12]);
         blob.extend_from_slice(&[2; 16]);
         blob.extend_from_slice(&[3; 32]);
-        let (uid, iv, tag, ct) = parse_blob(&blob).unwrap();
-        assert_eq!((uid, iv.len(), tag.len(), ct.len()), ("uid", 12, 16, 32));
+        let b = parse_blob(&blob).unwrap();
+        assert_eq!(
+            (b.uid, b.iv.len(), b.tag.len(), b.ciphertext.len()),
+            ("uid", 12, 16, 32)
+        );
         for cut in 0..BLOB_MAGIC.len() + 2 + 3 + 1 + 12 + 16 {
             assert!(parse_blob(&blob[..cut]).is_err(), "cut at {cut}");
         }

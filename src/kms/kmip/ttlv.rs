@@ -263,13 +263,22 @@ mod tests {
             out.iter().map(|b| format!("{b:02X}")).collect::<String>()
         };
         assert_eq!(hex(Item::int(0x420020, 8)), "42002002000000040000000800000000");
-        assert_eq!(hex(Item::enumeration(0x420020, 255)), "4200200500000004000000FF00000000");
-        assert_eq!(hex(Item::boolean(0x420020, true)), "42002006000000080000000000000001");
+        assert_eq!(
+            hex(Item::enumeration(0x420020, 255)),
+            "4200200500000004000000FF00000000"
+        );
+        assert_eq!(
+            hex(Item::boolean(0x420020, true)),
+            "42002006000000080000000000000001"
+        );
         assert_eq!(
             hex(Item::text(0x420020, "Hello World")),
             "420020070000000B48656C6C6F20576F726C640000000000"
         );
-        assert_eq!(hex(Item::bytes(0x420020, &[1, 2, 3])), "42002008000000030102030000000000");
+        assert_eq!(
+            hex(Item::bytes(0x420020, &[1, 2, 3])),
+            "42002008000000030102030000000000"
+        );
         assert_eq!(
             hex(Item::structure(
                 0x420020,
