@@ -45,6 +45,8 @@ use crate::secret::SecretBytes;
 /// Longest a connection or a call may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Most idle connections kept.
+const MAX_IDLE: usize = 8;
 /// The largest response read.
 const MAX_RESPONSE: usize = 1 << 20;
 /// Most plaintext Encrypt takes (tde wraps data keys and small secrets only).
@@ -137,8 +139,10 @@ pub struct KmipKms {
     addr: String,
     server_name: ServerName<'static>,
     config: Arc<rustls::ClientConfig>,
-    /// One connection, reused; a failed call drops it and the next call reconnects.
-    conn: Mutex<Option<Tls>>,
+    /// Idle connections, reused; a call takes one (or dials), and puts it back unless
+    /// it failed. Calls in flight each have their own, so an open's parallel unwraps run
+    /// in parallel.
+    idle: Mutex<Vec<Tls>>,
     /// Names resolved to Unique Identifiers.
     uids: Mutex<std::collections::HashMap<String, String>>,
     uri: String,
@@ -230,7 +234,7 @@ impl KmipKms {
             addr: format!("{host}:{port}"),
             server_name,
             config: Arc::new(config),
-            conn: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
             uids: Mutex::new(std::collections::HashMap::new()),
             uri,
         })
@@ -365,15 +369,13 @@ impl KmipKms {
             .unwrap_or_else(|| Item::structure(tag::RESPONSE_PAYLOAD, Vec::new())))
     }
 
-    /// Writes `request` and reads one response on the open connection (a new one if
+    /// Writes `request` and reads one response on an idle connection (a new one if
     /// there is none); a failure drops the connection.
     fn exchange(&self, request: &[u8]) -> KmsResult<zeroize::Zeroizing<Vec<u8>>> {
-        let mut guard = self.conn.lock();
-        if guard.is_none() {
-            *guard = Some(self.dial()?);
-        }
-        let Some(tls) = guard.as_mut() else {
-            return Err(unavailable("no connection"));
+        let idle = self.idle.lock().pop();
+        let mut tls = match idle {
+            Some(tls) => tls,
+            None => self.dial()?,
         };
         let result = (|| {
             tls.write_all(request)?;
@@ -390,11 +392,14 @@ impl KmipKms {
             Ok(out)
         })();
         match result {
-            Ok(out) => Ok(out),
-            Err(e) => {
-                *guard = None;
-                Err(unavailable(format!("{}: {e}", self.addr)))
+            Ok(out) => {
+                let mut idle = self.idle.lock();
+                if idle.len() < MAX_IDLE {
+                    idle.push(tls);
+                }
+                Ok(out)
             }
+            Err(e) => Err(unavailable(format!("{}: {e}", self.addr))),
         }
     }
 
