@@ -73,6 +73,8 @@ pub mod kms;
 pub mod kv;
 pub mod page;
 pub mod secret;
+#[cfg(feature = "server")]
+pub mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -117,6 +117,28 @@ pub(crate) enum KmsCommand {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Serve this local KMS over the network, speaking the AWS KMS protocol with SigV4
+    /// (build with the `server` feature). Plain HTTP on a loopback address only.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: std::net::SocketAddr,
+        /// TLS certificate chain (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Accept only this region in request signatures.
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// Accounts of a served KMS (`tde kms serve`).
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Principals of a served KMS: identities with access keys that sign requests.
+    #[command(subcommand)]
+    Principal(PrincipalCommand),
     /// Import key material wrapped with RSA-OAEP-SHA256 under the import parameters.
     Import {
         /// Key id or alias.
@@ -131,6 +153,141 @@ pub(crate) enum KmsCommand {
         #[arg(long, value_name = "RFC3339")]
         expires: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AccountCommand {
+    /// Create an account; prints its id (12 digits) as the first line.
+    Create {
+        /// A name for it (letters, digits, +=,.@_-).
+        name: String,
+    },
+    /// List accounts: id and name.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PrincipalCommand {
+    /// Create a principal; prints one JSON object with `arn`, `access_key_id` and
+    /// `secret_access_key` (shown this once).
+    Create {
+        /// Its name within the account.
+        name: String,
+        /// The account (id or name).
+        #[arg(long)]
+        account: String,
+        /// Make it an administrator of the account's keys.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List principals (no secrets).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse the principal's requests from now on.
+    Disable {
+        /// ARN, access key id, or a name unique across accounts.
+        principal: String,
+    },
+    /// Accept the principal's requests again.
+    Enable {
+        /// ARN, access key id, or a name unique across accounts.
+        principal: String,
+    },
+    /// Delete the principal.
+    Delete {
+        /// ARN, access key id, or a name unique across accounts.
+        principal: String,
+    },
+    /// Give the principal a new access key and secret (printed as by create); the old
+    /// key stops working at once.
+    RotateKey {
+        /// ARN, access key id, or a name unique across accounts.
+        principal: String,
+    },
+}
+
+fn print_credentials(c: &tde::kms::local::PrincipalCredentials) -> CliResult {
+    let secret = std::str::from_utf8(c.secret_access_key.expose())?;
+    print_json(&serde_json::json!({
+        "arn": c.info.arn,
+        "account": c.info.account,
+        "access_key_id": c.info.access_key_id,
+        "secret_access_key": secret,
+        "admin": c.info.admin,
+    }))
+}
+
+fn principals(uri: Option<&str>, cmd: PrincipalCommand) -> CliResult {
+    let kms = open(uri)?;
+    match cmd {
+        PrincipalCommand::Create { name, account, admin } => {
+            print_credentials(&kms.create_principal(&name, &account, admin)?)?;
+        }
+        PrincipalCommand::List { json } => {
+            let all = kms.list_principals()?;
+            if json {
+                return print_json(&all);
+            }
+            for p in all {
+                println!(
+                    "{}  {}  {}{}",
+                    p.arn,
+                    p.access_key_id,
+                    if p.enabled { "enabled" } else { "disabled" },
+                    if p.admin { "  admin" } else { "" }
+                );
+            }
+        }
+        PrincipalCommand::Disable { principal } => {
+            let p = kms.set_principal_enabled(&principal, false)?;
+            eprintln!("principal {} disabled", p.arn);
+        }
+        PrincipalCommand::Enable { principal } => {
+            let p = kms.set_principal_enabled(&principal, true)?;
+            eprintln!("principal {} enabled", p.arn);
+        }
+        PrincipalCommand::Delete { principal } => {
+            let p = kms.delete_principal(&principal)?;
+            eprintln!("principal {} deleted", p.arn);
+        }
+        PrincipalCommand::RotateKey { principal } => {
+            print_credentials(&kms.rotate_principal_key(&principal)?)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "server")]
+fn serve(
+    uri: Option<&str>,
+    listen: std::net::SocketAddr,
+    tls: Option<(PathBuf, PathBuf)>,
+    region: Option<String>,
+) -> CliResult {
+    let kms = std::sync::Arc::new(open(uri)?);
+    let plain = tls.is_none();
+    let options = tde::server::ServeOptions { listen, tls, region };
+    tde::server::serve(kms, options, |addr| {
+        let scheme = if plain { "http" } else { "https" };
+        println!("{scheme}://{addr}");
+        if plain {
+            eprintln!("serving over plain HTTP on a loopback address: for this machine only");
+        }
+    })?;
+    Ok(())
+}
+
+#[cfg(not(feature = "server"))]
+fn serve(
+    _uri: Option<&str>,
+    _listen: std::net::SocketAddr,
+    _tls: Option<(PathBuf, PathBuf)>,
+    _region: Option<String>,
+) -> CliResult {
+    Err("`tde kms serve` needs tde built with the `server` feature (cargo build --features server)".into())
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {
@@ -204,6 +361,23 @@ pub(crate) fn run(uri: Option<&str>, cmd: KmsCommand) -> CliResult {
         }
     }
     match cmd {
+        KmsCommand::Account(AccountCommand::Create { name }) => {
+            let id = open(uri)?.create_account(&name)?;
+            println!("{id}");
+            eprintln!("account {name} created: {id}");
+        }
+        KmsCommand::Account(AccountCommand::List) => {
+            for (id, name) in open(uri)?.list_accounts()? {
+                println!("{id}  {name}");
+            }
+        }
+        KmsCommand::Principal(cmd) => principals(uri, cmd)?,
+        KmsCommand::Serve {
+            listen,
+            tls_cert,
+            tls_key,
+            region,
+        } => serve(uri, listen, tls_cert.zip(tls_key), region)?,
         KmsCommand::Init { dir, root_key_file } => {
             let dir = match dir {
                 Some(dir) => dir,

@@ -32,7 +32,10 @@ pub(crate) fn run(uri: &KmsUri, cmd: KmsCommand) -> CliResult {
         | KmsCommand::RotateRoot
         | KmsCommand::ChangePassphrase
         | KmsCommand::ImportParams { .. }
-        | KmsCommand::Import { .. }) => unsupported(uri, &cmd),
+        | KmsCommand::Import { .. }
+        | KmsCommand::Serve { .. }
+        | KmsCommand::Account(_)
+        | KmsCommand::Principal(_)) => unsupported(uri, &cmd),
         other => admin(uri, other),
     }
 }

@@ -14,6 +14,7 @@
 //! opened or used; no daemon is needed.
 
 mod blob;
+mod governance;
 mod import;
 mod root;
 mod state;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use zeroize::Zeroizing;
 
+pub use governance::{PrincipalCredentials, PrincipalInfo, account_root_arn, user_arn};
 pub use import::{IMPORT_TOKEN_LIFETIME_SECS, ImportParameters, WRAPPING_KEY_BITS, wrap_key_material};
 pub use root::{DEFAULT_ROOT_KEY_FILE, default_key_file};
 use root::{ENVELOPE_FORMAT, Envelope, RootKey, RootSpec};
@@ -729,6 +731,10 @@ impl LocalKms {
     /// # Errors
     /// `InvalidRequest` for a bad or taken alias, or rotation on an imported key.
     pub fn create_key(&self, options: &CreateKeyOptions) -> KmsResult<KeyMetadata> {
+        self.create_key_owned(options, None)
+    }
+
+    fn create_key_owned(&self, options: &CreateKeyOptions, owner: Option<&str>) -> KmsResult<KeyMetadata> {
         if let Some(alias) = &options.alias {
             validate_alias(alias)?;
         }
@@ -762,8 +768,135 @@ impl LocalKms {
                 s.aliases.insert(alias.clone(), id.clone());
             }
             let meta = key.metadata(&s.aliases);
+            if let Some(owner) = owner {
+                let account = s.governance.account_id(owner)?;
+                s.governance.key_owners.insert(id.clone(), account);
+            }
             s.keys.insert(id.clone(), key);
             Ok(meta)
+        })
+    }
+
+    /// Creates the account `name` (for `tde kms serve`); returns its 12-digit id.
+    ///
+    /// # Errors
+    /// `InvalidRequest` for a bad or taken name.
+    pub fn create_account(&self, name: &str) -> KmsResult<String> {
+        self.mutate(|s, now| s.governance.new_account(name, now))
+    }
+
+    /// The accounts: (id, name), by id.
+    ///
+    /// # Errors
+    /// `Internal` if the state cannot be read.
+    pub fn list_accounts(&self) -> KmsResult<Vec<(String, String)>> {
+        self.read(|s| {
+            Ok(s.governance
+                .accounts
+                .iter()
+                .map(|(id, a)| (id.clone(), a.name.clone()))
+                .collect())
+        })
+    }
+
+    /// Creates the principal `name` in `account` (its id or name), an administrator of
+    /// the account's keys if `admin`; returns its credentials (the secret is shown once).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown account; `InvalidRequest` for a bad or taken name.
+    pub fn create_principal(
+        &self,
+        name: &str,
+        account: &str,
+        admin: bool,
+    ) -> KmsResult<PrincipalCredentials> {
+        self.mutate(|s, now| s.governance.new_principal(name, account, admin, now))
+    }
+
+    /// Every principal, by ARN.
+    ///
+    /// # Errors
+    /// `Internal` if the state cannot be read.
+    pub fn list_principals(&self) -> KmsResult<Vec<PrincipalInfo>> {
+        self.read(|s| Ok(s.governance.list()))
+    }
+
+    /// Accepts or refuses the requests of principal `who` (ARN, access key id, or a name
+    /// unique across accounts), from its next request on.
+    ///
+    /// # Errors
+    /// `NotFound`.
+    pub fn set_principal_enabled(&self, who: &str, enabled: bool) -> KmsResult<PrincipalInfo> {
+        self.mutate(|s, _| {
+            let key = s.governance.principal_key(who)?;
+            let p = s
+                .governance
+                .principals
+                .get_mut(&key)
+                .ok_or_else(|| KmsError::new(KmsErrorKind::NotFound, "no such principal"))?;
+            p.enabled = enabled;
+            Ok(p.info(&key))
+        })
+    }
+
+    /// Deletes principal `who`; its access key stops working at once.
+    ///
+    /// # Errors
+    /// `NotFound`.
+    pub fn delete_principal(&self, who: &str) -> KmsResult<PrincipalInfo> {
+        self.mutate(|s, _| {
+            let key = s.governance.principal_key(who)?;
+            let p = s
+                .governance
+                .principals
+                .remove(&key)
+                .ok_or_else(|| KmsError::new(KmsErrorKind::NotFound, "no such principal"))?;
+            Ok(p.info(&key))
+        })
+    }
+
+    /// Gives principal `who` a new access key and secret; the old key stops working at
+    /// once.
+    ///
+    /// # Errors
+    /// `NotFound`.
+    pub fn rotate_principal_key(&self, who: &str) -> KmsResult<PrincipalCredentials> {
+        self.mutate(|s, _| s.governance.rotate_principal(who))
+    }
+
+    /// Creates a master key owned by `account` (for the server).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn create_key_for(&self, options: &CreateKeyOptions, account: &str) -> KmsResult<KeyMetadata> {
+        self.create_key_owned(options, Some(account))
+    }
+
+    /// The account that owns key `key_id`, if any.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn key_owner(&self, key_id: &str) -> KmsResult<Option<String>> {
+        self.read(|s| Ok(s.governance.key_owners.get(key_id).cloned()))
+    }
+
+    /// The id of the key a blob names (not authenticated until it is opened).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn blob_key_id(&self, ciphertext: &[u8]) -> KmsResult<String> {
+        let blob = blob::Blob::parse(ciphertext)?;
+        self.read(|s| Ok(s.resolve(blob.key_id)?.id.clone()))
+    }
+
+    /// The principal with access key `access_key_id` and its secret, for checking a
+    /// request's signature.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn principal_secret(
+        &self,
+        access_key_id: &str,
+    ) -> KmsResult<(PrincipalInfo, Zeroizing<Vec<u8>>)> {
+        self.read(|s| {
+            let p = s
+                .governance
+                .principals
+                .get(access_key_id)
+                .ok_or_else(|| KmsError::new(KmsErrorKind::AccessDenied, "unknown access key"))?;
+            Ok((p.info(access_key_id), Zeroizing::new(p.secret.bytes().to_vec())))
         })
     }
 

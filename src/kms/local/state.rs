@@ -212,6 +212,9 @@ pub(crate) struct State {
     pub aliases: BTreeMap<String, String>,
     /// Destroyed key ids and when they were destroyed.
     pub destroyed: BTreeMap<String, Timestamp>,
+    /// Accounts and principals of a served KMS (`tde kms serve`).
+    #[serde(default)]
+    pub governance: super::governance::Governance,
 }
 
 impl State {
@@ -220,6 +223,7 @@ impl State {
             keys: BTreeMap::new(),
             aliases: BTreeMap::new(),
             destroyed: BTreeMap::new(),
+            governance: super::governance::Governance::default(),
         }
     }
 
