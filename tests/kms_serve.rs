@@ -177,3 +177,216 @@ fn a_store_opens_through_the_served_kms_for_its_accounts_administrators_only() {
     let err = fails(&as_principal(&cli, &served, &admin, &["get", &db, "t", "k"]));
     assert!(err.contains("key disabled"), "{err}");
 }
+
+/// boto3, an independent AWS client, drives every operation the server answers and checks
+/// AWS's error codes, and the three governance scenarios: nodes limited to their own
+/// store by a key policy, an auditor who reads but cannot use keys, and another account's
+/// service using a key through a grant until the grant is revoked
+/// (`tests/kms_serve_boto3.py`; `TDE_TEST_PYTHON` names a Python with boto3).
+#[test]
+fn boto3_drives_every_operation_and_the_governance_scenarios() {
+    let python = std::env::var("TDE_TEST_PYTHON")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .expect("set TDE_TEST_PYTHON to a Python with boto3 (`.ci/run` does)");
+    let cli = Cli::new();
+    let account = cli.ok(&["kms", "account", "create", "customer"]);
+    let account = account.lines().next().unwrap().to_owned();
+    cli.ok(&["kms", "account", "create", "isv"]);
+    let json = |c: &Credentials| serde_json::json!({"access_key_id": c.access_key_id, "secret_access_key": c.secret, "arn": c.arn});
+    let principals = serde_json::json!({
+        "admin": json(&principal(&cli, "dba", "customer", true)),
+        "node": json(&principal(&cli, "node-1", "customer", false)),
+        "auditor": json(&principal(&cli, "auditor", "customer", false)),
+        "isv": json(&principal(&cli, "service", "isv", true)),
+    });
+    let served = serve(&cli);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kms_serve_boto3.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(&served.url)
+        .arg(principals.to_string())
+        .arg(&account)
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", cli.path("no-aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", cli.path("no-aws-credentials"))
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The aws CLI against the server (`TDE_TEST_AWS_CLI` names the `aws` program): a key, a
+/// data key, its decryption, and AWS's error code for a wrong context.
+#[test]
+fn the_aws_cli_works_against_the_server() {
+    let aws = std::env::var("TDE_TEST_AWS_CLI")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .expect("set TDE_TEST_AWS_CLI to the aws program (`.ci/run` does)");
+    let cli = Cli::new();
+    cli.ok(&["kms", "account", "create", "customer"]);
+    let admin = principal(&cli, "dba", "customer", true);
+    let served = serve(&cli);
+    let run = |args: &[&str]| {
+        Command::new(&aws)
+            .args([
+                "--endpoint-url",
+                &served.url,
+                "--region",
+                "eu-west-1",
+                "--output",
+                "json",
+                "kms",
+            ])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", &admin.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &admin.secret)
+            .env_remove("AWS_PROFILE")
+            .env("AWS_CONFIG_FILE", cli.path("no-aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", cli.path("no-aws-credentials"))
+            .output()
+            .expect("run aws")
+    };
+    let parse = |out: std::process::Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let key = parse(run(&["create-key", "--description", "from the aws CLI"]));
+    let key = key["KeyMetadata"]["KeyId"].as_str().unwrap().to_owned();
+    let dk = parse(run(&[
+        "generate-data-key",
+        "--key-id",
+        &key,
+        "--key-spec",
+        "AES_256",
+        "--encryption-context",
+        "tde:store=s1",
+    ]));
+    // The blob comes back in base64; `fileb://` wants its bytes.
+    let decoded = common::run_with_stdin(
+        Command::new("base64").arg("-d"),
+        dk["CiphertextBlob"].as_str().unwrap().as_bytes(),
+    );
+    assert!(decoded.status.success());
+    let blob = decoded.stdout;
+    let file = cli.path("blob");
+    std::fs::write(&file, blob).unwrap();
+    let blob_arg = format!("fileb://{file}");
+    let plain = parse(run(&[
+        "decrypt",
+        "--ciphertext-blob",
+        &blob_arg,
+        "--encryption-context",
+        "tde:store=s1",
+    ]));
+    assert_eq!(plain["Plaintext"], dk["Plaintext"]);
+    let wrong = run(&[
+        "decrypt",
+        "--ciphertext-blob",
+        &blob_arg,
+        "--encryption-context",
+        "tde:store=s2",
+    ]);
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(err.contains("InvalidCiphertextException"), "{err}");
+}
+
+/// Scenario 2 end to end: an ISV's store in another account runs on the customer's key
+/// through a grant; the customer revokes the grant; the ISV's running key watch fails its
+/// tables closed within its interval, and its next open is refused.
+#[test]
+fn revoking_a_grant_stops_the_isvs_store() {
+    let python = std::env::var("TDE_TEST_PYTHON")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .expect("set TDE_TEST_PYTHON to a Python with boto3 (`.ci/run` does)");
+    let cli = Cli::new();
+    cli.ok(&["kms", "account", "create", "customer"]);
+    cli.ok(&["kms", "account", "create", "isv"]);
+    let admin = principal(&cli, "dba", "customer", true);
+    let isv = principal(&cli, "service", "isv", true);
+    let served = serve(&cli);
+    let key = ok(&as_principal(&cli, &served, &admin, &["kms", "create-key"]));
+    let key = key.lines().next().unwrap().to_owned();
+    // The customer's side, with boto3.
+    let boto3 = |code: &str| {
+        let out = Command::new(&python)
+            .arg("-c")
+            .arg(format!(
+                "import boto3, sys\nk = boto3.client('kms', endpoint_url={:?}, region_name='us-east-1', aws_access_key_id={:?}, aws_secret_access_key={:?})\n{code}",
+                served.url, admin.access_key_id, admin.secret
+            ))
+            .env_remove("AWS_PROFILE")
+            .env("AWS_CONFIG_FILE", cli.path("no-aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", cli.path("no-aws-credentials"))
+            .output()
+            .expect("run python");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let db = cli.path("isv-db");
+    let err = fails(&as_principal(
+        &cli,
+        &served,
+        &isv,
+        &["db", "create", &db, "--default-key", &key],
+    ));
+    assert!(err.contains("access denied"), "{err}");
+    let grant = boto3(&format!(
+        "print(k.create_grant(KeyId={key:?}, GranteePrincipal={:?}, Operations=['GenerateDataKey', 'Decrypt', 'DescribeKey'])['GrantId'])",
+        isv.arn
+    ));
+    ok(&as_principal(
+        &cli,
+        &served,
+        &isv,
+        &["db", "create", &db, "--default-key", &key],
+    ));
+    ok(&as_principal(&cli, &served, &isv, &["table", "create", &db, "t"]));
+    ok(&as_principal(
+        &cli,
+        &served,
+        &isv,
+        &["put", &db, "t", "k", "isv data"],
+    ));
+
+    // The ISV's store, open with its key watch running every second.
+    let kms = format!("aws-kms:?region=us-east-1&endpoint={}", served.url);
+    let mut watch = cli
+        .cmd(&["--kms", &kms, "watch", &db, "--interval", "1"])
+        .env("AWS_ACCESS_KEY_ID", &isv.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &isv.secret)
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", cli.path("no-aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", cli.path("no-aws-credentials"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tde watch");
+    let lines = std::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    boto3(&format!(
+        "k.revoke_grant(KeyId={key:?}, GrantId={:?})",
+        grant.trim()
+    ));
+    let mut revoked = None;
+    for line in lines {
+        let line = line.expect("watch output");
+        if line.starts_with("revoked:") {
+            revoked = Some(line);
+            break;
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let revoked = revoked.expect("the watch reported the revocation");
+    assert!(revoked.contains("table t"), "{revoked}");
+    let err = fails(&as_principal(&cli, &served, &isv, &["get", &db, "t", "k"]));
+    assert!(err.contains("access denied"), "{err}");
+}

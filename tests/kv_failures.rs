@@ -177,3 +177,29 @@ fn a_destroyed_master_key_fails_open_naming_the_table() {
     assert!(err.to_string().contains("destroyed"), "{err}");
     assert_eq!(fingerprint(&path), before);
 }
+
+/// A store the KMS refuses to create (its default master key is disabled) leaves the
+/// directory as it found it: gone if it made it, empty if it was given an empty one, so
+/// that creating it again once the key is usable works.
+#[test]
+fn a_create_the_kms_refuses_leaves_nothing_behind() {
+    let t = TestStore::new();
+    let cmk = t.local().create_key(&CreateKeyOptions::default()).unwrap().key_id;
+    t.local().disable_key(&cmk).unwrap();
+    let options = || t.options().default_key(cmk.clone());
+    let err = Store::create(t.path(), options()).unwrap_err();
+    assert!(
+        matches!(err, Error::Kms(ref e) if e.kind() == KmsErrorKind::Disabled),
+        "{err:?}"
+    );
+    assert!(!t.path().exists(), "the directory it made is removed");
+    std::fs::create_dir(t.path()).unwrap();
+    Store::create(t.path(), options()).unwrap_err();
+    assert_eq!(
+        std::fs::read_dir(t.path()).unwrap().count(),
+        0,
+        "an empty directory stays empty"
+    );
+    t.local().enable_key(&cmk).unwrap();
+    Store::create(t.path(), options()).unwrap();
+}

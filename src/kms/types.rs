@@ -48,6 +48,11 @@ impl EncryptionContext {
         self.0.is_empty()
     }
 
+    /// The value of `key`, if it is there.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
     /// A canonical, unambiguous byte encoding (sorted pairs, each string length-prefixed)
     /// for use as associated data.
     pub fn canonical_bytes(&self) -> Vec<u8> {

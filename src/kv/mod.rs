@@ -489,6 +489,7 @@ impl Store {
                 )));
             }
         }
+        let existed = path.exists();
         std::fs::create_dir_all(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         let mut store_id = [0u8; 16];
         crate::error::os_random(&mut store_id)?;
@@ -497,14 +498,28 @@ impl Store {
             .default_key
             .clone()
             .unwrap_or_else(|| DEFAULT_MASTER_KEY.to_owned());
-        let keys = KeyService::new(
-            Scope::Store(store_hex.clone()),
-            options.kms.clone(),
-            Arc::new(AuditLog::open(path, &store_hex)?),
-            options.retry,
-        );
-        let generated = keys.generate(&store_envelope(), &default_key, options.suite, 1, Reason::Create)?;
-        drop(keys);
+        let generated = AuditLog::open(path, &store_hex).and_then(|audit| {
+            let keys = KeyService::new(
+                Scope::Store(store_hex.clone()),
+                options.kms.clone(),
+                Arc::new(audit),
+                options.retry,
+            );
+            keys.generate(&store_envelope(), &default_key, options.suite, 1, Reason::Create)
+        });
+        let generated = match generated {
+            Ok(g) => g,
+            Err(e) => {
+                // No store came to be (the KMS refused its first key): leave the
+                // directory as it was, so that a later create can use it.
+                if existed {
+                    let _ = std::fs::remove_file(path.join(crate::audit::AUDIT_FILE));
+                } else {
+                    let _ = std::fs::remove_dir_all(path);
+                }
+                return Err(e);
+            }
+        };
         Keyring::create(
             path,
             KeyringData {

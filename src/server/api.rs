@@ -2,16 +2,17 @@
 //! shapes and error codes, on the local KMS. Every request is authenticated (SigV4) and
 //! authorised before it reaches the KMS.
 //!
-//! Authorisation in this version: the default key policy, under which a key is used and
-//! administered by its account's administrators only. Keys made over the API belong to
-//! the caller's account.
+//! Authorisation: the key's policy (`policy`), then its grants. Keys made over the API
+//! belong to the caller's account and get the default policy (the account's
+//! administrators only). Keys of the local KMS that no account owns are not served.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
+use super::policy::{Decision, Policy};
 use super::sigv4;
-use crate::kms::local::{LocalKms, PrincipalInfo};
+use crate::kms::local::{Grant, LocalKms, PrincipalInfo};
 use crate::kms::{DataKeySpec, EncryptionContext, KeyMetadata, KeyState, Kms, KmsError, KmsErrorKind};
 
 /// An AWS error: HTTP status, `__type`, message.
@@ -105,22 +106,197 @@ fn timestamp(t: crate::kms::Timestamp) -> Value {
     json!(t.0)
 }
 
-/// The account that owns `key`, or an error if the caller may not use it.
-fn authorize(kms: &LocalKms, caller: &Caller, key_id: &str, action: &str) -> Result<String, ApiError> {
-    let owner = kms.key_owner(key_id)?;
-    let allowed = caller.principal.admin && owner.as_deref() == Some(caller.principal.account.as_str());
-    if allowed {
-        Ok(caller.principal.account.clone())
-    } else {
-        Err(error(
-            400,
-            "AccessDeniedException",
-            format!(
-                "User: {} is not authorized to perform: kms:{action} on this resource",
-                caller.principal.arn
-            ),
-        ))
+fn denied(caller: &Caller, action: &str) -> ApiError {
+    error(
+        400,
+        "AccessDeniedException",
+        format!(
+            "User: {} is not authorized to perform: kms:{action} on this resource",
+            caller.principal.arn
+        ),
+    )
+}
+
+/// What an authorised request may rely on.
+pub(crate) struct Access {
+    /// The account that owns the key.
+    pub(crate) owner: String,
+    /// The grant that allowed it, if a grant did.
+    pub(crate) grant: Option<String>,
+}
+
+/// Whether `grantee` (as a grant names it) is the caller.
+fn is_grantee(grantee: &str, caller: &Caller) -> bool {
+    let p = &caller.principal;
+    grantee == p.arn
+        || (p.admin && (grantee == p.account || grantee == crate::kms::local::account_root_arn(&p.account)))
+}
+
+fn grant_covers(g: &Grant, caller: &Caller, action: &str, ctx: Option<&EncryptionContext>) -> bool {
+    if !is_grantee(&g.grantee, caller) || !g.operations.iter().any(|o| o == action) {
+        return false;
     }
+    let pairs = |c: &EncryptionContext| -> std::collections::BTreeMap<String, String> {
+        c.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+    };
+    if let Some(equals) = &g.context_equals
+        && ctx.map(pairs).as_ref() != Some(equals)
+    {
+        return false;
+    }
+    if let Some(subset) = &g.context_subset {
+        let Some(ctx) = ctx else {
+            return false;
+        };
+        if !subset.iter().all(|(k, v)| ctx.get(k) == Some(v.as_str())) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether `caller` may perform `action` (an operation name) on key `key_id`, with the
+/// request's encryption context `ctx`: the key's policy (an explicit deny wins), then its
+/// grants.
+pub(crate) fn authorize(
+    kms: &LocalKms,
+    caller: &Caller,
+    key_id: &str,
+    action: &str,
+    ctx: Option<&EncryptionContext>,
+) -> Result<Access, ApiError> {
+    let Some(owner) = kms.key_owner(key_id)? else {
+        return Err(denied(caller, action));
+    };
+    let text = kms
+        .key_policy(key_id)?
+        .unwrap_or_else(|| Policy::default_text(&owner));
+    let policy = Policy::parse(&text).map_err(|e| error(500, "KMSInternalException", e))?;
+    let qualified = format!("kms:{action}");
+    let arn = key_arn(&caller.region, &owner, key_id);
+    let request = super::policy::Request {
+        caller_arn: &caller.principal.arn,
+        caller_account: &caller.principal.account,
+        caller_admin: caller.principal.admin,
+        action: &qualified,
+        key_arn: &arn,
+        context: ctx,
+    };
+    match policy.decide(&request) {
+        Decision::Deny => Err(denied(caller, action)),
+        Decision::Allow => Ok(Access { owner, grant: None }),
+        Decision::None => kms
+            .grants(key_id)?
+            .into_iter()
+            .find(|(_, g)| grant_covers(g, caller, action, ctx))
+            .map(|(id, _)| Access {
+                owner,
+                grant: Some(id),
+            })
+            .ok_or_else(|| denied(caller, action)),
+    }
+}
+
+/// `DryRunOperationException` if the request asked for a dry run (after it was
+/// authorised: the answer says it would have succeeded).
+fn dry_run(body: &Value) -> Result<(), ApiError> {
+    if body.get("DryRun").and_then(Value::as_bool) == Some(true) {
+        return Err(error(
+            412,
+            "DryRunOperationException",
+            "The request would have succeeded, but the DryRun parameter was set.",
+        ));
+    }
+    Ok(())
+}
+
+/// A key's id from `KeyId` (id, alias or ARN), if it exists.
+fn resolve(kms: &LocalKms, body: &Value, field: &str) -> Result<String, ApiError> {
+    Ok(kms.describe_key(key_name(str_field(body, field)?))?.key_id)
+}
+
+fn context_map(
+    body: &Value,
+    name: &str,
+) -> Result<Option<std::collections::BTreeMap<String, String>>, ApiError> {
+    match body.get(name) {
+        None => Ok(None),
+        Some(_) => Ok(Some(
+            context_field(body, name)?
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )),
+    }
+}
+
+/// The operations a grant may allow.
+const GRANT_OPERATIONS: &[&str] = &[
+    "Decrypt",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "CreateGrant",
+    "RetireGrant",
+    "DescribeKey",
+];
+
+fn grant_json(id: &str, g: &Grant, region: &str, owner: &str) -> Value {
+    let mut constraints = serde_json::Map::new();
+    if let Some(c) = &g.context_equals {
+        constraints.insert("EncryptionContextEquals".into(), json!(c));
+    }
+    if let Some(c) = &g.context_subset {
+        constraints.insert("EncryptionContextSubset".into(), json!(c));
+    }
+    let mut out = json!({
+        "KeyId": key_arn(region, owner, &g.key_id),
+        "GrantId": id,
+        "Name": g.name,
+        "CreationDate": timestamp(g.created_at),
+        "GranteePrincipal": g.grantee,
+        "IssuingAccount": crate::kms::local::account_root_arn(owner),
+        "Operations": g.operations,
+    });
+    if let Some(r) = &g.retiring {
+        out["RetiringPrincipal"] = json!(r);
+    }
+    if !constraints.is_empty() {
+        out["Constraints"] = Value::Object(constraints);
+    }
+    out
+}
+
+/// `Limit` (1–1000, default 100) and `Marker` of a list request.
+fn page(body: &Value) -> Result<(usize, Option<String>), ApiError> {
+    let limit = match body.get("Limit") {
+        None => 100,
+        Some(v) => match v.as_u64() {
+            Some(n @ 1..=1000) => usize::try_from(n).unwrap_or(100),
+            _ => return Err(invalid("Limit: 1 to 1000")),
+        },
+    };
+    Ok((
+        limit,
+        body.get("Marker").and_then(Value::as_str).map(ToOwned::to_owned),
+    ))
+}
+
+/// One page of `items` (sorted by their marker key) after `marker`.
+fn paginate<T>(items: Vec<(String, T)>, limit: usize, marker: Option<&str>) -> (Vec<T>, Option<String>) {
+    let mut rest: Vec<(String, T)> = items
+        .into_iter()
+        .filter(|(k, _)| marker.is_none_or(|m| k.as_str() > m))
+        .collect();
+    let next = if rest.len() > limit {
+        rest.truncate(limit);
+        rest.last().map(|(k, _)| k.clone())
+    } else {
+        None
+    };
+    (rest.into_iter().map(|(_, v)| v).collect(), next)
 }
 
 fn metadata(meta: &KeyMetadata, account: &str, region: &str) -> Value {
@@ -152,20 +328,49 @@ fn metadata(meta: &KeyMetadata, account: &str, region: &str) -> Value {
     m
 }
 
-/// Runs operation `op` with JSON `body` for `caller`.
-pub(crate) fn dispatch(kms: &LocalKms, caller: &Caller, op: &str, body: &Value) -> Result<Value, ApiError> {
+/// Runs operation `op` with JSON `body` for `caller`; the answer, and the grant that
+/// allowed it if a grant did.
+pub(crate) fn dispatch(
+    kms: &LocalKms,
+    caller: &Caller,
+    op: &str,
+    body: &Value,
+) -> Result<(Value, Option<String>), ApiError> {
     let region = caller.region.as_str();
+    let arn = |owner: &str, id: &str| key_arn(region, owner, id);
+    let plain = |v: Value| Ok((v, None));
     match op {
         "CreateKey" => {
             if !caller.principal.admin {
-                return Err(error(
-                    400,
-                    "AccessDeniedException",
-                    format!(
-                        "User: {} is not authorized to perform: kms:CreateKey",
-                        caller.principal.arn
-                    ),
-                ));
+                return Err(denied(caller, op));
+            }
+            if body.get("Policy").is_some() {
+                return Err(invalid("set a key's policy with PutKeyPolicy after CreateKey"));
+            }
+            let origin = match body.get("Origin").and_then(Value::as_str) {
+                None | Some("AWS_KMS") => crate::kms::Origin::Kms,
+                Some("EXTERNAL") => crate::kms::Origin::External,
+                Some(other) => {
+                    return Err(error(
+                        400,
+                        "UnsupportedOperationException",
+                        format!("Origin {other}"),
+                    ));
+                }
+            };
+            match body
+                .get("KeySpec")
+                .or_else(|| body.get("CustomerMasterKeySpec"))
+                .and_then(Value::as_str)
+            {
+                None | Some("SYMMETRIC_DEFAULT") => {}
+                Some(other) => {
+                    return Err(error(
+                        400,
+                        "UnsupportedOperationException",
+                        format!("KeySpec {other}: symmetric keys only"),
+                    ));
+                }
             }
             let options = crate::kms::local::CreateKeyOptions {
                 description: body
@@ -173,32 +378,292 @@ pub(crate) fn dispatch(kms: &LocalKms, caller: &Caller, op: &str, body: &Value) 
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned(),
+                origin,
                 ..Default::default()
             };
             let meta = kms.create_key_for(&options, &caller.principal.account)?;
-            Ok(json!({"KeyMetadata": metadata(&meta, &caller.principal.account, region)}))
+            plain(json!({"KeyMetadata": metadata(&meta, &caller.principal.account, region)}))
         }
         "DescribeKey" => {
-            let key = key_name(str_field(body, "KeyId")?);
-            let meta = kms.describe_key(key)?;
-            let account = authorize(kms, caller, &meta.key_id, "DescribeKey")?;
-            Ok(json!({"KeyMetadata": metadata(&meta, &account, region)}))
+            let meta = kms.describe_key(key_name(str_field(body, "KeyId")?))?;
+            let access = authorize(kms, caller, &meta.key_id, op, None)?;
+            Ok((
+                json!({"KeyMetadata": metadata(&meta, &access.owner, region)}),
+                access.grant,
+            ))
         }
-        "EnableKey" | "DisableKey" => {
-            let key = key_name(str_field(body, "KeyId")?);
-            let id = kms.describe_key(key)?.key_id;
-            authorize(kms, caller, &id, op)?;
-            if op == "EnableKey" {
-                kms.enable_key(&id)?;
-            } else {
-                kms.disable_key(&id)?;
+        "ListKeys" => {
+            let (limit, marker) = page(body)?;
+            let mut keys: Vec<(String, Value)> = Vec::new();
+            for meta in kms.list_keys()? {
+                if kms.key_owner(&meta.key_id)?.as_deref() == Some(caller.principal.account.as_str()) {
+                    let v =
+                        json!({"KeyId": meta.key_id, "KeyArn": arn(&caller.principal.account, &meta.key_id)});
+                    keys.push((meta.key_id, v));
+                }
             }
-            Ok(json!({}))
+            keys.sort_by(|a, b| a.0.cmp(&b.0));
+            let (keys, next) = paginate(keys, limit, marker.as_deref());
+            let mut out = json!({"Keys": keys, "Truncated": next.is_some()});
+            if let Some(n) = next {
+                out["NextMarker"] = json!(n);
+            }
+            plain(out)
+        }
+        "ListAliases" => {
+            let (limit, marker) = page(body)?;
+            let only = match body.get("KeyId").and_then(Value::as_str) {
+                Some(k) => Some(kms.describe_key(key_name(k))?.key_id),
+                None => None,
+            };
+            let mut aliases: Vec<(String, Value)> = Vec::new();
+            for meta in kms.list_keys()? {
+                let owned =
+                    kms.key_owner(&meta.key_id)?.as_deref() == Some(caller.principal.account.as_str());
+                if !owned || only.as_ref().is_some_and(|o| *o != meta.key_id) {
+                    continue;
+                }
+                for alias in &meta.aliases {
+                    let v = json!({
+                        "AliasName": alias,
+                        "AliasArn": format!("arn:aws:kms:{region}:{}:{alias}", caller.principal.account),
+                        "TargetKeyId": meta.key_id,
+                    });
+                    aliases.push((alias.clone(), v));
+                }
+            }
+            aliases.sort_by(|a, b| a.0.cmp(&b.0));
+            let (aliases, next) = paginate(aliases, limit, marker.as_deref());
+            let mut out = json!({"Aliases": aliases, "Truncated": next.is_some()});
+            if let Some(n) = next {
+                out["NextMarker"] = json!(n);
+            }
+            plain(out)
+        }
+        "CreateAlias" | "UpdateAlias" => {
+            let alias = str_field(body, "AliasName")?;
+            if alias.starts_with("alias/aws/") {
+                return Err(invalid("alias/aws/ names are reserved"));
+            }
+            let id = resolve(kms, body, "TargetKeyId")?;
+            authorize(kms, caller, &id, op, None)?;
+            let exists = kms.describe_key(alias).is_ok();
+            match (op, exists) {
+                ("CreateAlias", true) => {
+                    return Err(error(400, "AlreadyExistsException", format!("{alias} exists")));
+                }
+                ("UpdateAlias", false) => {
+                    return Err(error(400, "NotFoundException", format!("no alias {alias}")));
+                }
+                _ => {}
+            }
+            if exists {
+                let current = kms.describe_key(alias)?.key_id;
+                authorize(kms, caller, &current, op, None)?;
+            }
+            kms.set_alias(alias, &id)?;
+            plain(json!({}))
+        }
+        "DeleteAlias" => {
+            let alias = str_field(body, "AliasName")?;
+            let id = kms.describe_key(alias)?.key_id;
+            authorize(kms, caller, &id, op, None)?;
+            kms.delete_alias(alias)?;
+            plain(json!({}))
+        }
+        "EnableKey" | "DisableKey" | "EnableKeyRotation" | "DisableKeyRotation" | "CancelKeyDeletion" => {
+            let id = resolve(kms, body, "KeyId")?;
+            let access = authorize(kms, caller, &id, op, None)?;
+            match op {
+                "EnableKey" => drop(kms.enable_key(&id)?),
+                "DisableKey" => drop(kms.disable_key(&id)?),
+                "EnableKeyRotation" => {
+                    let days = body
+                        .get("RotationPeriodInDays")
+                        .and_then(Value::as_u64)
+                        .map_or(Ok(365), |d| {
+                            u32::try_from(d).map_err(|_| invalid("RotationPeriodInDays"))
+                        })?;
+                    if !(90..=2560).contains(&days) {
+                        return Err(invalid("RotationPeriodInDays: 90 to 2560"));
+                    }
+                    kms.set_rotation(&id, Some(days))?;
+                }
+                "DisableKeyRotation" => drop(kms.set_rotation(&id, None)?),
+                _ => {
+                    kms.cancel_key_deletion(&id)?;
+                    return plain(json!({"KeyId": arn(&access.owner, &id)}));
+                }
+            }
+            plain(json!({}))
+        }
+        "GetKeyRotationStatus" => {
+            let meta = kms.describe_key(key_name(str_field(body, "KeyId")?))?;
+            let access = authorize(kms, caller, &meta.key_id, op, None)?;
+            let mut out = json!({
+                "KeyId": arn(&access.owner, &meta.key_id),
+                "KeyRotationEnabled": meta.rotation.interval_days.is_some(),
+            });
+            if let Some(d) = meta.rotation.interval_days {
+                out["RotationPeriodInDays"] = json!(d);
+            }
+            if let Some(next) = meta.rotation.next_rotation_at {
+                out["NextRotationDate"] = timestamp(next);
+            }
+            plain(out)
+        }
+        "RotateKeyOnDemand" => {
+            let id = resolve(kms, body, "KeyId")?;
+            let access = authorize(kms, caller, &id, op, None)?;
+            kms.rotate_key(&id)?;
+            plain(json!({"KeyId": arn(&access.owner, &id)}))
+        }
+        "ScheduleKeyDeletion" => {
+            let id = resolve(kms, body, "KeyId")?;
+            let access = authorize(kms, caller, &id, op, None)?;
+            let days = body
+                .get("PendingWindowInDays")
+                .and_then(Value::as_u64)
+                .map(|d| u32::try_from(d).unwrap_or(u32::MAX));
+            let meta = kms.schedule_key_deletion(&id, days)?;
+            let mut out = json!({"KeyId": arn(&access.owner, &id), "KeyState": "PendingDeletion"});
+            if let Some(d) = meta.deletion_date {
+                out["DeletionDate"] = timestamp(d);
+            }
+            out["PendingWindowInDays"] = json!(days.unwrap_or(crate::kms::local::DELETION_WINDOW_DAYS.2));
+            plain(out)
+        }
+        "PutKeyPolicy" => {
+            let id = resolve(kms, body, "KeyId")?;
+            authorize(kms, caller, &id, op, None)?;
+            if body
+                .get("PolicyName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n != "default")
+            {
+                return Err(invalid("PolicyName: default"));
+            }
+            let text = str_field(body, "Policy")?;
+            Policy::parse(text).map_err(|e| error(400, "MalformedPolicyDocumentException", e))?;
+            kms.put_key_policy(&id, text)?;
+            plain(json!({}))
+        }
+        "GetKeyPolicy" => {
+            let id = resolve(kms, body, "KeyId")?;
+            let access = authorize(kms, caller, &id, op, None)?;
+            let text = kms
+                .key_policy(&id)?
+                .unwrap_or_else(|| Policy::default_text(&access.owner));
+            Ok((json!({"Policy": text, "PolicyName": "default"}), access.grant))
+        }
+        "CreateGrant" => {
+            let id = resolve(kms, body, "KeyId")?;
+            let access = authorize(kms, caller, &id, op, None)?;
+            let grantee = str_field(body, "GranteePrincipal")?.to_owned();
+            let operations: Vec<String> = body
+                .get("Operations")
+                .and_then(Value::as_array)
+                .filter(|ops| !ops.is_empty())
+                .ok_or_else(|| invalid("Operations: a non-empty list"))?
+                .iter()
+                .map(|o| {
+                    o.as_str()
+                        .filter(|o| GRANT_OPERATIONS.contains(o))
+                        .map(ToOwned::to_owned)
+                        .ok_or_else(|| invalid(format!("Operations: one of {}", GRANT_OPERATIONS.join(", "))))
+                })
+                .collect::<Result<_, _>>()?;
+            let constraints = body.get("Constraints").cloned().unwrap_or(Value::Null);
+            dry_run(body)?;
+            let grant = Grant {
+                key_id: id.clone(),
+                grantee,
+                retiring: body
+                    .get("RetiringPrincipal")
+                    .and_then(Value::as_str)
+                    .map(ToOwned::to_owned),
+                operations,
+                context_equals: context_map(&constraints, "EncryptionContextEquals")?,
+                context_subset: context_map(&constraints, "EncryptionContextSubset")?,
+                name: body
+                    .get("Name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                issuer: caller.principal.arn.clone(),
+                created_at: crate::kms::Timestamp(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                ),
+            };
+            let grant_id = kms.create_grant(grant)?;
+            // The token is the grant id: grants here take effect at once, so a token is
+            // never needed, and one given is accepted.
+            Ok((json!({"GrantId": grant_id, "GrantToken": grant_id}), access.grant))
+        }
+        "ListGrants" => {
+            let id = resolve(kms, body, "KeyId")?;
+            let access = authorize(kms, caller, &id, op, None)?;
+            let (limit, marker) = page(body)?;
+            let only_id = body.get("GrantId").and_then(Value::as_str);
+            let only_grantee = body.get("GranteePrincipal").and_then(Value::as_str);
+            let grants: Vec<(String, Value)> = kms
+                .grants(&id)?
+                .into_iter()
+                .filter(|(gid, g)| {
+                    only_id.is_none_or(|o| o == gid) && only_grantee.is_none_or(|o| o == g.grantee)
+                })
+                .map(|(gid, g)| {
+                    let v = grant_json(&gid, &g, region, &access.owner);
+                    (gid, v)
+                })
+                .collect();
+            let (grants, next) = paginate(grants, limit, marker.as_deref());
+            let mut out = json!({"Grants": grants, "Truncated": next.is_some()});
+            if let Some(n) = next {
+                out["NextMarker"] = json!(n);
+            }
+            plain(out)
+        }
+        "RetireGrant" | "RevokeGrant" => {
+            let grant_id = body
+                .get("GrantId")
+                .or_else(|| body.get("GrantToken"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("GrantId (with KeyId) or GrantToken is required"))?;
+            let grants = kms.grants_by_id(grant_id)?;
+            let Some(grant) = grants else {
+                return Err(error(400, "NotFoundException", format!("no grant {grant_id}")));
+            };
+            if let Some(k) = body.get("KeyId").and_then(Value::as_str)
+                && kms.describe_key(key_name(k))?.key_id != grant.key_id
+            {
+                return Err(error(
+                    400,
+                    "NotFoundException",
+                    format!("no grant {grant_id} on that key"),
+                ));
+            }
+            let allowed = if op == "RetireGrant" {
+                // The retiring principal, the grantee, or whoever the key's policy allows.
+                grant.retiring.as_deref().is_some_and(|r| is_grantee(r, caller))
+                    || is_grantee(&grant.grantee, caller)
+                    || authorize(kms, caller, &grant.key_id, op, None).is_ok()
+            } else {
+                authorize(kms, caller, &grant.key_id, op, None).is_ok()
+            };
+            if !allowed {
+                return Err(denied(caller, op));
+            }
+            dry_run(body)?;
+            kms.remove_grant(grant_id)?;
+            plain(json!({}))
         }
         "GenerateDataKey" | "GenerateDataKeyWithoutPlaintext" => {
-            let key = key_name(str_field(body, "KeyId")?);
-            let id = kms.describe_key(key)?.key_id;
-            let account = authorize(kms, caller, &id, op)?;
+            let id = resolve(kms, body, "KeyId")?;
+            let ctx = context_field(body, "EncryptionContext")?;
+            let access = authorize(kms, caller, &id, op, Some(&ctx))?;
             let spec = match (
                 body.get("KeySpec").and_then(Value::as_str),
                 body.get("NumberOfBytes"),
@@ -212,28 +677,32 @@ pub(crate) fn dispatch(kms: &LocalKms, caller: &Caller, op: &str, body: &Value) 
                     ));
                 }
             };
-            let ctx = context_field(body, "EncryptionContext")?;
+            dry_run(body)?;
             let dk = kms.generate_data_key(&id, spec, &ctx)?;
             let mut out = json!({
-                "KeyId": key_arn(region, &account, &id),
+                "KeyId": arn(&access.owner, &id),
                 "CiphertextBlob": B64.encode(dk.wrapped.as_bytes()),
             });
             if op == "GenerateDataKey" {
                 out["Plaintext"] = json!(B64.encode(dk.plaintext.expose()));
             }
-            Ok(out)
+            Ok((out, access.grant))
         }
         "Encrypt" => {
-            let key = key_name(str_field(body, "KeyId")?);
-            let id = kms.describe_key(key)?.key_id;
-            let account = authorize(kms, caller, &id, op)?;
-            let plain = zeroize::Zeroizing::new(blob_field(body, "Plaintext")?);
-            let blob = kms.encrypt(&id, &plain, &context_field(body, "EncryptionContext")?)?;
-            Ok(json!({
-                "KeyId": key_arn(region, &account, &id),
-                "CiphertextBlob": B64.encode(blob),
-                "EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
-            }))
+            let id = resolve(kms, body, "KeyId")?;
+            let ctx = context_field(body, "EncryptionContext")?;
+            let access = authorize(kms, caller, &id, op, Some(&ctx))?;
+            let plain_text = zeroize::Zeroizing::new(blob_field(body, "Plaintext")?);
+            dry_run(body)?;
+            let blob = kms.encrypt(&id, &plain_text, &ctx)?;
+            Ok((
+                json!({
+                    "KeyId": arn(&access.owner, &id),
+                    "CiphertextBlob": B64.encode(blob),
+                    "EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+                }),
+                access.grant,
+            ))
         }
         "Decrypt" => {
             let blob = blob_field(body, "CiphertextBlob")?;
@@ -247,38 +716,44 @@ pub(crate) fn dispatch(kms: &LocalKms, caller: &Caller, op: &str, body: &Value) 
                     "the ciphertext was not encrypted under that key",
                 ));
             }
-            let account = authorize(kms, caller, &id, op)?;
-            let plain = kms.decrypt(&blob, &context_field(body, "EncryptionContext")?)?;
-            Ok(json!({
-                "KeyId": key_arn(region, &account, &id),
-                "Plaintext": B64.encode(plain.expose()),
-                "EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
-            }))
+            let ctx = context_field(body, "EncryptionContext")?;
+            let access = authorize(kms, caller, &id, op, Some(&ctx))?;
+            dry_run(body)?;
+            let plain_text = kms.decrypt(&blob, &ctx)?;
+            Ok((
+                json!({
+                    "KeyId": arn(&access.owner, &id),
+                    "Plaintext": B64.encode(plain_text.expose()),
+                    "EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+                }),
+                access.grant,
+            ))
         }
         "ReEncrypt" => {
             let blob = blob_field(body, "CiphertextBlob")?;
             let source = kms.blob_key_id(&blob)?;
-            authorize(kms, caller, &source, "ReEncryptFrom")?;
-            let destination = kms
-                .describe_key(key_name(str_field(body, "DestinationKeyId")?))?
-                .key_id;
-            let account = authorize(kms, caller, &destination, "ReEncryptTo")?;
-            let out = kms.re_encrypt(
-                &blob,
-                &context_field(body, "SourceEncryptionContext")?,
-                &destination,
-                &context_field(body, "DestinationEncryptionContext")?,
-            )?;
-            Ok(json!({
-                "CiphertextBlob": B64.encode(out),
-                "KeyId": key_arn(region, &account, &destination),
-                "SourceKeyId": key_arn(region, &account, &source),
-            }))
+            let source_ctx = context_field(body, "SourceEncryptionContext")?;
+            let destination_ctx = context_field(body, "DestinationEncryptionContext")?;
+            let from = authorize(kms, caller, &source, "ReEncryptFrom", Some(&source_ctx))?;
+            let destination = resolve(kms, body, "DestinationKeyId")?;
+            let to = authorize(kms, caller, &destination, "ReEncryptTo", Some(&destination_ctx))?;
+            dry_run(body)?;
+            let out = kms.re_encrypt(&blob, &source_ctx, &destination, &destination_ctx)?;
+            Ok((
+                json!({
+                    "CiphertextBlob": B64.encode(out),
+                    "KeyId": arn(&to.owner, &destination),
+                    "SourceKeyId": arn(&from.owner, &source),
+                    "SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+                    "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+                }),
+                to.grant.or(from.grant),
+            ))
         }
         _ => Err(error(
             400,
-            "UnknownOperationException",
-            format!("{op} is not supported"),
+            "UnsupportedOperationException",
+            format!("{op} is not supported by this server"),
         )),
     }
 }

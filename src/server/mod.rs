@@ -9,6 +9,7 @@
 //! the local KMS does file I/O.
 
 mod api;
+mod policy;
 mod sigv4;
 
 use std::convert::Infallible;
@@ -38,7 +39,14 @@ pub struct ServeOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Accept only this region in signatures (default: any).
     pub region: Option<String>,
+    /// Requests per second each principal may make (a token bucket holding two seconds'
+    /// worth); more are refused with `ThrottlingException`. Default
+    /// [`DEFAULT_RATE_LIMIT`].
+    pub rate_limit: u32,
 }
+
+/// The default per-principal request rate, per second.
+pub const DEFAULT_RATE_LIMIT: u32 = 1000;
 
 impl Default for ServeOptions {
     fn default() -> ServeOptions {
@@ -46,6 +54,7 @@ impl Default for ServeOptions {
             listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!()),
             tls: None,
             region: None,
+            rate_limit: DEFAULT_RATE_LIMIT,
         }
     }
 }
@@ -53,6 +62,27 @@ impl Default for ServeOptions {
 struct Server {
     kms: Arc<LocalKms>,
     region: Option<String>,
+    rate: f64,
+    /// Access key id → (tokens, when last filled).
+    buckets: parking_lot::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
+}
+
+impl Server {
+    /// Takes a token from `access_key_id`'s bucket; `false` if it is empty.
+    fn admit(&self, access_key_id: &str) -> bool {
+        let now = std::time::Instant::now();
+        let capacity = self.rate * 2.0;
+        let mut buckets = self.buckets.lock();
+        let (tokens, last) = buckets.entry(access_key_id.to_owned()).or_insert((capacity, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(capacity);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// An exclusive lock on the KMS directory's server lock file, held while serving.
@@ -118,9 +148,16 @@ pub fn serve(kms: Arc<LocalKms>, options: ServeOptions, started: impl FnOnce(Soc
         .thread_name("tde-kms-serve")
         .build()
         .map_err(|e| Error::io("starting the server runtime", e))?;
+    if options.rate_limit == 0 {
+        return Err(Error::InvalidArgument(
+            "the rate limit must be at least 1 request per second".into(),
+        ));
+    }
     let server = Arc::new(Server {
         kms,
         region: options.region.clone(),
+        rate: f64::from(options.rate_limit),
+        buckets: parking_lot::Mutex::new(std::collections::HashMap::new()),
     });
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(options.listen)
@@ -264,6 +301,9 @@ impl Server {
         if !principal.enabled {
             return Err(bad("AccessDeniedException", "the principal is disabled"));
         }
+        if !self.admit(&auth.access_key_id) {
+            return Err(bad("ThrottlingException", "Rate exceeded"));
+        }
         let json: serde_json::Value = if body.is_empty() {
             serde_json::json!({})
         } else {
@@ -273,6 +313,6 @@ impl Server {
             principal,
             region: auth.region.clone(),
         };
-        api::dispatch(&self.kms, &caller, &op, &json)
+        api::dispatch(&self.kms, &caller, &op, &json).map(|(value, _grant)| value)
     }
 }

@@ -132,6 +132,9 @@ pub(crate) enum KmsCommand {
         /// Accept only this region in request signatures.
         #[arg(long)]
         region: Option<String>,
+        /// Requests per second each principal may make; more are throttled.
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        rate_limit: u32,
     },
     /// Accounts of a served KMS (`tde kms serve`).
     #[command(subcommand)]
@@ -266,10 +269,16 @@ fn serve(
     listen: std::net::SocketAddr,
     tls: Option<(PathBuf, PathBuf)>,
     region: Option<String>,
+    rate_limit: u32,
 ) -> CliResult {
     let kms = std::sync::Arc::new(open(uri)?);
     let plain = tls.is_none();
-    let options = tde::server::ServeOptions { listen, tls, region };
+    let options = tde::server::ServeOptions {
+        listen,
+        tls,
+        region,
+        rate_limit,
+    };
     tde::server::serve(kms, options, |addr| {
         let scheme = if plain { "http" } else { "https" };
         println!("{scheme}://{addr}");
@@ -286,6 +295,7 @@ fn serve(
     _listen: std::net::SocketAddr,
     _tls: Option<(PathBuf, PathBuf)>,
     _region: Option<String>,
+    _rate_limit: u32,
 ) -> CliResult {
     Err("`tde kms serve` needs tde built with the `server` feature (cargo build --features server)".into())
 }
@@ -377,7 +387,8 @@ pub(crate) fn run(uri: Option<&str>, cmd: KmsCommand) -> CliResult {
             tls_cert,
             tls_key,
             region,
-        } => serve(uri, listen, tls_cert.zip(tls_key), region)?,
+            rate_limit,
+        } => serve(uri, listen, tls_cert.zip(tls_key), region, rate_limit)?,
         KmsCommand::Init { dir, root_key_file } => {
             let dir = match dir {
                 Some(dir) => dir,

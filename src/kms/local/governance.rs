@@ -27,6 +27,42 @@ pub(crate) struct Governance {
     /// Key id → the account that owns it (keys made over the API, or given to one).
     #[serde(default)]
     pub key_owners: BTreeMap<String, String>,
+    /// Key id → its key policy (JSON text), when it is not the default.
+    #[serde(default)]
+    pub key_policies: BTreeMap<String, String>,
+    /// Grant id → grant.
+    #[serde(default)]
+    pub grants: BTreeMap<String, Grant>,
+}
+
+/// A grant: lets `grantee` (a principal's ARN, or an account's administrators) perform
+/// `operations` with key `key_id`, within the context constraints, until it is retired or
+/// revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The key.
+    pub key_id: String,
+    /// Who may use it: `arn:aws:iam::ACCOUNT:user/NAME`, `arn:aws:iam::ACCOUNT:root` or an
+    /// account id.
+    pub grantee: String,
+    /// Who may retire it (besides the grantee and the key's administrators).
+    #[serde(default)]
+    pub retiring: Option<String>,
+    /// `Decrypt`, `GenerateDataKey`, ...
+    pub operations: Vec<String>,
+    /// The request's context must be exactly this.
+    #[serde(default)]
+    pub context_equals: Option<BTreeMap<String, String>>,
+    /// The request's context must contain these pairs.
+    #[serde(default)]
+    pub context_subset: Option<BTreeMap<String, String>>,
+    /// A name the creator gave it.
+    #[serde(default)]
+    pub name: String,
+    /// Who made it.
+    pub issuer: String,
+    /// When.
+    pub created_at: Timestamp,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

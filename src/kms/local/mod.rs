@@ -25,7 +25,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use zeroize::Zeroizing;
 
-pub use governance::{PrincipalCredentials, PrincipalInfo, account_root_arn, user_arn};
+pub use governance::{Grant, PrincipalCredentials, PrincipalInfo, account_root_arn, user_arn};
 pub use import::{IMPORT_TOKEN_LIFETIME_SECS, ImportParameters, WRAPPING_KEY_BITS, wrap_key_material};
 pub use root::{DEFAULT_ROOT_KEY_FILE, default_key_file};
 use root::{ENVELOPE_FORMAT, Envelope, RootKey, RootSpec};
@@ -870,6 +870,77 @@ impl LocalKms {
         self.create_key_owned(options, Some(account))
     }
 
+    /// Key `key_id`'s policy text, if it has one other than the default.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn key_policy(&self, key_id: &str) -> KmsResult<Option<String>> {
+        self.read(|s| Ok(s.governance.key_policies.get(key_id).cloned()))
+    }
+
+    /// Sets key `key_id`'s policy (checked by the caller).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn put_key_policy(&self, key_id: &str, policy: &str) -> KmsResult<()> {
+        self.mutate(|s, _| {
+            let id = s.resolve(key_id)?.id.clone();
+            s.governance.key_policies.insert(id, policy.to_owned());
+            Ok(())
+        })
+    }
+
+    /// Records `grant`; returns its id.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn create_grant(&self, grant: Grant) -> KmsResult<String> {
+        let mut id = [0u8; 32];
+        crate::error::os_random(&mut id).map_err(root::internal)?;
+        let id = crate::hex::encode(&id);
+        self.mutate(|s, _| {
+            s.resolve(&grant.key_id)?;
+            if s.governance
+                .grants
+                .values()
+                .filter(|g| g.key_id == grant.key_id)
+                .count()
+                >= 50_000
+            {
+                return Err(KmsError::new(
+                    KmsErrorKind::InvalidRequest,
+                    "too many grants on this key",
+                ));
+            }
+            s.governance.grants.insert(id.clone(), grant);
+            Ok(id)
+        })
+    }
+
+    /// The grants of key `key_id`, by id.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn grants(&self, key_id: &str) -> KmsResult<Vec<(String, Grant)>> {
+        self.read(|s| {
+            Ok(s.governance
+                .grants
+                .iter()
+                .filter(|(_, g)| g.key_id == key_id)
+                .map(|(id, g)| (id.clone(), g.clone()))
+                .collect())
+        })
+    }
+
+    /// Grant `grant_id`, if there is one.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn grants_by_id(&self, grant_id: &str) -> KmsResult<Option<Grant>> {
+        self.read(|s| Ok(s.governance.grants.get(grant_id).cloned()))
+    }
+
+    /// Removes grant `grant_id`; it stops applying at once.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn remove_grant(&self, grant_id: &str) -> KmsResult<Grant> {
+        self.mutate(|s, _| {
+            s.governance
+                .grants
+                .remove(grant_id)
+                .ok_or_else(|| KmsError::new(KmsErrorKind::NotFound, format!("no grant {grant_id}")))
+        })
+    }
+
     /// The account that owns key `key_id`, if any.
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) fn key_owner(&self, key_id: &str) -> KmsResult<Option<String>> {
@@ -1043,6 +1114,20 @@ impl LocalKms {
             let id = s.resolve(key)?.id.clone();
             s.aliases.insert(alias.to_owned(), id.clone());
             Ok(s.resolve(&id)?.metadata(&s.aliases))
+        })
+    }
+
+    /// Removes `alias`; the key it named is unchanged.
+    ///
+    /// # Errors
+    /// `NotFound` if there is no such alias; `InvalidRequest` for a service key's alias.
+    pub fn delete_alias(&self, alias: &str) -> KmsResult<()> {
+        validate_alias(alias)?;
+        self.mutate(|s, _| {
+            s.aliases
+                .remove(alias)
+                .map(|_| ())
+                .ok_or_else(|| KmsError::new(KmsErrorKind::NotFound, format!("no alias {alias}")))
         })
     }
 
