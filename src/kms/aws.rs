@@ -60,6 +60,31 @@ impl AwsKms {
     /// # Errors
     /// [`Error::InvalidArgument`] if no region is configured anywhere.
     pub fn connect(region: Option<&str>, endpoint: Option<&str>) -> Result<AwsKms> {
+        AwsKms::connect_inner(region, endpoint, None)
+    }
+
+    /// As [`AwsKms::connect`], signing with the access key `access_key_id` and its
+    /// `secret` instead of the credential chain (a principal of `tde kms serve`, say).
+    ///
+    /// # Errors
+    /// As [`AwsKms::connect`].
+    pub fn connect_with_key(
+        region: &str,
+        endpoint: Option<&str>,
+        access_key_id: &str,
+        secret: &SecretBytes,
+    ) -> Result<AwsKms> {
+        let secret = std::str::from_utf8(secret.expose())
+            .map_err(|_| Error::InvalidArgument("a secret access key is text".into()))?;
+        let credentials = aws_sdk_kms::config::Credentials::new(access_key_id, secret, None, None, "tde");
+        AwsKms::connect_inner(Some(region), endpoint, Some(credentials))
+    }
+
+    fn connect_inner(
+        region: Option<&str>,
+        endpoint: Option<&str>,
+        credentials: Option<aws_sdk_kms::config::Credentials>,
+    ) -> Result<AwsKms> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("tde-aws-kms")
@@ -79,6 +104,9 @@ impl AwsKms {
         }
         if let Some(endpoint) = endpoint {
             loader = loader.endpoint_url(endpoint);
+        }
+        if let Some(credentials) = credentials {
+            loader = loader.credentials_provider(credentials);
         }
         let config = runtime.block_on(loader.load());
         if config.region().is_none() {

@@ -758,6 +758,34 @@ pub(crate) fn dispatch(
     }
 }
 
+/// Fills what `event` says about the request: the key it names, its encryption context
+/// and a keyed hash of its ciphertext blob (never the blob, never plaintext).
+pub(crate) fn describe_request(kms: &LocalKms, body: &Value, event: &mut crate::kms::local::TrailEvent) {
+    let key = ["KeyId", "TargetKeyId", "DestinationKeyId"]
+        .iter()
+        .find_map(|f| body.get(*f).and_then(Value::as_str))
+        .map(|k| key_name(k).to_owned());
+    let blob = body
+        .get("CiphertextBlob")
+        .and_then(Value::as_str)
+        .and_then(|b| B64.decode(b).ok());
+    event.key = match (&key, &blob) {
+        (Some(k), _) => kms.describe_key(k).map_or_else(|_| k.clone(), |m| m.key_id),
+        (None, Some(b)) => kms.blob_key_id(b).unwrap_or_default(),
+        _ => String::new(),
+    };
+    for field in ["EncryptionContext", "SourceEncryptionContext"] {
+        if let Some(map) = body.get(field).and_then(Value::as_object) {
+            event.context = map
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect();
+            break;
+        }
+    }
+    event.blob = blob;
+}
+
 /// The AWS error for a request that does not authenticate.
 pub(crate) fn auth_error(e: &sigv4::AuthError) -> ApiError {
     match e {

@@ -23,7 +23,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
 use crate::error::{Error, Result};
-use crate::kms::local::LocalKms;
+use crate::kms::local::{LocalKms, TrailEvent};
 
 /// The default listening address: loopback, port 7700.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
@@ -59,18 +59,88 @@ impl Default for ServeOptions {
     }
 }
 
+/// The audit trail's writer: one thread that appends whatever records are waiting in one
+/// write and one sync, then acknowledges them all (group commit).
+struct Auditor {
+    tx: parking_lot::Mutex<std::sync::mpsc::Sender<Pending>>,
+}
+
+/// A record waiting to be written, and where to say it was (or why not).
+type Pending = (
+    TrailEvent,
+    std::sync::mpsc::SyncSender<std::result::Result<(), String>>,
+);
+
+/// Most records written in one group.
+const MAX_GROUP: usize = 4096;
+
+impl Auditor {
+    fn start(trail: crate::kms::local::Trail) -> Auditor {
+        let (tx, rx) = std::sync::mpsc::channel::<Pending>();
+        std::thread::Builder::new()
+            .name("tde-kms-audit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut group = vec![first];
+                    while group.len() < MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok(next) => group.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    let events: Vec<TrailEvent> = group.iter().map(|(e, _)| e.clone()).collect();
+                    let result = trail.append(&events).map_err(|e| e.to_string());
+                    for (_, ack) in group {
+                        let _ = ack.send(result.clone());
+                    }
+                }
+            })
+            .map_or_else(
+                |_| Auditor {
+                    tx: parking_lot::Mutex::new(std::sync::mpsc::channel().0),
+                },
+                |_| Auditor {
+                    tx: parking_lot::Mutex::new(tx),
+                },
+            )
+    }
+
+    /// Records `event`; returns once it is durable.
+    fn record(&self, event: TrailEvent) -> std::result::Result<(), String> {
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        self.tx
+            .lock()
+            .send((event, ack))
+            .map_err(|_| "the audit writer has stopped".to_owned())?;
+        done.recv()
+            .map_err(|_| "the audit writer has stopped".to_owned())?
+    }
+}
+
 struct Server {
     kms: Arc<LocalKms>,
+    auditor: Auditor,
     region: Option<String>,
+    limiter: RateLimiter,
+}
+
+/// Per-principal token buckets: `rate` tokens a second, holding two seconds' worth.
+struct RateLimiter {
     rate: f64,
     /// Access key id → (tokens, when last filled).
     buckets: parking_lot::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
 }
 
-impl Server {
-    /// Takes a token from `access_key_id`'s bucket; `false` if it is empty.
-    fn admit(&self, access_key_id: &str) -> bool {
-        let now = std::time::Instant::now();
+impl RateLimiter {
+    fn new(rate: u32) -> RateLimiter {
+        RateLimiter {
+            rate: f64::from(rate),
+            buckets: parking_lot::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Takes a token from `access_key_id`'s bucket at `now`; `false` if it is empty.
+    fn admit(&self, access_key_id: &str, now: std::time::Instant) -> bool {
         let capacity = self.rate * 2.0;
         let mut buckets = self.buckets.lock();
         let (tokens, last) = buckets.entry(access_key_id.to_owned()).or_insert((capacity, now));
@@ -153,11 +223,15 @@ pub fn serve(kms: Arc<LocalKms>, options: ServeOptions, started: impl FnOnce(Soc
             "the rate limit must be at least 1 request per second".into(),
         ));
     }
+    let (trail, cut) = kms.trail()?;
+    if cut > 0 {
+        eprintln!("the audit trail ended in a torn record of {cut} bytes; it was cut, and the cut recorded");
+    }
     let server = Arc::new(Server {
+        auditor: Auditor::start(trail),
         kms,
         region: options.region.clone(),
-        rate: f64::from(options.rate_limit),
-        buckets: parking_lot::Mutex::new(std::collections::HashMap::new()),
+        limiter: RateLimiter::new(options.rate_limit),
     });
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(options.listen)
@@ -207,7 +281,7 @@ fn error_response(e: &api::ApiError) -> Response<Full<Bytes>> {
 }
 
 impl Server {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
@@ -220,7 +294,7 @@ impl Server {
             }
         };
         let server = self.clone();
-        let answer = tokio::task::spawn_blocking(move || server.answer(&parts, &body)).await;
+        let answer = tokio::task::spawn_blocking(move || server.answer(&parts, &body, peer)).await;
         match answer {
             Ok(Ok(value)) => respond(200, &value),
             Ok(Err(e)) => error_response(&e),
@@ -232,10 +306,38 @@ impl Server {
         }
     }
 
+    /// Answers a request and records it in the audit trail; a request that cannot be
+    /// recorded is refused.
     fn answer(
         &self,
         parts: &hyper::http::request::Parts,
         body: &[u8],
+        peer: SocketAddr,
+    ) -> std::result::Result<serde_json::Value, api::ApiError> {
+        let mut event = TrailEvent {
+            source: peer.to_string(),
+            ..TrailEvent::default()
+        };
+        let result = self.answer_unrecorded(parts, body, &mut event);
+        event.outcome = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.code.to_owned(),
+        };
+        if let Err(e) = self.auditor.record(event) {
+            return Err(api::ApiError {
+                status: 500,
+                code: "KMSInternalException",
+                message: format!("the audit trail cannot be written: {e}"),
+            });
+        }
+        result
+    }
+
+    fn answer_unrecorded(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: &[u8],
+        event: &mut TrailEvent,
     ) -> std::result::Result<serde_json::Value, api::ApiError> {
         let bad = |code: &'static str, message: &str| api::ApiError {
             status: 400,
@@ -265,10 +367,12 @@ impl Server {
                 )
             })?
             .to_owned();
+        event.op = op.clone();
         let authorization = req
             .header("authorization")
             .ok_or_else(|| bad("MissingAuthenticationTokenException", "the request is not signed"))?;
         let auth = sigv4::parse_authorization(authorization).map_err(|e| api::auth_error(&e))?;
+        event.access_key_id = auth.access_key_id.clone();
         if auth.service != "kms" {
             return Err(bad(
                 "InvalidSignatureException",
@@ -298,10 +402,12 @@ impl Server {
         .unwrap_or(i64::MAX);
         sigv4::verify(&req, &auth, &secret, now).map_err(|e| api::auth_error(&e))?;
         drop(secret);
+        event.principal = principal.arn.clone();
+        event.account = principal.account.clone();
         if !principal.enabled {
             return Err(bad("AccessDeniedException", "the principal is disabled"));
         }
-        if !self.admit(&auth.access_key_id) {
+        if !self.limiter.admit(&auth.access_key_id, std::time::Instant::now()) {
             return Err(bad("ThrottlingException", "Rate exceeded"));
         }
         let json: serde_json::Value = if body.is_empty() {
@@ -309,10 +415,31 @@ impl Server {
         } else {
             serde_json::from_slice(body).map_err(|_| bad("SerializationException", "the body is not JSON"))?
         };
+        api::describe_request(&self.kms, &json, event);
         let caller = api::Caller {
             principal,
             region: auth.region.clone(),
         };
-        api::dispatch(&self.kms, &caller, &op, &json).map(|(value, _grant)| value)
+        let (value, grant) = api::dispatch(&self.kms, &caller, &op, &json)?;
+        event.grant = grant;
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_principal_gets_its_own_bucket_of_two_seconds() {
+        let limiter = RateLimiter::new(10);
+        let t0 = std::time::Instant::now();
+        let admitted = (0..50).filter(|_| limiter.admit("a", t0)).count();
+        assert_eq!(admitted, 20, "a burst of twice the rate");
+        assert!(limiter.admit("b", t0), "another principal is not throttled");
+        assert!(!limiter.admit("a", t0));
+        // A second later, ten more.
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        assert_eq!((0..50).filter(|_| limiter.admit("a", t1)).count(), 10);
     }
 }

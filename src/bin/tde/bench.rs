@@ -24,6 +24,9 @@ pub(crate) enum BenchCommand {
     Page(crate::bench_page::PageArgs),
     /// A re-encryption pass vs a plain full compaction of the same store.
     Reencrypt(crate::bench_reencrypt::ReencryptArgs),
+    /// GenerateDataKey and Decrypt throughput and latency through `tde kms serve`
+    /// (features `server` and `aws-kms`).
+    KmsServe(crate::bench_serve::ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -325,6 +328,7 @@ pub(crate) fn run(cmd: BenchCommand) -> CliResult {
         BenchCommand::Kv(args) => args,
         BenchCommand::Page(args) => return crate::bench_page::run(&args),
         BenchCommand::Reencrypt(args) => return crate::bench_reencrypt::run(&args),
+        BenchCommand::KmsServe(args) => return crate::bench_serve::run(args),
     };
     let keys = args.keys.unwrap_or(if args.quick { 200_000 } else { 1_000_000 });
     let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 5 }).max(1);

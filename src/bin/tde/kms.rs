@@ -136,6 +136,10 @@ pub(crate) enum KmsCommand {
         #[arg(long, value_name = "N", default_value_t = 1000)]
         rate_limit: u32,
     },
+    /// The request audit trail: every request the server answered and every command run
+    /// on the KMS directory.
+    #[command(subcommand)]
+    Audit(KmsAuditCommand),
     /// Accounts of a served KMS (`tde kms serve`).
     #[command(subcommand)]
     Account(AccountCommand),
@@ -156,6 +160,98 @@ pub(crate) enum KmsCommand {
         #[arg(long, value_name = "RFC3339")]
         expires: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KmsAuditCommand {
+    /// Print the records (checked first: the chain and every MAC).
+    Show {
+        /// One JSON object per line, as stored.
+        #[arg(long)]
+        json: bool,
+        /// Only this principal's requests (ARN, or `operator`).
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only requests on this key (its id).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Check the chain and every record's MAC under the audit key (needs the root key).
+    Verify,
+}
+
+fn audit(uri: Option<&str>, cmd: KmsAuditCommand) -> CliResult {
+    let records = open(uri)?.audit_trail()?;
+    match cmd {
+        KmsAuditCommand::Verify => {
+            println!(
+                "{} records, chain intact, every MAC checks out; last hash {}",
+                records.len(),
+                records.last().map_or("-", |r| r.hash.as_str())
+            );
+        }
+        KmsAuditCommand::Show { json, principal, key } => {
+            for r in records.iter().filter(|r| {
+                principal.as_ref().is_none_or(|p| *p == r.principal)
+                    && key.as_ref().is_none_or(|k| *k == r.key)
+            }) {
+                if json {
+                    println!("{}", serde_json::to_string(r)?);
+                } else {
+                    println!(
+                        "{:>6}  {}  {:<44} {:<22} {:<36} {}{}",
+                        r.seq,
+                        r.time,
+                        r.principal,
+                        r.op,
+                        r.key,
+                        r.outcome,
+                        r.grant.as_ref().map_or(String::new(), |g| format!("  grant {g}"))
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What an operator's command on the directory is recorded as: (operation, key); `None`
+/// for commands that change nothing and use no key.
+fn recorded_as(cmd: &KmsCommand) -> Option<(String, String)> {
+    let key = match cmd {
+        KmsCommand::Init { .. }
+        | KmsCommand::List { .. }
+        | KmsCommand::Describe { .. }
+        | KmsCommand::Serve { .. }
+        | KmsCommand::Audit(_)
+        | KmsCommand::Account(AccountCommand::List) => return None,
+        KmsCommand::Enable { key }
+        | KmsCommand::Disable { key }
+        | KmsCommand::Rotate { key }
+        | KmsCommand::ScheduleDeletion { key, .. }
+        | KmsCommand::CancelDeletion { key }
+        | KmsCommand::Alias { key, .. }
+        | KmsCommand::Encrypt { key, .. }
+        | KmsCommand::ImportParams { key, .. }
+        | KmsCommand::Import { key, .. } => key.clone(),
+        KmsCommand::CreateKey { alias, .. } => alias.clone().unwrap_or_default(),
+        KmsCommand::Account(AccountCommand::Create { name }) => {
+            return Some(("account-create".into(), name.clone()));
+        }
+        KmsCommand::Principal(p) => {
+            let (op, who) = match p {
+                PrincipalCommand::Create { name, .. } => ("create", name),
+                PrincipalCommand::Enable { principal } => ("enable", principal),
+                PrincipalCommand::Disable { principal } => ("disable", principal),
+                PrincipalCommand::Delete { principal } => ("delete", principal),
+                PrincipalCommand::RotateKey { principal } => ("rotate-key", principal),
+                PrincipalCommand::List { .. } => return None,
+            };
+            return Some((format!("principal-{op}"), who.clone()));
+        }
+        KmsCommand::Decrypt { .. } | KmsCommand::RotateRoot | KmsCommand::ChangePassphrase => String::new(),
+    };
+    Some((crate::kms_provider::verb(cmd), key))
 }
 
 #[derive(Debug, Subcommand)]
@@ -370,7 +466,34 @@ pub(crate) fn run(uri: Option<&str>, cmd: KmsCommand) -> CliResult {
             return crate::kms_provider::run(&parsed, cmd);
         }
     }
+    let recorded = recorded_as(&cmd);
+    let result = run_local(uri, cmd);
+    if let Some((op, key)) = recorded {
+        // Recorded whether it worked or not; a command whose record cannot be written
+        // says so.
+        let outcome = match &result {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => format!("error: {}", e.to_string().chars().take(200).collect::<String>()),
+        };
+        // A KMS that does not open has nothing to record in; the command's own error says
+        // why.
+        if let Ok(kms) = open(uri) {
+            kms.record(tde::kms::local::TrailEvent {
+                principal: "operator".into(),
+                source: "local".into(),
+                op,
+                key,
+                outcome,
+                ..Default::default()
+            })?;
+        }
+    }
+    result
+}
+
+fn run_local(uri: Option<&str>, cmd: KmsCommand) -> CliResult {
     match cmd {
+        KmsCommand::Audit(cmd) => audit(uri, cmd)?,
         KmsCommand::Account(AccountCommand::Create { name }) => {
             let id = open(uri)?.create_account(&name)?;
             println!("{id}");

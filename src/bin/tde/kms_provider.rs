@@ -34,13 +34,14 @@ pub(crate) fn run(uri: &KmsUri, cmd: KmsCommand) -> CliResult {
         | KmsCommand::ImportParams { .. }
         | KmsCommand::Import { .. }
         | KmsCommand::Serve { .. }
+        | KmsCommand::Audit(_)
         | KmsCommand::Account(_)
         | KmsCommand::Principal(_)) => unsupported(uri, &cmd),
         other => admin(uri, other),
     }
 }
 
-fn verb(cmd: &KmsCommand) -> String {
+pub(crate) fn verb(cmd: &KmsCommand) -> String {
     let debug = format!("{cmd:?}");
     let name = debug.split([' ', '{', '(']).next().unwrap_or_default();
     let mut out = String::new();

@@ -9,6 +9,7 @@ mod backup;
 mod bench;
 mod bench_page;
 mod bench_reencrypt;
+mod bench_serve;
 mod db;
 mod kms;
 mod kms_provider;

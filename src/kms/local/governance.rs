@@ -33,6 +33,9 @@ pub(crate) struct Governance {
     /// Grant id → grant.
     #[serde(default)]
     pub grants: BTreeMap<String, Grant>,
+    /// The key of the request audit trail's MACs (made on first use).
+    #[serde(default)]
+    pub audit_key: Option<Material>,
 }
 
 /// A grant: lets `grantee` (a principal's ARN, or an account's administrators) perform

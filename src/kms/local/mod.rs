@@ -18,6 +18,7 @@ mod governance;
 mod import;
 mod root;
 mod state;
+mod trail;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +33,9 @@ use root::{ENVELOPE_FORMAT, Envelope, RootKey, RootSpec};
 use state::{
     ALIAS_PREFIX, DAY, KeyRecord, Material, PendingImport, SERVICE_PREFIX, SERVICE_ROTATION_DAYS, State,
 };
+#[cfg(feature = "server")]
+pub(crate) use trail::Trail;
+pub use trail::{TRAIL_FILE, TrailEvent, TrailRecord};
 
 use super::{
     DataKeySpec, EncryptionContext, GeneratedDataKey, KeyMetadata, KeySpec, KeyState, Kms, KmsError,
@@ -775,6 +779,50 @@ impl LocalKms {
             s.keys.insert(id.clone(), key);
             Ok(meta)
         })
+    }
+
+    /// The request audit trail of this KMS, ready to append; and the bytes of a torn last
+    /// record cut on opening it (0 if none).
+    ///
+    /// # Errors
+    /// [`crate::Error::Io`]; [`crate::Error::Corrupt`] for a trail whose end does not parse.
+    pub(crate) fn trail(&self) -> crate::Result<(trail::Trail, u64)> {
+        let existing = self.read(|s| Ok(s.governance.audit_key.clone()))?;
+        let key = match existing {
+            Some(k) => k,
+            None => self.mutate(|s, _| {
+                if s.governance.audit_key.is_none() {
+                    let mut k = Zeroizing::new(vec![0u8; 32]);
+                    crate::error::os_random(&mut k).map_err(root::internal)?;
+                    s.governance.audit_key = Some(state::Material::new(k.to_vec()));
+                }
+                s.governance
+                    .audit_key
+                    .clone()
+                    .ok_or_else(|| KmsError::new(KmsErrorKind::Internal, "no audit key"))
+            })?,
+        };
+        trail::Trail::open(&self.dir, Zeroizing::new(key.bytes().to_vec()))
+    }
+
+    /// Records `event` (an operator's command on the directory) in the request audit
+    /// trail.
+    ///
+    /// # Errors
+    /// As [`LocalKms::audit_trail`].
+    pub fn record(&self, event: TrailEvent) -> crate::Result<()> {
+        self.trail()?.0.append(&[event])
+    }
+
+    /// Every record of the request audit trail, each checked: the hash chain (nothing
+    /// edited, removed, inserted or reordered) and its MAC under the audit key, which only
+    /// the holder of the root key has.
+    ///
+    /// # Errors
+    /// [`crate::Error::Corrupt`] for a broken chain; [`crate::Error::Authentication`] for a
+    /// record whose MAC fails; [`crate::Error::Io`].
+    pub fn audit_trail(&self) -> crate::Result<Vec<TrailRecord>> {
+        self.trail()?.0.verify()
     }
 
     /// Creates the account `name` (for `tde kms serve`); returns its 12-digit id.
