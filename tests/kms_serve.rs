@@ -503,3 +503,63 @@ fn revoking_a_grant_stops_the_isvs_store() {
     let err = fails(&as_principal(&cli, &served, &isv, &["get", &db, "t", "k"]));
     assert!(err.contains("access denied"), "{err}");
 }
+
+/// Over TLS (the certificates `.ci/run` makes for the run, in `TDE_TEST_TLS_CERTS`:
+/// `server.pem`/`server.key` for 127.0.0.1, signed by `ca.pem`): boto3 verifies the
+/// server's certificate and is served; the server is also free to listen beyond loopback.
+#[test]
+fn the_server_speaks_tls() {
+    let python = std::env::var("TDE_TEST_PYTHON")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .expect("set TDE_TEST_PYTHON to a Python with boto3 (`.ci/run` does)");
+    let certs = std::env::var("TDE_TEST_TLS_CERTS")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .expect("set TDE_TEST_TLS_CERTS (`.ci/run` makes the certificates)");
+    let cli = Cli::new();
+    cli.ok(&["kms", "account", "create", "customer"]);
+    let admin = principal(&cli, "dba", "customer", true);
+    let cert = format!("{certs}/server.pem");
+    let key = format!("{certs}/server.key");
+    let mut child = cli
+        .cmd(&[
+            "kms",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tde kms serve");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the server's address");
+    let served = Served {
+        child,
+        url: line.trim().to_owned(),
+    };
+    assert!(served.url.starts_with("https://127.0.0.1:"), "{}", served.url);
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(format!(
+            "import boto3\nk = boto3.client('kms', endpoint_url={:?}, region_name='us-east-1', verify={:?}, aws_access_key_id={:?}, aws_secret_access_key={:?})\nprint(k.create_key()['KeyMetadata']['KeyState'])",
+            served.url,
+            format!("{certs}/ca.pem"),
+            admin.access_key_id,
+            admin.secret
+        ))
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", cli.path("no-aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", cli.path("no-aws-credentials"))
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Enabled");
+}

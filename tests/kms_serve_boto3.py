@@ -96,6 +96,24 @@ admin.rotate_key_on_demand(KeyId=key)
 assert admin.decrypt(CiphertextBlob=dk["CiphertextBlob"], EncryptionContext=ctx)["Plaintext"] == dk["Plaintext"]
 expect("NotFoundException", lambda: admin.describe_key(KeyId="00000000-0000-4000-8000-000000000000"))
 
+# Bring your own key: import parameters, material wrapped with RSA-OAEP-SHA256, import.
+import os
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+
+external = admin.create_key(Origin="EXTERNAL", Description="byok")["KeyMetadata"]
+assert external["KeyState"] == "PendingImport" and external["Origin"] == "EXTERNAL"
+expect("KMSInvalidStateException", lambda: admin.encrypt(KeyId=external["KeyId"], Plaintext=b"x"))
+params = admin.get_parameters_for_import(KeyId=external["KeyId"], WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_3072")
+public = serialization.load_der_public_key(params["PublicKey"])
+oaep = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+wrapped = public.encrypt(os.urandom(32), oaep)
+admin.import_key_material(KeyId=external["KeyId"], ImportToken=params["ImportToken"], EncryptedKeyMaterial=wrapped, ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+assert admin.describe_key(KeyId=external["KeyId"])["KeyMetadata"]["KeyState"] == "Enabled"
+byok = admin.encrypt(KeyId=external["KeyId"], Plaintext=b"byok")
+assert admin.decrypt(CiphertextBlob=byok["CiphertextBlob"])["Plaintext"] == b"byok"
+expect("AccessDeniedException", lambda: node.get_parameters_for_import(KeyId=external["KeyId"], WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_3072"))
+
 # Scenario 1: a node may generate and decrypt data keys for its own store only.
 policy = {
     "Version": "2012-10-17",

@@ -660,6 +660,48 @@ pub(crate) fn dispatch(
             kms.remove_grant(grant_id)?;
             plain(json!({}))
         }
+        "GetParametersForImport" => {
+            let id = resolve(kms, body, "KeyId")?;
+            let access = authorize(kms, caller, &id, op, None)?;
+            match body.get("WrappingAlgorithm").and_then(Value::as_str) {
+                Some("RSAES_OAEP_SHA_256") => {}
+                _ => {
+                    return Err(invalid(
+                        "WrappingAlgorithm: RSAES_OAEP_SHA_256 (the one this server offers)",
+                    ));
+                }
+            }
+            match body.get("WrappingKeySpec").and_then(Value::as_str) {
+                Some("RSA_3072") => {}
+                _ => return Err(invalid("WrappingKeySpec: RSA_3072 (the one this server offers)")),
+            }
+            let params = kms.import_parameters(&id)?;
+            plain(json!({
+                "KeyId": arn(&access.owner, &id),
+                "ImportToken": B64.encode(&params.import_token),
+                "PublicKey": B64.encode(&params.public_key_der),
+                "ParametersValidTo": timestamp(params.expires_at),
+            }))
+        }
+        "ImportKeyMaterial" => {
+            let id = resolve(kms, body, "KeyId")?;
+            authorize(kms, caller, &id, op, None)?;
+            let token = blob_field(body, "ImportToken")?;
+            let material = zeroize::Zeroizing::new(blob_field(body, "EncryptedKeyMaterial")?);
+            let expires = match body.get("ExpirationModel").and_then(Value::as_str) {
+                None | Some("KEY_MATERIAL_DOES_NOT_EXPIRE") => None,
+                Some("KEY_MATERIAL_EXPIRES") => {
+                    let t = body
+                        .get("ValidTo")
+                        .and_then(Value::as_f64)
+                        .ok_or_else(|| invalid("ValidTo is required when the material expires"))?;
+                    Some(crate::kms::Timestamp(t.max(0.0) as u64))
+                }
+                Some(other) => return Err(invalid(format!("ExpirationModel {other}"))),
+            };
+            kms.import_key_material(&id, &material, &token, expires)?;
+            plain(json!({}))
+        }
         "GenerateDataKey" | "GenerateDataKeyWithoutPlaintext" => {
             let id = resolve(kms, body, "KeyId")?;
             let ctx = context_field(body, "EncryptionContext")?;
