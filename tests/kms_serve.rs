@@ -411,8 +411,9 @@ fn the_aws_cli_works_against_the_server() {
 }
 
 /// Scenario 2 end to end: an ISV's store in another account runs on the customer's key
-/// through a grant; the customer revokes the grant; the ISV's running key watch fails its
-/// tables closed within its interval, and its next open is refused.
+/// through a grant; the customer revokes the grant; the ISV's running key watch (which
+/// asks, with a dry-run Decrypt, whether the store may still unwrap) fails its tables
+/// closed within its interval, and its next open is refused.
 #[test]
 fn revoking_a_grant_stops_the_isvs_store() {
     let python = std::env::var("TDE_TEST_PYTHON")
@@ -451,8 +452,18 @@ fn revoking_a_grant_stops_the_isvs_store() {
         &["db", "create", &db, "--default-key", &key],
     ));
     assert!(err.contains("access denied"), "{err}");
+    // The key's policy lets the ISV read the key's metadata for good; the grant lets it
+    // make and unwrap data keys. Revoking the grant changes no key state and leaves
+    // DescribeKey allowed: only the watch's dry-run Decrypt can see it.
+    let account = admin.arn.split(':').nth(4).unwrap().to_owned();
+    boto3(&format!(
+        "import json\nk.put_key_policy(KeyId={key:?}, PolicyName='default', Policy=json.dumps({{'Statement': [\
+{{'Effect': 'Allow', 'Principal': {{'AWS': 'arn:aws:iam::{account}:root'}}, 'Action': 'kms:*', 'Resource': '*'}},\
+{{'Effect': 'Allow', 'Principal': {{'AWS': {:?}}}, 'Action': 'kms:DescribeKey', 'Resource': '*'}}]}}))",
+        isv.arn
+    ));
     let grant = boto3(&format!(
-        "print(k.create_grant(KeyId={key:?}, GranteePrincipal={:?}, Operations=['GenerateDataKey', 'Decrypt', 'DescribeKey'])['GrantId'])",
+        "print(k.create_grant(KeyId={key:?}, GranteePrincipal={:?}, Operations=['GenerateDataKey', 'Decrypt'])['GrantId'])",
         isv.arn
     ));
     ok(&as_principal(
@@ -482,23 +493,25 @@ fn revoking_a_grant_stops_the_isvs_store() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn tde watch");
-    let lines = std::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let stdout = watch.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("revoked:") {
+                let _ = tx.send(line);
+                return;
+            }
+        }
+    });
     std::thread::sleep(std::time::Duration::from_millis(1500));
     boto3(&format!(
         "k.revoke_grant(KeyId={key:?}, GrantId={:?})",
         grant.trim()
     ));
-    let mut revoked = None;
-    for line in lines {
-        let line = line.expect("watch output");
-        if line.starts_with("revoked:") {
-            revoked = Some(line);
-            break;
-        }
-    }
+    let revoked = rx.recv_timeout(std::time::Duration::from_secs(30));
     let _ = watch.kill();
     let _ = watch.wait();
-    let revoked = revoked.expect("the watch reported the revocation");
+    let revoked = revoked.expect("the watch reported the revocation within 30 s (interval 1 s)");
     assert!(revoked.contains("table t"), "{revoked}");
     let err = fails(&as_principal(&cli, &served, &isv, &["get", &db, "t", "k"]));
     assert!(err.contains("access denied"), "{err}");

@@ -393,6 +393,29 @@ impl KeyService {
         self.call("describe-key", key, label, reason, || kms.describe_key(key))
     }
 
+    /// Asks the KMS, where it can tell without unwrapping, whether version `version` of
+    /// envelope `id` may still be unwrapped ([`Kms::check_unwrap`]); `Ok` at once (no
+    /// call, no record) for a KMS that cannot tell.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] with what the KMS said; [`Error::Io`] for the trail.
+    pub(crate) fn check_unwrap(
+        &self,
+        id: EnvelopeId,
+        version: &crate::keyring::DkVersion,
+        label: &str,
+        reason: Reason,
+    ) -> Result<()> {
+        let kms = self.kms();
+        if !kms.can_check_unwrap() {
+            return Ok(());
+        }
+        let context = self.scope.context(id, version.version);
+        self.call("check-unwrap", &version.cmk_id, label, reason, || {
+            kms.check_unwrap(version.edk.as_bytes(), &context)
+        })
+    }
+
     /// Rewraps every version of each envelope in `targets` for master key `to_key` (each
     /// envelope's own master key if `None`), of the KMS `to` (this service's KMS if
     /// `None`): inside one KMS with `re_encrypt`, across two by unwrapping here and

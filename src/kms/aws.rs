@@ -304,6 +304,26 @@ impl Kms for AwsKms {
             .ok_or_else(|| KmsError::new(KmsErrorKind::Internal, "ReEncrypt returned no ciphertext"))
     }
 
+    fn can_check_unwrap(&self) -> bool {
+        true
+    }
+
+    fn check_unwrap(&self, wrapped: &[u8], context: &EncryptionContext) -> KmsResult<()> {
+        let request = self
+            .client
+            .decrypt()
+            .ciphertext_blob(Blob::new(wrapped))
+            .set_encryption_context(AwsKms::context(context))
+            .dry_run(true);
+        match self.runtime.block_on(request.send()) {
+            // A server that ignores DryRun decrypted it: allowed (the plaintext is
+            // dropped at once).
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("DryRunOperationException") => Ok(()),
+            Err(e) => Err(self.map_error(None, e)),
+        }
+    }
+
     fn describe_key(&self, key: &str) -> KmsResult<KeyMetadata> {
         let out = self
             .runtime

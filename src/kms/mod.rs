@@ -95,6 +95,24 @@ pub trait Kms: Send + Sync {
     /// `NotFound`, `AccessDenied`, `Throttled`, `Unavailable`.
     fn describe_key(&self, key: &str) -> KmsResult<KeyMetadata>;
 
+    /// Whether this KMS can tell, without unwrapping, if the caller may still unwrap a
+    /// given wrapped key ([`Kms::check_unwrap`]). KMSs whose permissions change only with
+    /// key states (the local KMS, PKCS#11) say no: `describe_key` answers for them.
+    fn can_check_unwrap(&self) -> bool {
+        false
+    }
+
+    /// Asks whether the caller may still unwrap `wrapped` under `context`, without
+    /// unwrapping it (AWS KMS: `Decrypt` with `DryRun`). Permissions that grants and
+    /// policies give or take away change no key state, so a key watch asks this too.
+    ///
+    /// # Errors
+    /// `AccessDenied` and the key-state kinds if it may not; `Unavailable`, `Throttled`.
+    fn check_unwrap(&self, wrapped: &[u8], context: &EncryptionContext) -> KmsResult<()> {
+        let _ = (wrapped, context);
+        Ok(())
+    }
+
     /// Unwraps a data key (EDK) into a [`DataKey`].
     ///
     /// # Errors
@@ -149,5 +167,11 @@ impl<K: Kms + ?Sized> Kms for std::sync::Arc<K> {
     }
     fn describe_key(&self, key: &str) -> KmsResult<KeyMetadata> {
         (**self).describe_key(key)
+    }
+    fn can_check_unwrap(&self) -> bool {
+        (**self).can_check_unwrap()
+    }
+    fn check_unwrap(&self, wrapped: &[u8], context: &EncryptionContext) -> KmsResult<()> {
+        (**self).check_unwrap(wrapped, context)
     }
 }

@@ -9,8 +9,10 @@
 //! comes back only by reopening the store once the key is usable again.
 //! Not here: unwrapping at open (`keyring`).
 //!
-//! The watch asks for key *state* only (`describe_key`), never for key material, and each
-//! call is in the audit trail with reason `watch`.
+//! The watch asks for key *state* (`describe_key`), and, where the KMS can tell without
+//! unwrapping (AWS KMS: `Decrypt` with `DryRun`), whether this store may still unwrap
+//! under the key, since a revoked grant or a changed policy changes no key state. It
+//! never asks for key material, and each call is in the audit trail with reason `watch`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -41,24 +43,50 @@ impl Store {
     /// [`Error::Io`] if the audit trail cannot be written.
     pub fn check_keys(&self) -> Result<WatchReport> {
         let inner = &self.inner;
-        let (store_key, by_key) = {
+        // Each master key in use, the tables under it, and one wrapped data key of its to
+        // ask whether it may still be unwrapped.
+        type Sample = (crate::keys::EnvelopeId, Option<crate::keyring::DkVersion>);
+        let (store_key, by_key, samples) = {
             let keyring = inner.keyring.lock();
             let data = keyring.data();
+            let current =
+                |e: &crate::keyring::Envelope| e.versions.iter().find(|v| v.version == e.current).cloned();
             let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            let mut samples: BTreeMap<String, Sample> = BTreeMap::new();
             by_key.entry(data.store_key.cmk.clone()).or_default();
+            samples.insert(
+                data.store_key.cmk.clone(),
+                (crate::keys::EnvelopeId::Store, current(&data.store_key)),
+            );
             for t in &data.tables {
                 by_key
                     .entry(t.envelope.cmk.clone())
                     .or_default()
                     .push(t.name.clone());
+                samples.entry(t.envelope.cmk.clone()).or_insert((
+                    crate::keys::EnvelopeId::Table(t.envelope.table_id),
+                    current(&t.envelope),
+                ));
             }
-            (data.store_key.cmk.clone(), by_key)
+            (data.store_key.cmk.clone(), by_key, samples)
         };
         let mut report = WatchReport::default();
         for (key, tables) in by_key {
             report.keys_checked += 1;
             let label = tables.first().map_or(STORE_LABEL, String::as_str);
-            let why = match inner.keys.describe_key(&key, label, Reason::Watch) {
+            // The key's state, then (where the KMS can tell) whether this store may still
+            // unwrap under it: a revoked grant or a changed policy changes no key state.
+            let usable = inner
+                .keys
+                .describe_key(&key, label, Reason::Watch)
+                .and_then(|meta| match samples.get(&key) {
+                    Some((id, Some(version))) if meta.state == KeyState::Enabled => inner
+                        .keys
+                        .check_unwrap(*id, version, label, Reason::Watch)
+                        .map(|()| meta),
+                    _ => Ok(meta),
+                });
+            let why = match usable {
                 Ok(meta) if meta.state == KeyState::Enabled => continue,
                 Ok(meta) => format!("the key is {}", meta.state),
                 Err(e) if crate::keys::revoking(&e) => e.to_string(),
