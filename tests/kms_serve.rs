@@ -576,3 +576,85 @@ fn the_server_speaks_tls() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Enabled");
 }
+
+/// Scenario 1 with real stores: two database nodes share one key; the key policy lets
+/// each unwrap data keys only under its own store's context, so each opens its own store
+/// and neither can open the other's.
+#[test]
+fn a_node_cannot_open_another_nodes_store() {
+    let python = std::env::var("TDE_TEST_PYTHON")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .expect("set TDE_TEST_PYTHON to a Python with boto3 (`.ci/run` does)");
+    let cli = Cli::new();
+    let account = cli.ok(&["kms", "account", "create", "customer"]);
+    let account = account.lines().next().unwrap().to_owned();
+    let admin = principal(&cli, "dba", "customer", true);
+    let nodes = [
+        principal(&cli, "node-1", "customer", false),
+        principal(&cli, "node-2", "customer", false),
+    ];
+    let served = serve(&cli);
+    let key = ok(&as_principal(&cli, &served, &admin, &["kms", "create-key"]));
+    let key = key.lines().next().unwrap().to_owned();
+    // The administrator provisions one store per node.
+    let mut stores = Vec::new();
+    for (i, _) in nodes.iter().enumerate() {
+        let db = cli.path(&format!("store-{i}"));
+        let id = ok(&as_principal(
+            &cli,
+            &served,
+            &admin,
+            &["db", "create", &db, "--default-key", &key],
+        ));
+        ok(&as_principal(
+            &cli,
+            &served,
+            &admin,
+            &["table", "create", &db, "t"],
+        ));
+        ok(&as_principal(
+            &cli,
+            &served,
+            &admin,
+            &["put", &db, "t", "k", &format!("node {i}")],
+        ));
+        stores.push((db, id.trim().to_owned()));
+    }
+    let statements: Vec<serde_json::Value> = std::iter::once(serde_json::json!({
+        "Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{account}:root")},
+        "Action": "kms:*", "Resource": "*"
+    }))
+    .chain(nodes.iter().zip(&stores).map(|(node, (_, id))| {
+        serde_json::json!({
+            "Effect": "Allow", "Principal": {"AWS": node.arn},
+            "Action": ["kms:GenerateDataKey*", "kms:Decrypt", "kms:DescribeKey"], "Resource": "*",
+            "Condition": {"StringEquals": {"kms:EncryptionContext:tde:store": id}}
+        })
+    }))
+    .collect();
+    let policy = serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string();
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(format!(
+            "import boto3, sys\nk = boto3.client('kms', endpoint_url={:?}, region_name='us-east-1', aws_access_key_id={:?}, aws_secret_access_key={:?})\nk.put_key_policy(KeyId={key:?}, PolicyName='default', Policy=sys.argv[1])",
+            served.url, admin.access_key_id, admin.secret
+        ))
+        .arg(&policy)
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", cli.path("no-aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", cli.path("no-aws-credentials"))
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (i, node) in nodes.iter().enumerate() {
+        let (own, _) = &stores[i];
+        let (other, _) = &stores[1 - i];
+        assert_eq!(
+            ok(&as_principal(&cli, &served, node, &["get", own, "t", "k"])),
+            format!("node {i}\n")
+        );
+        let err = fails(&as_principal(&cli, &served, node, &["get", other, "t", "k"]));
+        assert!(err.contains("access denied"), "{err}");
+    }
+}
