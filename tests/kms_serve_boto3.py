@@ -198,4 +198,13 @@ def alter_body(request, **kwargs):
 altered = client("admin")
 altered.meta.events.register("before-send.kms.CreateKey", alter_body)
 expect("InvalidSignatureException", lambda: altered.create_key(Description="k0"))
+
+
+def alter_header(request, **kwargs):
+    request.headers["Content-Type"] = "application/x-amz-json-1.0"
+
+
+reheaded = client("admin")
+reheaded.meta.events.register("before-send.kms.ListKeys", alter_header)
+expect("InvalidSignatureException", lambda: reheaded.list_keys())
 print("ok")
