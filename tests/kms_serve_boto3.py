@@ -137,6 +137,8 @@ policy = {
 admin.put_key_policy(KeyId=key, PolicyName="default", Policy=json.dumps(policy))
 assert json.loads(admin.get_key_policy(KeyId=key, PolicyName="default")["Policy"]) == policy
 expect("MalformedPolicyDocumentException", lambda: admin.put_key_policy(KeyId=key, PolicyName="default", Policy='{"Statement": [{"Effect": "Allow", "NotAction": "kms:*"}]}'))
+lockout = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": principals["node"]["arn"]}, "Action": "kms:Decrypt", "Resource": "*"}]}
+expect("MalformedPolicyDocumentException", lambda: admin.put_key_policy(KeyId=key, PolicyName="default", Policy=json.dumps(lockout)))
 mine = node.generate_data_key(KeyId=key, KeySpec="AES_256", EncryptionContext=ctx)
 assert node.decrypt(CiphertextBlob=mine["CiphertextBlob"], EncryptionContext=ctx)["Plaintext"] == mine["Plaintext"]
 other = admin.generate_data_key(KeyId=key, KeySpec="AES_256", EncryptionContext={"tde:store": "store-2"})

@@ -544,7 +544,32 @@ pub(crate) fn dispatch(
                 return Err(invalid("PolicyName: default"));
             }
             let text = str_field(body, "Policy")?;
-            Policy::parse(text).map_err(|e| error(400, "MalformedPolicyDocumentException", e))?;
+            let policy =
+                Policy::parse(text).map_err(|e| error(400, "MalformedPolicyDocumentException", e))?;
+            // AWS's lockout safety check: a policy under which the caller could no longer
+            // change the policy is refused unless the caller says it means it.
+            let bypass = body
+                .get("BypassPolicyLockoutSafetyCheck")
+                .and_then(Value::as_bool)
+                == Some(true);
+            let owner = kms.key_owner(&id)?.unwrap_or_default();
+            let arn = key_arn(region, &owner, &id);
+            let still_allowed = policy.decide(&super::policy::Request {
+                caller_arn: &caller.principal.arn,
+                caller_account: &caller.principal.account,
+                caller_admin: caller.principal.admin,
+                action: "kms:PutKeyPolicy",
+                key_arn: &arn,
+                context: None,
+            }) == Decision::Allow;
+            if !still_allowed && !bypass {
+                return Err(error(
+                    400,
+                    "MalformedPolicyDocumentException",
+                    "the new key policy will not allow you to update the key policy in the future \
+                     (set BypassPolicyLockoutSafetyCheck to mean it)",
+                ));
+            }
             kms.put_key_policy(&id, text)?;
             plain(json!({}))
         }
