@@ -10,6 +10,28 @@ use std::process::{Child, Command, Stdio};
 
 use common::Cli;
 
+/// The Python with boto3 that `.ci/run` names in `TDE_TEST_PYTHON`.
+fn python() -> String {
+    std::env::var("TDE_TEST_PYTHON")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .expect("set TDE_TEST_PYTHON to a Python with boto3 (`.ci/run` does)")
+}
+
+/// Keeps an AWS client from reading this machine's AWS profile and files: it signs with
+/// the credentials the test gives it, or none.
+trait WithoutAwsFiles {
+    fn without_aws_files(&mut self, cli: &Cli) -> &mut Self;
+}
+
+impl WithoutAwsFiles for Command {
+    fn without_aws_files(&mut self, cli: &Cli) -> &mut Self {
+        self.env_remove("AWS_PROFILE")
+            .env("AWS_CONFIG_FILE", cli.path("no-aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", cli.path("no-aws-credentials"))
+    }
+}
+
 /// A running server; killed when dropped.
 struct Served {
     child: Child,
@@ -68,9 +90,7 @@ fn as_principal(cli: &Cli, served: &Served, who: &Credentials, args: &[&str]) ->
     cmd.env("AWS_ACCESS_KEY_ID", &who.access_key_id)
         .env("AWS_SECRET_ACCESS_KEY", &who.secret)
         .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_PROFILE")
-        .env("AWS_CONFIG_FILE", cli.path("no-aws-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", cli.path("no-aws-credentials"))
+        .without_aws_files(cli)
         .output()
         .expect("run tde")
 }
@@ -185,10 +205,7 @@ fn a_store_opens_through_the_served_kms_for_its_accounts_administrators_only() {
 /// (`tests/kms_serve_boto3.py`; `TDE_TEST_PYTHON` names a Python with boto3).
 #[test]
 fn boto3_drives_every_operation_and_the_governance_scenarios() {
-    let python = std::env::var("TDE_TEST_PYTHON")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .expect("set TDE_TEST_PYTHON to a Python with boto3 (`.ci/run` does)");
+    let python = python();
     let cli = Cli::new();
     let account = cli.ok(&["kms", "account", "create", "customer"]);
     let account = account.lines().next().unwrap().to_owned();
@@ -207,9 +224,7 @@ fn boto3_drives_every_operation_and_the_governance_scenarios() {
         .arg(&served.url)
         .arg(principals.to_string())
         .arg(&account)
-        .env_remove("AWS_PROFILE")
-        .env("AWS_CONFIG_FILE", cli.path("no-aws-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", cli.path("no-aws-credentials"))
+        .without_aws_files(&cli)
         .output()
         .expect("run python");
     assert!(
@@ -266,10 +281,7 @@ fn boto3_drives_every_operation_and_the_governance_scenarios() {
 /// verifies (a torn last record, if the kill left one, is cut and recorded).
 #[test]
 fn a_killed_server_loses_no_key_state_and_its_trail_verifies() {
-    let python = std::env::var("TDE_TEST_PYTHON")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .expect("set TDE_TEST_PYTHON to a Python with boto3 (`.ci/run` does)");
+    let python = python();
     let cli = Cli::new();
     cli.ok(&["kms", "account", "create", "customer"]);
     let admin = principal(&cli, "dba", "customer", true);
@@ -305,9 +317,7 @@ ts = [threading.Thread(target=work) for _ in range(8)]\n[t.start() for t in ts]\
     let mut clients = Command::new(&python)
         .arg("-c")
         .arg(load)
-        .env_remove("AWS_PROFILE")
-        .env("AWS_CONFIG_FILE", cli.path("no-aws-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", cli.path("no-aws-credentials"))
+        .without_aws_files(&cli)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -342,10 +352,7 @@ fn the_aws_cli_drives_every_operation() {
         .ok()
         .filter(|v| !v.is_empty())
         .expect("set TDE_TEST_AWS_CLI to the aws program (`.ci/run` does)");
-    let python = std::env::var("TDE_TEST_PYTHON")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .expect("set TDE_TEST_PYTHON to a Python with boto3 (`.ci/run` does)");
+    let python = python();
     let cli = Cli::new();
     cli.ok(&["kms", "account", "create", "customer"]);
     let json = |c: &Credentials| serde_json::json!({"access_key_id": c.access_key_id, "secret_access_key": c.secret, "arn": c.arn});
@@ -362,8 +369,7 @@ fn the_aws_cli_drives_every_operation() {
         .arg(&served.url)
         .arg(principals.to_string())
         .arg(&scratch)
-        .env("AWS_CONFIG_FILE", cli.path("no-aws-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", cli.path("no-aws-credentials"))
+        .without_aws_files(&cli)
         .output()
         .expect("run python");
     assert!(
@@ -380,10 +386,7 @@ fn the_aws_cli_drives_every_operation() {
 /// closed within its interval, and its next open is refused.
 #[test]
 fn revoking_a_grant_stops_the_isvs_store() {
-    let python = std::env::var("TDE_TEST_PYTHON")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .expect("set TDE_TEST_PYTHON to a Python with boto3 (`.ci/run` does)");
+    let python = python();
     let cli = Cli::new();
     cli.ok(&["kms", "account", "create", "customer"]);
     cli.ok(&["kms", "account", "create", "isv"]);
@@ -400,9 +403,7 @@ fn revoking_a_grant_stops_the_isvs_store() {
                 "import boto3, sys\nk = boto3.client('kms', endpoint_url={:?}, region_name='us-east-1', aws_access_key_id={:?}, aws_secret_access_key={:?})\n{code}",
                 served.url, admin.access_key_id, admin.secret
             ))
-            .env_remove("AWS_PROFILE")
-            .env("AWS_CONFIG_FILE", cli.path("no-aws-config"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", cli.path("no-aws-credentials"))
+            .without_aws_files(&cli)
             .output()
             .expect("run python");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -450,9 +451,7 @@ fn revoking_a_grant_stops_the_isvs_store() {
         .cmd(&["--kms", &kms, "watch", &db, "--interval", "1"])
         .env("AWS_ACCESS_KEY_ID", &isv.access_key_id)
         .env("AWS_SECRET_ACCESS_KEY", &isv.secret)
-        .env_remove("AWS_PROFILE")
-        .env("AWS_CONFIG_FILE", cli.path("no-aws-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", cli.path("no-aws-credentials"))
+        .without_aws_files(&cli)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -486,10 +485,7 @@ fn revoking_a_grant_stops_the_isvs_store() {
 /// server's certificate and is served; the server is also free to listen beyond loopback.
 #[test]
 fn the_server_speaks_tls() {
-    let python = std::env::var("TDE_TEST_PYTHON")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .expect("set TDE_TEST_PYTHON to a Python with boto3 (`.ci/run` does)");
+    let python = python();
     let certs = std::env::var("TDE_TEST_TLS_CERTS")
         .ok()
         .filter(|v| !v.is_empty())
@@ -532,9 +528,7 @@ fn the_server_speaks_tls() {
             admin.access_key_id,
             admin.secret
         ))
-        .env_remove("AWS_PROFILE")
-        .env("AWS_CONFIG_FILE", cli.path("no-aws-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", cli.path("no-aws-credentials"))
+        .without_aws_files(&cli)
         .output()
         .expect("run python");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -546,10 +540,7 @@ fn the_server_speaks_tls() {
 /// and neither can open the other's.
 #[test]
 fn a_node_cannot_open_another_nodes_store() {
-    let python = std::env::var("TDE_TEST_PYTHON")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .expect("set TDE_TEST_PYTHON to a Python with boto3 (`.ci/run` does)");
+    let python = python();
     let cli = Cli::new();
     let account = cli.ok(&["kms", "account", "create", "customer"]);
     let account = account.lines().next().unwrap().to_owned();
@@ -605,9 +596,7 @@ fn a_node_cannot_open_another_nodes_store() {
             served.url, admin.access_key_id, admin.secret
         ))
         .arg(&policy)
-        .env_remove("AWS_PROFILE")
-        .env("AWS_CONFIG_FILE", cli.path("no-aws-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", cli.path("no-aws-credentials"))
+        .without_aws_files(&cli)
         .output()
         .expect("run python");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
