@@ -444,39 +444,60 @@ fn revoking_a_grant_stops_the_isvs_store() {
         &isv,
         &["put", &db, "t", "k", "isv data"],
     ));
+    // And a tablespace under the same key.
+    let ts = cli.path("isv-ts");
+    ok(&as_principal(
+        &cli,
+        &served,
+        &isv,
+        &["page", "create", &ts, "--key", &key],
+    ));
+    ok(&as_principal(&cli, &served, &isv, &["watch", &ts, "--once"]));
 
-    // The ISV's store, open with its key watch running every second.
+    // The ISV's store and tablespace, each open with its key watch running every second.
     let kms = format!("aws-kms:?region=us-east-1&endpoint={}", served.url);
-    let mut watch = cli
-        .cmd(&["--kms", &kms, "watch", &db, "--interval", "1"])
-        .env("AWS_ACCESS_KEY_ID", &isv.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &isv.secret)
-        .without_aws_files(&cli)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn tde watch");
-    let stdout = watch.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("revoked:") {
-                let _ = tx.send(line);
-                return;
+    let watch = |path: &str| {
+        let mut child = cli
+            .cmd(&["--kms", &kms, "watch", path, "--interval", "1"])
+            .env("AWS_ACCESS_KEY_ID", &isv.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &isv.secret)
+            .without_aws_files(&cli)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tde watch");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("revoked:") {
+                    let _ = tx.send(line);
+                    return;
+                }
             }
-        }
-    });
+        });
+        (child, rx)
+    };
+    let watches = [watch(&db), watch(&ts)];
     std::thread::sleep(std::time::Duration::from_millis(1500));
     boto3(&format!(
         "k.revoke_grant(KeyId={key:?}, GrantId={:?})",
         grant.trim()
     ));
-    let revoked = rx.recv_timeout(std::time::Duration::from_secs(30));
-    let _ = watch.kill();
-    let _ = watch.wait();
-    let revoked = revoked.expect("the watch reported the revocation within 30 s (interval 1 s)");
-    assert!(revoked.contains("table t"), "{revoked}");
+    let reports: Vec<String> = watches
+        .into_iter()
+        .map(|(mut child, rx)| {
+            let revoked = rx.recv_timeout(std::time::Duration::from_secs(30));
+            let _ = child.kill();
+            let _ = child.wait();
+            revoked.expect("the watch reported the revocation within 30 s (interval 1 s)")
+        })
+        .collect();
+    assert!(reports[0].contains("table t"), "{}", reports[0]);
+    assert!(reports[1].contains("isv-ts"), "{}", reports[1]);
     let err = fails(&as_principal(&cli, &served, &isv, &["get", &db, "t", "k"]));
+    assert!(err.contains("access denied"), "{err}");
+    let err = fails(&as_principal(&cli, &served, &isv, &["page", "verify", &ts]));
     assert!(err.contains("access denied"), "{err}");
 }
 
@@ -610,4 +631,62 @@ fn a_node_cannot_open_another_nodes_store() {
         let err = fails(&as_principal(&cli, &served, node, &["get", other, "t", "k"]));
         assert!(err.contains("access denied"), "{err}");
     }
+}
+
+/// The operator's verbs on the directory: a key made there is served once it is given to
+/// an account, and a key policy that shuts everyone out is repaired with `tde kms policy
+/// put`, which checks the document as PutKeyPolicy does.
+#[test]
+fn the_operator_assigns_keys_and_repairs_policies() {
+    let cli = Cli::new();
+    let account = cli.ok(&["kms", "account", "create", "customer"]);
+    let account = account.lines().next().unwrap().to_owned();
+    let admin = principal(&cli, "dba", "customer", true);
+    let key = cli.ok(&["kms", "create-key"]);
+    let key = key.lines().next().unwrap().to_owned();
+    let served = serve(&cli);
+    let describe = |who: &Credentials| as_principal(&cli, &served, who, &["kms", "describe", &key]);
+    fails(&describe(&admin));
+    let err = cli.fails(&["kms", "policy", "get", &key]);
+    assert!(err.contains("assign-key"), "{err}");
+    cli.ok(&["kms", "account", "assign-key", "customer", &key]);
+    assert!(ok(&describe(&admin)).contains(&key));
+    let default_policy = cli.ok(&["kms", "policy", "get", &key]);
+    assert!(
+        default_policy.contains(&format!("arn:aws:iam::{account}:root")),
+        "{default_policy}"
+    );
+
+    // A policy that names no one the server knows: the administrators are shut out.
+    let locked = cli.path("locked.json");
+    std::fs::write(
+        &locked,
+        r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::999999999999:root"}, "Action": "kms:*", "Resource": "*"}]}"#,
+    )
+    .unwrap();
+    cli.ok(&["kms", "policy", "put", &key, "--file", &locked]);
+    let err = fails(&describe(&admin));
+    assert!(err.contains("access denied"), "{err}");
+    // Outside the documented subset: refused, the policy in force unchanged.
+    let bad = cli.path("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "NotAction": "kms:Decrypt", "Resource": "*"}]}"#,
+    )
+    .unwrap();
+    cli.fails(&["kms", "policy", "put", &key, "--file", &bad]);
+    assert!(cli.ok(&["kms", "policy", "get", &key]).contains("999999999999"));
+    // The repair, from standard input.
+    let out = cli.run(&["kms", "policy", "put", &key], default_policy.as_bytes());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(ok(&describe(&admin)).contains(&key));
+    // A key has one account for good.
+    cli.ok(&["kms", "account", "create", "other"]);
+    let err = cli.fails(&["kms", "account", "assign-key", "other", &key]);
+    assert!(err.contains(&account), "{err}");
+    let trail = cli.ok(&["kms", "audit", "show", "--principal", "operator"]);
+    assert!(
+        trail.contains("policy-put") && trail.contains("account-assign-key"),
+        "{trail}"
+    );
 }

@@ -63,6 +63,21 @@ admin.delete_alias(AliasName="alias/app")
 expect("NotFoundException", lambda: admin.describe_key(KeyId="alias/app"))
 admin.create_alias(AliasName="alias/app", TargetKeyId=key)
 
+# Aliases are per account: another account's "alias/app" is its own, and says nothing of
+# the customer's; an alias never points at another account's key.
+isv_key = isv.create_key()["KeyMetadata"]["KeyId"]
+expect("NotFoundException", lambda: isv.describe_key(KeyId="alias/app"))
+isv.create_alias(AliasName="alias/app", TargetKeyId=isv_key)
+assert isv.describe_key(KeyId="alias/app")["KeyMetadata"]["KeyId"] == isv_key
+assert admin.describe_key(KeyId="alias/app")["KeyMetadata"]["KeyId"] == key
+assert [a["TargetKeyId"] for a in isv.list_aliases()["Aliases"]] == [isv_key]
+assert all(a["TargetKeyId"] != isv_key for a in admin.list_aliases()["Aliases"])
+expect("AccessDeniedException", lambda: isv.create_alias(AliasName="alias/theirs", TargetKeyId=keys[0]["Arn"]))
+# The customer's alias ARN names the customer's key, which the ISV may not use.
+expect("AccessDeniedException", lambda: isv.describe_key(KeyId=f"arn:aws:kms:eu-west-1:{account}:alias/app"))
+isv.delete_alias(AliasName="alias/app")
+assert admin.describe_key(KeyId="alias/app")["KeyMetadata"]["KeyId"] == key
+
 # Data keys, encryption, the context, re-encryption.
 ctx = {"tde:store": "store-1", "tde:table": "t"}
 dk = admin.generate_data_key(KeyId="alias/app", KeySpec="AES_256", EncryptionContext=ctx)

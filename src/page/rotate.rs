@@ -15,8 +15,8 @@ use crate::audit::{AuditEvent, Reason};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::keys::{
-    AutoRotation, Job, JobControl, PendingReencrypt, ReencryptJob, ReencryptOptions, ReencryptReport,
-    RetiredKey, RewrapReport, RotatedKey, RotationPolicy, WatchReport,
+    AutoRotation, EnvelopeId, Job, JobControl, PendingReencrypt, ReencryptJob, ReencryptOptions,
+    ReencryptReport, RetiredKey, RewrapReport, RotatedKey, RotationPolicy, WatchReport,
 };
 use crate::kms::{KeyState, Kms};
 
@@ -316,12 +316,33 @@ impl Tablespace {
     /// [`Error::Io`] if the audit trail cannot be written.
     pub fn check_keys(&self) -> Result<WatchReport> {
         let inner = &*self.inner;
-        let key = inner.durable.lock().header.meta.envelope.cmk.clone();
+        let (key, current) = {
+            let durable = inner.durable.lock();
+            let envelope = &durable.header.meta.envelope;
+            let current = envelope
+                .versions
+                .iter()
+                .find(|v| v.version == envelope.current)
+                .cloned();
+            (envelope.cmk.clone(), current)
+        };
         let mut report = WatchReport {
             keys_checked: 1,
             ..WatchReport::default()
         };
-        let why = match inner.keys.describe_key(&key, &inner.name, Reason::Watch) {
+        // The key's state, then (where the KMS can tell) whether this tablespace may still
+        // unwrap under it: a revoked grant or a changed policy changes no key state.
+        let usable = inner
+            .keys
+            .describe_key(&key, &inner.name, Reason::Watch)
+            .and_then(|meta| match &current {
+                Some(version) if meta.state == KeyState::Enabled => inner
+                    .keys
+                    .check_unwrap(EnvelopeId::Store, version, &inner.name, Reason::Watch)
+                    .map(|()| meta),
+                _ => Ok(meta),
+            });
+        let why = match usable {
             Ok(meta) if meta.state == KeyState::Enabled => return Ok(report),
             Ok(meta) => format!("the key is {}", meta.state),
             Err(e) if crate::keys::revoking(&e) => e.to_string(),

@@ -63,16 +63,32 @@ fn key_arn(region: &str, account: &str, id: &str) -> String {
     format!("arn:aws:kms:{region}:{account}:key/{id}")
 }
 
-/// A key id from `KeyId`: an id, an alias, or either's ARN (`arn:aws:kms:R:A:key/ID`,
-/// `arn:aws:kms:R:A:alias/NAME`).
-fn key_name(key: &str) -> &str {
-    match key.strip_prefix("arn:aws:kms:") {
-        Some(rest) => rest
-            .splitn(3, ':')
-            .nth(2)
-            .map_or(key, |r| r.strip_prefix("key/").unwrap_or(r)),
-        None => key,
+/// What `KeyId` names, in the local KMS's terms. A key id, or a key ARN's id, as is. An
+/// alias is the caller's account's: aliases are per account, as AWS's are, and kept in
+/// the KMS as `alias/ACCOUNT/NAME`, so that one account's names neither collide with nor
+/// reveal another's. An alias ARN (`arn:aws:kms:R:ACCOUNT:alias/NAME`) names that
+/// account's alias (whether the caller may use its key is then up to authorization).
+fn key_ref(account: &str, key: &str) -> String {
+    let (account, resource) = match key.strip_prefix("arn:aws:kms:") {
+        Some(rest) => {
+            let mut parts = rest.splitn(3, ':').skip(1);
+            match (parts.next(), parts.next()) {
+                (Some(a), Some(r)) if a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()) => (a, r),
+                // Not an ARN this server issues: names nothing.
+                _ => return key.to_owned(),
+            }
+        }
+        None => (account, key),
+    };
+    match resource.strip_prefix("alias/") {
+        Some(name) => account_alias(account, name),
+        None => resource.strip_prefix("key/").unwrap_or(resource).to_owned(),
     }
+}
+
+/// Account `account`'s alias `alias/NAME`, as the local KMS keeps it.
+fn account_alias(account: &str, name: &str) -> String {
+    format!("alias/{account}/{name}")
 }
 
 fn str_field<'a>(body: &'a Value, name: &str) -> Result<&'a str, ApiError> {
@@ -211,8 +227,10 @@ fn dry_run(body: &Value) -> Result<(), ApiError> {
 }
 
 /// A key's id from `KeyId` (id, alias or ARN), if it exists.
-fn resolve(kms: &LocalKms, body: &Value, field: &str) -> Result<String, ApiError> {
-    Ok(kms.describe_key(key_name(str_field(body, field)?))?.key_id)
+fn resolve(kms: &LocalKms, caller: &Caller, body: &Value, field: &str) -> Result<String, ApiError> {
+    Ok(kms
+        .describe_key(&key_ref(&caller.principal.account, str_field(body, field)?))?
+        .key_id)
 }
 
 fn context_map(
@@ -385,7 +403,7 @@ pub(crate) fn dispatch(
             plain(json!({"KeyMetadata": metadata(&meta, &caller.principal.account, region)}))
         }
         "DescribeKey" => {
-            let meta = kms.describe_key(key_name(str_field(body, "KeyId")?))?;
+            let meta = kms.describe_key(&key_ref(&caller.principal.account, str_field(body, "KeyId")?))?;
             let access = authorize(kms, caller, &meta.key_id, op, None)?;
             Ok((
                 json!({"KeyMetadata": metadata(&meta, &access.owner, region)}),
@@ -412,24 +430,25 @@ pub(crate) fn dispatch(
         }
         "ListAliases" => {
             let (limit, marker) = page(body)?;
+            let account = caller.principal.account.as_str();
             let only = match body.get("KeyId").and_then(Value::as_str) {
-                Some(k) => Some(kms.describe_key(key_name(k))?.key_id),
+                Some(k) => Some(kms.describe_key(&key_ref(account, k))?.key_id),
                 None => None,
             };
+            let prefix = account_alias(account, "");
             let mut aliases: Vec<(String, Value)> = Vec::new();
             for meta in kms.list_keys()? {
-                let owned =
-                    kms.key_owner(&meta.key_id)?.as_deref() == Some(caller.principal.account.as_str());
-                if !owned || only.as_ref().is_some_and(|o| *o != meta.key_id) {
+                if only.as_ref().is_some_and(|o| *o != meta.key_id) {
                     continue;
                 }
-                for alias in &meta.aliases {
+                for name in meta.aliases.iter().filter_map(|a| a.strip_prefix(&prefix)) {
+                    let alias = format!("alias/{name}");
                     let v = json!({
                         "AliasName": alias,
-                        "AliasArn": format!("arn:aws:kms:{region}:{}:{alias}", caller.principal.account),
+                        "AliasArn": format!("arn:aws:kms:{region}:{account}:{alias}"),
                         "TargetKeyId": meta.key_id,
                     });
-                    aliases.push((alias.clone(), v));
+                    aliases.push((alias, v));
                 }
             }
             aliases.sort_by(|a, b| a.0.cmp(&b.0));
@@ -441,38 +460,52 @@ pub(crate) fn dispatch(
             plain(out)
         }
         "CreateAlias" | "UpdateAlias" => {
-            let alias = str_field(body, "AliasName")?;
-            if alias.starts_with("alias/aws/") {
+            let account = caller.principal.account.as_str();
+            let name = str_field(body, "AliasName")?
+                .strip_prefix("alias/")
+                .ok_or_else(|| invalid("AliasName must begin with alias/"))?;
+            if name.starts_with("aws/") {
                 return Err(invalid("alias/aws/ names are reserved"));
             }
-            let id = resolve(kms, body, "TargetKeyId")?;
+            let alias = account_alias(account, name);
+            let id = resolve(kms, caller, body, "TargetKeyId")?;
+            // An alias and its key are in one account, as in AWS.
+            if kms.key_owner(&id)?.as_deref() != Some(account) {
+                return Err(denied(caller, op));
+            }
             authorize(kms, caller, &id, op, None)?;
-            let exists = kms.describe_key(alias).is_ok();
-            match (op, exists) {
-                ("CreateAlias", true) => {
-                    return Err(error(400, "AlreadyExistsException", format!("{alias} exists")));
+            let current = kms.describe_key(&alias).ok().map(|m| m.key_id);
+            match (op, &current) {
+                ("CreateAlias", Some(_)) => {
+                    return Err(error(
+                        400,
+                        "AlreadyExistsException",
+                        format!("alias/{name} exists"),
+                    ));
                 }
-                ("UpdateAlias", false) => {
-                    return Err(error(400, "NotFoundException", format!("no alias {alias}")));
+                ("UpdateAlias", None) => {
+                    return Err(error(400, "NotFoundException", format!("no alias alias/{name}")));
                 }
                 _ => {}
             }
-            if exists {
-                let current = kms.describe_key(alias)?.key_id;
+            if let Some(current) = current {
                 authorize(kms, caller, &current, op, None)?;
             }
-            kms.set_alias(alias, &id)?;
+            kms.set_alias(&alias, &id)?;
             plain(json!({}))
         }
         "DeleteAlias" => {
-            let alias = str_field(body, "AliasName")?;
-            let id = kms.describe_key(alias)?.key_id;
+            let name = str_field(body, "AliasName")?
+                .strip_prefix("alias/")
+                .ok_or_else(|| invalid("AliasName must begin with alias/"))?;
+            let alias = account_alias(&caller.principal.account, name);
+            let id = kms.describe_key(&alias)?.key_id;
             authorize(kms, caller, &id, op, None)?;
-            kms.delete_alias(alias)?;
+            kms.delete_alias(&alias)?;
             plain(json!({}))
         }
         "EnableKey" | "DisableKey" | "EnableKeyRotation" | "DisableKeyRotation" | "CancelKeyDeletion" => {
-            let id = resolve(kms, body, "KeyId")?;
+            let id = resolve(kms, caller, body, "KeyId")?;
             let access = authorize(kms, caller, &id, op, None)?;
             match op {
                 "EnableKey" => drop(kms.enable_key(&id)?),
@@ -498,7 +531,7 @@ pub(crate) fn dispatch(
             plain(json!({}))
         }
         "GetKeyRotationStatus" => {
-            let meta = kms.describe_key(key_name(str_field(body, "KeyId")?))?;
+            let meta = kms.describe_key(&key_ref(&caller.principal.account, str_field(body, "KeyId")?))?;
             let access = authorize(kms, caller, &meta.key_id, op, None)?;
             let mut out = json!({
                 "KeyId": arn(&access.owner, &meta.key_id),
@@ -513,13 +546,13 @@ pub(crate) fn dispatch(
             plain(out)
         }
         "RotateKeyOnDemand" => {
-            let id = resolve(kms, body, "KeyId")?;
+            let id = resolve(kms, caller, body, "KeyId")?;
             let access = authorize(kms, caller, &id, op, None)?;
             kms.rotate_key(&id)?;
             plain(json!({"KeyId": arn(&access.owner, &id)}))
         }
         "ScheduleKeyDeletion" => {
-            let id = resolve(kms, body, "KeyId")?;
+            let id = resolve(kms, caller, body, "KeyId")?;
             let access = authorize(kms, caller, &id, op, None)?;
             let days = body
                 .get("PendingWindowInDays")
@@ -534,7 +567,7 @@ pub(crate) fn dispatch(
             plain(out)
         }
         "PutKeyPolicy" => {
-            let id = resolve(kms, body, "KeyId")?;
+            let id = resolve(kms, caller, body, "KeyId")?;
             authorize(kms, caller, &id, op, None)?;
             if body
                 .get("PolicyName")
@@ -574,7 +607,7 @@ pub(crate) fn dispatch(
             plain(json!({}))
         }
         "GetKeyPolicy" => {
-            let id = resolve(kms, body, "KeyId")?;
+            let id = resolve(kms, caller, body, "KeyId")?;
             let access = authorize(kms, caller, &id, op, None)?;
             let text = kms
                 .key_policy(&id)?
@@ -582,7 +615,7 @@ pub(crate) fn dispatch(
             Ok((json!({"Policy": text, "PolicyName": "default"}), access.grant))
         }
         "CreateGrant" => {
-            let id = resolve(kms, body, "KeyId")?;
+            let id = resolve(kms, caller, body, "KeyId")?;
             let access = authorize(kms, caller, &id, op, None)?;
             let grantee = str_field(body, "GranteePrincipal")?.to_owned();
             let operations: Vec<String> = body
@@ -628,7 +661,7 @@ pub(crate) fn dispatch(
             Ok((json!({"GrantId": grant_id, "GrantToken": grant_id}), access.grant))
         }
         "ListGrants" => {
-            let id = resolve(kms, body, "KeyId")?;
+            let id = resolve(kms, caller, body, "KeyId")?;
             let access = authorize(kms, caller, &id, op, None)?;
             let (limit, marker) = page(body)?;
             let only_id = body.get("GrantId").and_then(Value::as_str);
@@ -662,7 +695,7 @@ pub(crate) fn dispatch(
                 return Err(error(400, "NotFoundException", format!("no grant {grant_id}")));
             };
             if let Some(k) = body.get("KeyId").and_then(Value::as_str)
-                && kms.describe_key(key_name(k))?.key_id != grant.key_id
+                && kms.describe_key(&key_ref(&caller.principal.account, k))?.key_id != grant.key_id
             {
                 return Err(error(
                     400,
@@ -686,7 +719,7 @@ pub(crate) fn dispatch(
             plain(json!({}))
         }
         "GetParametersForImport" => {
-            let id = resolve(kms, body, "KeyId")?;
+            let id = resolve(kms, caller, body, "KeyId")?;
             let access = authorize(kms, caller, &id, op, None)?;
             match body.get("WrappingAlgorithm").and_then(Value::as_str) {
                 Some("RSAES_OAEP_SHA_256") => {}
@@ -709,7 +742,7 @@ pub(crate) fn dispatch(
             }))
         }
         "ImportKeyMaterial" => {
-            let id = resolve(kms, body, "KeyId")?;
+            let id = resolve(kms, caller, body, "KeyId")?;
             authorize(kms, caller, &id, op, None)?;
             let token = blob_field(body, "ImportToken")?;
             let material = zeroize::Zeroizing::new(blob_field(body, "EncryptedKeyMaterial")?);
@@ -728,7 +761,7 @@ pub(crate) fn dispatch(
             plain(json!({}))
         }
         "GenerateDataKey" | "GenerateDataKeyWithoutPlaintext" => {
-            let id = resolve(kms, body, "KeyId")?;
+            let id = resolve(kms, caller, body, "KeyId")?;
             let ctx = context_field(body, "EncryptionContext")?;
             let access = authorize(kms, caller, &id, op, Some(&ctx))?;
             let spec = match (
@@ -756,7 +789,7 @@ pub(crate) fn dispatch(
             Ok((out, access.grant))
         }
         "Encrypt" => {
-            let id = resolve(kms, body, "KeyId")?;
+            let id = resolve(kms, caller, body, "KeyId")?;
             let ctx = context_field(body, "EncryptionContext")?;
             let access = authorize(kms, caller, &id, op, Some(&ctx))?;
             let plain_text = zeroize::Zeroizing::new(blob_field(body, "Plaintext")?);
@@ -775,7 +808,10 @@ pub(crate) fn dispatch(
             let blob = blob_field(body, "CiphertextBlob")?;
             let id = kms.blob_key_id(&blob)?;
             if let Some(given) = body.get("KeyId").and_then(Value::as_str)
-                && kms.describe_key(key_name(given))?.key_id != id
+                && kms
+                    .describe_key(&key_ref(&caller.principal.account, given))?
+                    .key_id
+                    != id
             {
                 return Err(error(
                     400,
@@ -802,7 +838,7 @@ pub(crate) fn dispatch(
             let source_ctx = context_field(body, "SourceEncryptionContext")?;
             let destination_ctx = context_field(body, "DestinationEncryptionContext")?;
             let from = authorize(kms, caller, &source, "ReEncryptFrom", Some(&source_ctx))?;
-            let destination = resolve(kms, body, "DestinationKeyId")?;
+            let destination = resolve(kms, caller, body, "DestinationKeyId")?;
             let to = authorize(kms, caller, &destination, "ReEncryptTo", Some(&destination_ctx))?;
             dry_run(body)?;
             let out = kms.re_encrypt(&blob, &source_ctx, &destination, &destination_ctx)?;
@@ -827,11 +863,16 @@ pub(crate) fn dispatch(
 
 /// Fills what `event` says about the request: the key it names, its encryption context
 /// and a keyed hash of its ciphertext blob (never the blob, never plaintext).
-pub(crate) fn describe_request(kms: &LocalKms, body: &Value, event: &mut crate::kms::local::TrailEvent) {
+pub(crate) fn describe_request(
+    kms: &LocalKms,
+    account: &str,
+    body: &Value,
+    event: &mut crate::kms::local::TrailEvent,
+) {
     let key = ["KeyId", "TargetKeyId", "DestinationKeyId"]
         .iter()
         .find_map(|f| body.get(*f).and_then(Value::as_str))
-        .map(|k| key_name(k).to_owned());
+        .map(|k| key_ref(account, k));
     let blob = body
         .get("CiphertextBlob")
         .and_then(Value::as_str)
@@ -876,8 +917,17 @@ mod tests {
 
     #[test]
     fn key_ids_from_arns() {
-        assert_eq!(key_name("arn:aws:kms:us-east-1:123456789012:key/abc"), "abc");
-        assert_eq!(key_name("arn:aws:kms:us-east-1:123456789012:alias/x"), "alias/x");
-        assert_eq!(key_name("alias/x"), "alias/x");
+        let me = "111111111111";
+        assert_eq!(key_ref(me, "arn:aws:kms:us-east-1:123456789012:key/abc"), "abc");
+        assert_eq!(key_ref(me, "abc"), "abc");
+        assert_eq!(
+            key_ref(me, "arn:aws:kms:us-east-1:123456789012:alias/x"),
+            "alias/123456789012/x"
+        );
+        assert_eq!(key_ref(me, "alias/x"), "alias/111111111111/x");
+        // Nothing but a 12-digit account reaches the alias namespace.
+        let forged = "arn:aws:kms:us-east-1:1/alias/y:alias/x";
+        assert_eq!(key_ref(me, forged), forged);
+        assert_eq!(key_ref(me, "alias/acs/tde"), "alias/111111111111/acs/tde");
     }
 }

@@ -23,6 +23,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
 use crate::error::{Error, Result};
+use crate::kms::Kms;
 use crate::kms::local::{LocalKms, TrailEvent};
 
 /// The default listening address: loopback, port 7700.
@@ -57,6 +58,49 @@ impl Default for ServeOptions {
             rate_limit: DEFAULT_RATE_LIMIT,
         }
     }
+}
+
+/// Key `key`'s policy as the server applies it: the one put last, else the default one
+/// (its account's administrators may do everything). The operator's view, on the
+/// directory.
+///
+/// # Errors
+/// `NotFound` for an unknown key; `InvalidRequest` for a key owned by no account (the
+/// server does not serve it).
+pub fn key_policy(kms: &LocalKms, key: &str) -> crate::kms::KmsResult<String> {
+    let id = kms.describe_key(key)?.key_id;
+    let owner = owner(kms, &id)?;
+    Ok(kms
+        .key_policy(&id)?
+        .unwrap_or_else(|| policy::Policy::default_text(&owner)))
+}
+
+/// Replaces key `key`'s policy as the operator, on the directory: the text is checked as
+/// `PutKeyPolicy` checks it (the documented subset; anything else is refused), but not
+/// for lockout, since this is how a key whose policy locks everyone out is repaired.
+///
+/// # Errors
+/// `InvalidRequest` for a policy outside the subset or a key owned by no account;
+/// `NotFound` for an unknown key.
+pub fn put_key_policy(kms: &LocalKms, key: &str, text: &str) -> crate::kms::KmsResult<()> {
+    let id = kms.describe_key(key)?.key_id;
+    owner(kms, &id)?;
+    policy::Policy::parse(text).map_err(|why| {
+        crate::kms::KmsError::new(
+            crate::kms::KmsErrorKind::InvalidRequest,
+            format!("MalformedPolicyDocument: {why}"),
+        )
+    })?;
+    kms.put_key_policy(&id, text)
+}
+
+fn owner(kms: &LocalKms, id: &str) -> crate::kms::KmsResult<String> {
+    kms.key_owner(id)?.ok_or_else(|| {
+        crate::kms::KmsError::new(
+            crate::kms::KmsErrorKind::InvalidRequest,
+            format!("key {id} belongs to no account: `tde kms account assign-key` gives it one"),
+        )
+    })
 }
 
 /// The audit trail's writer: one thread that appends whatever records are waiting in one
@@ -415,7 +459,7 @@ impl Server {
         } else {
             serde_json::from_slice(body).map_err(|_| bad("SerializationException", "the body is not JSON"))?
         };
-        api::describe_request(&self.kms, &json, event);
+        api::describe_request(&self.kms, &principal.account, &json, event);
         let caller = api::Caller {
             principal,
             region: auth.region.clone(),

@@ -146,6 +146,10 @@ pub(crate) enum KmsCommand {
     /// Principals of a served KMS: identities with access keys that sign requests.
     #[command(subcommand)]
     Principal(PrincipalCommand),
+    /// Key policies of a served KMS, as the operator: read one, or replace one (also
+    /// how a key whose policy locks everyone out is repaired).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Import key material wrapped with RSA-OAEP-SHA256 under the import parameters.
     Import {
         /// Key id or alias.
@@ -164,7 +168,8 @@ pub(crate) enum KmsCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum KmsAuditCommand {
-    /// Print the records (checked first: the chain and every MAC).
+    /// Print the records, each checked before it is printed (the chain up to it and its
+    /// MAC); a damaged record stops the listing with an error.
     Show {
         /// One JSON object per line, as stored.
         #[arg(long)]
@@ -181,24 +186,28 @@ pub(crate) enum KmsAuditCommand {
 }
 
 fn audit(uri: Option<&str>, cmd: KmsAuditCommand) -> CliResult {
-    let records = open(uri)?.audit_trail()?;
+    let kms = open(uri)?;
     match cmd {
         KmsAuditCommand::Verify => {
+            let mut last = None;
+            let count = kms.audit_trail_each(|r| {
+                last = Some(r.hash);
+                Ok(())
+            })?;
             println!(
-                "{} records, chain intact, every MAC checks out; last hash {}",
-                records.len(),
-                records.last().map_or("-", |r| r.hash.as_str())
+                "{count} records, chain intact, every MAC checks out; last hash {}",
+                last.as_deref().unwrap_or("-")
             );
         }
         KmsAuditCommand::Show { json, principal, key } => {
-            for r in records.iter().filter(|r| {
-                principal.as_ref().is_none_or(|p| *p == r.principal)
-                    && key.as_ref().is_none_or(|k| *k == r.key)
-            }) {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut write = |r: &tde::kms::local::TrailRecord| -> std::io::Result<()> {
                 if json {
-                    println!("{}", serde_json::to_string(r)?);
+                    serde_json::to_writer(&mut out, r)?;
+                    writeln!(out)
                 } else {
-                    println!(
+                    writeln!(
+                        out,
                         "{:>6}  {}  {:<44} {:<22} {:<36} {}{}",
                         r.seq,
                         r.time,
@@ -207,9 +216,21 @@ fn audit(uri: Option<&str>, cmd: KmsAuditCommand) -> CliResult {
                         r.key,
                         r.outcome,
                         r.grant.as_ref().map_or(String::new(), |g| format!("  grant {g}"))
-                    );
+                    )
                 }
-            }
+            };
+            kms.audit_trail_each(|r| {
+                if principal.as_ref().is_none_or(|p| *p == r.principal)
+                    && key.as_ref().is_none_or(|k| *k == r.key)
+                {
+                    write(&r).map_err(|source| tde::Error::Io {
+                        context: "writing to standard output".into(),
+                        source,
+                    })?;
+                }
+                Ok(())
+            })?;
+            out.flush()?;
         }
     }
     Ok(())
@@ -224,7 +245,14 @@ fn recorded_as(cmd: &KmsCommand) -> Option<(String, String)> {
         | KmsCommand::Describe { .. }
         | KmsCommand::Serve { .. }
         | KmsCommand::Audit(_)
-        | KmsCommand::Account(AccountCommand::List) => return None,
+        | KmsCommand::Account(AccountCommand::List)
+        | KmsCommand::Policy(PolicyCommand::Get { .. }) => return None,
+        KmsCommand::Policy(PolicyCommand::Put { key, .. }) => {
+            return Some(("policy-put".into(), key.clone()));
+        }
+        KmsCommand::Account(AccountCommand::AssignKey { key, .. }) => {
+            return Some(("account-assign-key".into(), key.clone()));
+        }
         KmsCommand::Enable { key }
         | KmsCommand::Disable { key }
         | KmsCommand::Rotate { key }
@@ -263,6 +291,54 @@ pub(crate) enum AccountCommand {
     },
     /// List accounts: id and name.
     List,
+    /// Give a key created on the directory (owned by no account) to an account, so that
+    /// the server serves it to the account's principals under the default key policy.
+    AssignKey {
+        /// The account (id or name).
+        account: String,
+        /// Key id or alias.
+        key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Print a key's policy (the default one if none was put).
+    Get {
+        /// Key id or alias.
+        key: String,
+    },
+    /// Replace a key's policy with the JSON document in FILE (default: standard input),
+    /// checked against the supported subset of the policy language.
+    Put {
+        /// Key id or alias.
+        key: String,
+        /// The policy document.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+}
+
+#[cfg(feature = "server")]
+fn policies(uri: Option<&str>, cmd: PolicyCommand) -> CliResult {
+    let kms = open(uri)?;
+    match cmd {
+        PolicyCommand::Get { key } => println!("{}", tde::server::key_policy(&kms, &key)?),
+        PolicyCommand::Put { key, file } => {
+            let text = match file {
+                Some(f) => std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?,
+                None => std::io::read_to_string(std::io::stdin())?,
+            };
+            tde::server::put_key_policy(&kms, &key, &text)?;
+            eprintln!("key policy of {key} replaced");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "server"))]
+fn policies(_uri: Option<&str>, _cmd: PolicyCommand) -> CliResult {
+    Err("key policies are for `tde kms serve`: build tde with the `server` feature".into())
 }
 
 #[derive(Debug, Subcommand)]
@@ -504,7 +580,12 @@ fn run_local(uri: Option<&str>, cmd: KmsCommand) -> CliResult {
                 println!("{id}  {name}");
             }
         }
+        KmsCommand::Account(AccountCommand::AssignKey { account, key }) => {
+            let meta = open(uri)?.assign_key(&key, &account)?;
+            eprintln!("key {} belongs to account {account}", meta.key_id);
+        }
         KmsCommand::Principal(cmd) => principals(uri, cmd)?,
+        KmsCommand::Policy(cmd) => policies(uri, cmd)?,
         KmsCommand::Serve {
             listen,
             tls_cert,

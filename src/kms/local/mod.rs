@@ -822,7 +822,23 @@ impl LocalKms {
     /// [`crate::Error::Corrupt`] for a broken chain; [`crate::Error::Authentication`] for a
     /// record whose MAC fails; [`crate::Error::Io`].
     pub fn audit_trail(&self) -> crate::Result<Vec<TrailRecord>> {
-        self.trail()?.0.verify()
+        let mut records = Vec::new();
+        self.audit_trail_each(|r| {
+            records.push(r);
+            Ok(())
+        })?;
+        Ok(records)
+    }
+
+    /// The request audit trail one record at a time, in order, in bounded memory: each
+    /// record reaches `each` once it is checked as [`LocalKms::audit_trail`] checks it (the
+    /// chain up to it and its MAC), so a damaged record stops the walk with the error
+    /// after the records before it. Returns the number of records.
+    ///
+    /// # Errors
+    /// As [`LocalKms::audit_trail`], and whatever `each` returns.
+    pub fn audit_trail_each(&self, each: impl FnMut(TrailRecord) -> crate::Result<()>) -> crate::Result<u64> {
+        self.trail()?.0.verify_each(each)
     }
 
     /// Creates the account `name` (for `tde kms serve`); returns its 12-digit id.
@@ -910,6 +926,39 @@ impl LocalKms {
     /// `NotFound`.
     pub fn rotate_principal_key(&self, who: &str) -> KmsResult<PrincipalCredentials> {
         self.mutate(|s, _| s.governance.rotate_principal(who))
+    }
+
+    /// Gives key `key` (created on the directory, owned by no account) to `account` (its id
+    /// or name), so that the server serves it: the account's administrators manage it
+    /// under the default key policy. A key already in `account` is left as it is.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown key or account; `AccessDenied` for a service key;
+    /// `InvalidRequest` for a key owned by another account (its grants and policy name
+    /// that account: moving it would hand them over silently).
+    pub fn assign_key(&self, key: &str, account: &str) -> KmsResult<KeyMetadata> {
+        self.mutate(|s, _| {
+            let record = s.resolve(key)?;
+            if record.service.is_some() {
+                return Err(KmsError::new(
+                    KmsErrorKind::AccessDenied,
+                    "service keys belong to the directory's own services",
+                )
+                .with_key(key));
+            }
+            let (id, meta) = (record.id.clone(), record.metadata(&s.aliases));
+            let account = s.governance.account_id(account)?;
+            match s.governance.key_owners.get(&id) {
+                Some(owner) if *owner == account => {}
+                Some(owner) => {
+                    return Err(invalid(&id, format!("key {id} belongs to account {owner}")));
+                }
+                None => {
+                    s.governance.key_owners.insert(id, account);
+                }
+            }
+            Ok(meta)
+        })
     }
 
     /// Creates a master key owned by `account` (for the server).

@@ -308,23 +308,54 @@ impl Trail {
     }
 
     /// Reads and checks every record: the chain, the hashes and the MACs. Returns them.
+    #[cfg(test)]
     pub(crate) fn verify(&self) -> Result<Vec<TrailRecord>> {
-        let text = match std::fs::read(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        let mut records = Vec::new();
+        self.verify_each(|r| {
+            records.push(r);
+            Ok(())
+        })?;
+        Ok(records)
+    }
+
+    /// Reads the records one at a time, in order, and hands each to `each` once it is
+    /// checked (the chain up to it, its hash and its MAC); memory stays bounded however
+    /// long the trail is. Returns the number of records.
+    pub(crate) fn verify_each(&self, mut each: impl FnMut(TrailRecord) -> Result<()>) -> Result<u64> {
+        use std::io::BufRead;
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(Error::io(format!("reading {}", self.path.display()), e)),
         };
+        let mut reader = std::io::BufReader::new(file);
         let mut prev = genesis();
-        let mut records = Vec::new();
-        for (i, line) in text.split(|b| *b == b'\n').enumerate() {
+        let mut seq = 0u64;
+        let mut line = Vec::new();
+        for n in 1.. {
+            line.clear();
+            // One record is a few hundred bytes; a line longer than any record could be is
+            // not read whole.
+            let read = (&mut reader)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
+            if read == 0 {
+                break;
+            }
+            if line.len() > MAX_LINE {
+                return Err(corrupt(&self.path, format!("record {n} is too long")));
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
             if line.is_empty() {
                 continue;
             }
-            let n = i + 1;
-            let record: TrailRecord = serde_json::from_slice(line)
+            let record: TrailRecord = serde_json::from_slice(&line)
                 .map_err(|e| corrupt(&self.path, format!("record {n} does not parse: {e}")))?;
             let hash = crate::hex::encode(&Sha256::digest(body(&record, &["hash"])?.as_bytes()));
-            if record.prev != prev || record.hash != hash || record.seq != records.len() as u64 + 1 {
+            if record.prev != prev || record.hash != hash || record.seq != seq + 1 {
                 return Err(corrupt(
                     &self.path,
                     format!("record {n} breaks the chain (edited, removed, inserted or reordered)"),
@@ -344,9 +375,10 @@ impl Trail {
                 });
             }
             prev = record.hash.clone();
-            records.push(record);
+            seq = record.seq;
+            each(record)?;
         }
-        Ok(records)
+        Ok(seq)
     }
 }
 
