@@ -2,7 +2,8 @@
 //! the ratio isolates the cost of encryption: pool hits, pool misses (a read and a
 //! decryption), and page writes committed every 100 writes. 16 KiB pages.
 //!
-//! `cargo bench --bench page` (default backend), `--features aws-lc` for aws-lc-rs.
+//! `cargo bench --bench page` (aws-lc-rs, the default; `--no-default-features --features
+//! rustcrypto` for RustCrypto).
 //! `tde bench page` runs the same comparison at a larger scale with medians of rounds.
 
 use std::hint::black_box;

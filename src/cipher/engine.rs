@@ -1,25 +1,27 @@
-//! The AEAD engines behind a suite: GCM over the RustCrypto AES-256 and SM4 block ciphers
-//! (`gcm`), and (feature `aws-lc`) aws-lc-rs AES-256-GCM.
+//! The AEAD engines behind a suite: aws-lc-rs AES-256-GCM (feature `aws-lc`, the
+//! default), and RustCrypto's `aes-gcm` crate over the `aes` and `sm4` block ciphers
+//! (always built: SM4-GCM uses it, and AES-256-GCM with the `rustcrypto` feature).
 //!
 //! Invariant: every engine computes the standard GCM construction with a 96-bit nonce and
 //! a 128-bit tag, so bytes sealed by one AES engine open with the other.
 //! Not here: nonces, formats, seal counting (`cipher`).
-//! Security notes: key schedules are wiped on drop (aes-gcm's `zeroize` feature; aws-lc
-//! cleanses its context on free). After a failed open the buffer is zeroed, because some
-//! engines decrypt before they verify.
+//! Security notes: key schedules are wiped on drop (the `zeroize` features of `aes`,
+//! `sm4` and `aes-gcm`; aws-lc cleanses its context on free). After a failed open the
+//! buffer is zeroed, whatever the engine did with it.
 
-use aes::Aes256Enc;
-use aes::cipher::KeyInit;
+use aes_gcm::aead::consts::U12;
+use aes_gcm::{AeadInOut, Aes256Gcm, AesGcm, KeyInit, Nonce, Tag};
 use sm4::Sm4;
 
-use super::gcm::Gcm;
 use super::nonce::NONCE_LEN;
 use super::{Backend, Suite, TAG_LEN};
 use crate::error::{Error, Result};
 
+type Sm4Gcm = AesGcm<Sm4, U12>;
+
 pub(crate) enum Engine {
-    Aes(Box<Gcm<Aes256Enc>>),
-    Sm4(Box<Gcm<Sm4>>),
+    Aes(Box<Aes256Gcm>),
+    Sm4(Box<Sm4Gcm>),
     #[cfg(feature = "aws-lc")]
     AwsLc(aws_lc_rs::aead::LessSafeKey),
 }
@@ -36,10 +38,10 @@ impl Engine {
         }
         let bad_len = |_| Error::InvalidArgument(format!("{suite} key has the wrong length"));
         Ok(match (suite, backend) {
-            (Suite::Sm4Gcm, _) => Engine::Sm4(Box::new(Gcm::new(Sm4::new_from_slice(key).map_err(bad_len)?))),
-            (Suite::Aes256Gcm, Backend::RustCrypto) => Engine::Aes(Box::new(Gcm::new(
-                Aes256Enc::new_from_slice(key).map_err(bad_len)?,
-            ))),
+            (Suite::Sm4Gcm, _) => Engine::Sm4(Box::new(Sm4Gcm::new_from_slice(key).map_err(bad_len)?)),
+            (Suite::Aes256Gcm, Backend::RustCrypto) => {
+                Engine::Aes(Box::new(Aes256Gcm::new_from_slice(key).map_err(bad_len)?))
+            }
             #[cfg(feature = "aws-lc")]
             (Suite::Aes256Gcm, Backend::AwsLc) => {
                 use aws_lc_rs::aead::{AES_256_GCM, LessSafeKey, UnboundKey};
@@ -52,10 +54,17 @@ impl Engine {
 
     /// Encrypts `buf` in place and returns the tag.
     pub(crate) fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN]> {
-        let too_long = || Error::InvalidArgument("message too long for GCM".into());
+        let too_long = |_| Error::InvalidArgument("message too long for GCM".into());
+        let n = Nonce::<U12>::from(*nonce);
         match self {
-            Engine::Aes(c) => c.seal(nonce, aad, buf).ok_or_else(too_long),
-            Engine::Sm4(c) => c.seal(nonce, aad, buf).ok_or_else(too_long),
+            Engine::Aes(c) => Ok(c
+                .encrypt_inout_detached(&n, aad, buf.into())
+                .map_err(too_long)?
+                .into()),
+            Engine::Sm4(c) => Ok(c
+                .encrypt_inout_detached(&n, aad, buf.into())
+                .map_err(too_long)?
+                .into()),
             #[cfg(feature = "aws-lc")]
             Engine::AwsLc(k) => {
                 use aws_lc_rs::aead::{Aad, Nonce as AwsNonce};
@@ -77,9 +86,11 @@ impl Engine {
         buf: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<()> {
+        let n = Nonce::<U12>::from(*nonce);
+        let t = Tag::<aes_gcm::aead::consts::U16>::from(*tag);
         let ok = match self {
-            Engine::Aes(c) => c.open(nonce, aad, buf, tag),
-            Engine::Sm4(c) => c.open(nonce, aad, buf, tag),
+            Engine::Aes(c) => c.decrypt_inout_detached(&n, aad, buf.into(), &t).is_ok(),
+            Engine::Sm4(c) => c.decrypt_inout_detached(&n, aad, buf.into(), &t).is_ok(),
             #[cfg(feature = "aws-lc")]
             Engine::AwsLc(k) => {
                 use aws_lc_rs::aead::{Aad, Nonce as AwsNonce};

@@ -272,7 +272,7 @@ fn round(
     keys: u64,
     plain_first: bool,
     value_seal: bool,
-) -> CliResult<([[f64; 2]; 4], [u64; 2])> {
+) -> CliResult<Round> {
     let dirs = [root.join("plain"), root.join("tde")];
     for d in &dirs {
         let _ = std::fs::remove_dir_all(d);
@@ -286,16 +286,22 @@ fn round(
         }
     };
     let mut results = [[0.0; 2]; 4];
+    let mut plain_fill_io = (0, 0);
     let reads = keys;
     // fillrandom
     for &w in &order {
         let db = open(w, Some(CACHE_BYTES))?;
+        let before = crate::bench_primitive::io_bytes();
         results[0][w] = timed(keys, || {
             for i in 0..keys {
                 db.put(&key(i), &value(i))?;
             }
             Ok(())
         })?;
+        if w == 0 {
+            let after = crate::bench_primitive::io_bytes();
+            plain_fill_io = (after.0 - before.0, after.1 - before.1);
+        }
         db.settle()?;
     }
     // readrandom with a large block cache, warmed by a scan.
@@ -320,7 +326,52 @@ fn round(
             Ok(())
         })?;
     }
-    Ok((results, [dir_size(&dirs[0]), dir_size(&dirs[1])]))
+    Ok(Round {
+        results,
+        sizes: [dir_size(&dirs[0]), dir_size(&dirs[1])],
+        plain_fill_io,
+    })
+}
+
+/// What one round measured.
+struct Round {
+    /// Per workload: [plain, tde] operations per second.
+    results: [[f64; 2]; 4],
+    /// SST bytes: [plain, tde].
+    sizes: [u64; 2],
+    /// Bytes plain RocksDB read and wrote (system calls) while it loaded the keys.
+    plain_fill_io: (u64, u64),
+}
+
+/// Each workload's limit (JSON `limits`, the keys of `ratios`): the ratio a store that
+/// authenticates every byte of every file would reach if its only added cost were the
+/// AEAD work the workload cannot avoid, at the bare primitive's speed measured in this
+/// run. Loading seals every byte plain RocksDB writes (WAL, flushes, compactions) and
+/// opens every byte its compactions read; a cached read needs no cryptography; an
+/// uncached read opens one 4 KiB data block; a scan opens every SST byte once.
+fn limits(
+    per_round: &[Round],
+    keys: u64,
+    small: &crate::bench_primitive::Speed,
+    large: &crate::bench_primitive::Speed,
+) -> serde_json::Map<String, serde_json::Value> {
+    use crate::bench_primitive::limit;
+    let plain = |i: usize| median(per_round.iter().map(|r| r.results[i][0]).collect());
+    let per_key = |x: u64| x as f64 / keys.max(1) as f64;
+    let io = per_round.last().map_or((0, 0), |r| r.plain_fill_io);
+    let sst = per_round.last().map_or(0, |r| r.sizes[0]);
+    let mut out = serde_json::Map::new();
+    out.insert(
+        WORKLOADS[0].into(),
+        json!(limit(plain(0), per_key(io.1), per_key(io.0), large)),
+    );
+    out.insert(WORKLOADS[1].into(), json!(1.0));
+    out.insert(WORKLOADS[2].into(), json!(limit(plain(2), 0.0, 4096.0, small)));
+    out.insert(
+        WORKLOADS[3].into(),
+        json!(limit(plain(3), 0.0, per_key(sst), large)),
+    );
+    out
 }
 
 pub(crate) fn run(cmd: BenchCommand) -> CliResult {
@@ -341,16 +392,26 @@ pub(crate) fn run(cmd: BenchCommand) -> CliResult {
         "tde bench kv: {keys} keys, {VALUE_LEN}-byte values, {rounds} rounds, AES-256 ({backend}, compiled for {features}), value sealing {sealing}"
     );
 
-    let mut per_round: Vec<([[f64; 2]; 4], [u64; 2])> = Vec::new();
+    let speeds = crate::bench_primitive::measure_all(&[4096, 16384]);
+    let mut per_round: Vec<Round> = Vec::new();
     for r in 0..rounds {
         let out = round(tmp.path(), &kms, keys, r % 2 == 0, !args.no_value_seal)?;
-        eprintln!("  round {}: {}", r + 1, round_line(&WORKLOADS, &out.0));
+        eprintln!("  round {}: {}", r + 1, round_line(&WORKLOADS, &out.results));
         per_round.push(out);
     }
 
-    let results: Vec<Vec<[f64; 2]>> = per_round.iter().map(|r| r.0.to_vec()).collect();
+    let results: Vec<Vec<[f64; 2]>> = per_round.iter().map(|r| r.results.to_vec()).collect();
     let (ratios, workloads) = summarize(&WORKLOADS, &results, "ops");
-    let sizes = per_round.last().map(|r| r.1).unwrap_or_default();
+    let limits = limits(&per_round, keys, &speeds[0], &speeds[1]);
+    println!(
+        "limits set by the bare primitive: {}",
+        WORKLOADS
+            .iter()
+            .map(|w| format!("{w} {}", limits[*w]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let sizes = per_round.last().map(|r| r.sizes).unwrap_or_default();
     let size_ratio = if sizes[0] > 0 {
         sizes[1] as f64 / sizes[0] as f64
     } else {
@@ -372,6 +433,8 @@ pub(crate) fn run(cmd: BenchCommand) -> CliResult {
                 "value_seal": !args.no_value_seal,
                 "workloads": workloads,
                 "ratios": ratios,
+                "limits": limits,
+                "primitive": crate::bench_primitive::json(&speeds),
                 "size_ratio": (size_ratio * 1000.0).round() / 1000.0,
             })
         );

@@ -157,6 +157,7 @@ pub(crate) fn run(args: &PageArgs) -> CliResult {
         size.bytes() >> 10,
         tmp.path().display()
     );
+    let speeds = crate::bench_primitive::measure_all(&[size.bytes()]);
     let mut per_round = Vec::new();
     for r in 0..rounds {
         let out = round(tmp.path(), &kms, size, &s, r % 2 == 0)?;
@@ -165,6 +166,25 @@ pub(crate) fn run(args: &PageArgs) -> CliResult {
     }
     let results: Vec<Vec<[f64; 2]>> = per_round.iter().map(|r| r.to_vec()).collect();
     let (ratios, workloads) = summarize(&WORKLOADS, &results, "pages");
+    // Each workload's limit: a pool hit needs no cryptography; a page read from the file
+    // opens one page; a page write seals one.
+    let plain = |i: usize| crate::bench::median(results.iter().map(|r| r[i][0]).collect());
+    let page = size.bytes() as f64;
+    let speed = &speeds[0];
+    let limit = crate::bench_primitive::limit;
+    let mut limits = serde_json::Map::new();
+    limits.insert(WORKLOADS[0].into(), json!(1.0));
+    limits.insert(WORKLOADS[1].into(), json!(limit(plain(1), 0.0, page, speed)));
+    limits.insert(WORKLOADS[2].into(), json!(limit(plain(2), page, 0.0, speed)));
+    limits.insert(WORKLOADS[3].into(), json!(limit(plain(3), 0.0, page, speed)));
+    println!(
+        "limits set by the bare primitive: {}",
+        WORKLOADS
+            .iter()
+            .map(|w| format!("{w} {}", limits[*w]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     if args.json {
         println!(
             "{}",
@@ -175,6 +195,8 @@ pub(crate) fn run(args: &PageArgs) -> CliResult {
                 "backend": backend,
                 "workloads": workloads,
                 "ratios": ratios,
+                "limits": limits,
+                "primitive": crate::bench_primitive::json(&speeds),
             })
         );
     }

@@ -8,6 +8,7 @@ mod audit;
 mod backup;
 mod bench;
 mod bench_page;
+mod bench_primitive;
 mod bench_reencrypt;
 mod bench_serve;
 mod db;
