@@ -1,5 +1,6 @@
-//! Seal and open throughput per suite and backend: 100-byte values (a typical key-value
-//! row, where per-call setup dominates) and 4 KiB and 16 KiB buffers.
+//! Seal and open throughput per suite (AES-256-GCM, SM4-GCM, AEGIS-256) and backend:
+//! 100-byte values (a typical key-value row, where per-call setup dominates) and 4 KiB and
+//! 16 KiB buffers.
 //!
 //! Each group also runs a bare AEAD crate called directly (`raw/...`: in place, fixed
 //! nonce; `raw/aes-256-gcm/rustcrypto` is the `aes-gcm` crate) beside tde's sealed format
@@ -31,6 +32,7 @@ fn variants() -> Vec<(&'static str, Suite, Backend)> {
     let mut v = vec![
         ("aes-256-gcm/rustcrypto", Suite::Aes256Gcm, Backend::RustCrypto),
         ("sm4-gcm/rustcrypto", Suite::Sm4Gcm, Backend::RustCrypto),
+        ("aegis-256", Suite::Aegis256, Backend::default()),
     ];
     #[cfg(feature = "aws-lc")]
     v.insert(1, ("aes-256-gcm/aws-lc", Suite::Aes256Gcm, Backend::AwsLc));
@@ -99,6 +101,24 @@ fn raw(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTim
                 }
             })
         });
+        {
+            use aegis::aegis256::Aegis256;
+            let (key, nonce) = ([7u8; 32], [1u8; 32]);
+            let mut buf = vec![0x5au8; size];
+            let tag = Aegis256::<16>::new(&key, &nonce).encrypt_in_place(&mut buf, aad);
+            let sealed = buf.clone();
+            group.bench_function(format!("raw/aegis-256/{}", label(size)), |b| {
+                b.iter(|| {
+                    let cipher = Aegis256::<16>::new(&key, &nonce);
+                    if sealing {
+                        black_box(cipher.encrypt_in_place(&mut buf, aad));
+                    } else {
+                        buf.copy_from_slice(&sealed);
+                        cipher.decrypt_in_place(&mut buf, &tag, aad).expect("open");
+                    }
+                })
+            });
+        }
         #[cfg(feature = "aws-lc")]
         {
             use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce as AwsNonce, UnboundKey};

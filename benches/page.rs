@@ -38,6 +38,11 @@ fn fixture() -> Fixture {
             dir.path().join("plain.tdb"),
             base.clone().dangerous().unencrypted(),
         ),
+        (
+            "tde-aegis-256",
+            dir.path().join("aegis.tdb"),
+            base.clone().suite(tde::cipher::Suite::Aegis256),
+        ),
         ("tde", dir.path().join("tde.tdb"), base),
     ];
     for (_, path, options) in &variants {

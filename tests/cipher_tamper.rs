@@ -14,7 +14,7 @@ fn flipping_any_byte_fails_authentication_or_parsing() {
     for suite in Suite::ALL {
         let k = key(suite, 7);
         let sealed = k.seal(b"table=t1 key=k1", b"the quick brown fox").unwrap();
-        assert_eq!(sealed.len(), 19 + OVERHEAD);
+        assert_eq!(sealed.len(), 19 + suite.overhead());
         assert_eq!(
             k.open(b"table=t1 key=k1", &sealed).unwrap(),
             b"the quick brown fox"
@@ -95,6 +95,38 @@ fn another_key_or_key_version_fails() {
     assert!(matches!(
         sm4.open(b"ad", &sealed),
         Err(Error::Authentication { .. })
+    ));
+    // The same 32 bytes as an AEGIS-256 key open nothing AES-256-GCM sealed, and the
+    // other way round.
+    let aegis = AeadKey::new(Suite::Aegis256, 1, &dk).unwrap();
+    assert!(matches!(
+        aegis.open(b"ad", &sealed),
+        Err(Error::Authentication { .. })
+    ));
+    let by_aegis = aegis.seal(b"ad", b"v").unwrap();
+    assert_eq!(aegis.open(b"ad", &by_aegis).unwrap(), b"v");
+    assert!(matches!(
+        v1.open(b"ad", &by_aegis),
+        Err(Error::Authentication { .. })
+    ));
+}
+
+#[test]
+fn aegis_256_has_no_practical_seal_limit_and_a_256_bit_nonce() {
+    let k = key(Suite::Aegis256, 1);
+    assert_eq!(k.seal_limit(), u64::MAX);
+    assert_eq!(key(Suite::Aes256Gcm, 1).seal_limit(), 1 << 32);
+    let sealed = k.seal(b"ad", b"12345").unwrap();
+    assert_eq!(sealed.len(), 5 + 6 + 32 + 16);
+    assert_eq!(Suite::Aegis256.overhead(), 54);
+    assert_eq!(OVERHEAD, Suite::Aes256Gcm.overhead());
+    // An explicit limit still applies.
+    let limited = key(Suite::Aegis256, 1).with_seal_limit(2);
+    limited.seal(b"ad", b"x").unwrap();
+    limited.seal(b"ad", b"x").unwrap();
+    assert!(matches!(
+        limited.seal(b"ad", b"x"),
+        Err(Error::KeyExhausted { .. })
     ));
 }
 

@@ -24,15 +24,21 @@ fn create_tables_records_scan_and_verify() {
         "sm4-gcm",
         "--no-value-seal",
     ]);
+    cli.ok(&["table", "create", &db, "logs", "--cipher", "aegis-256"]);
+    cli.ok(&["put", &db, "logs", "k", "an aegis value"]);
+    assert_eq!(cli.ok(&["get", &db, "logs", "k"]).trim(), "an aegis value");
     let err = cli.fails(&["table", "create", &db, "events"]);
     assert!(err.contains("already exists"), "{err}");
     let listed = cli.ok(&["table", "list", &db]);
     assert!(
-        listed.contains("people") && listed.contains("alias/pii") && listed.contains("sm4-gcm"),
+        listed.contains("people")
+            && listed.contains("alias/pii")
+            && listed.contains("sm4-gcm")
+            && listed.contains("aegis-256"),
         "{listed}"
     );
     let json: serde_json::Value = serde_json::from_str(&cli.ok(&["table", "list", &db, "--json"])).unwrap();
-    assert_eq!(json.as_array().unwrap().len(), 2);
+    assert_eq!(json.as_array().unwrap().len(), 3);
     // Each data key version as an object: version, state, seals.
     let versions = &json[0]["versions"];
     assert_eq!(versions[0]["version"], 1, "{json}");
@@ -56,7 +62,7 @@ fn create_tables_records_scan_and_verify() {
     assert!(err.contains("no table"), "{err}");
 
     let verified = cli.ok(&["verify", &db]);
-    assert!(verified.contains("verified 2 records in 2 tables"), "{verified}");
+    assert!(verified.contains("verified 3 records in 3 tables"), "{verified}");
 
     cli.ok(&["table", "create", &db, "scratch"]);
     cli.ok(&["put", &db, "scratch", "k", "v"]);

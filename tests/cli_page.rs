@@ -16,6 +16,11 @@ fn create_info_and_verify_a_tablespace_and_detect_tampering() {
     assert_eq!(info["id"].as_str().unwrap(), id.trim());
     assert_eq!(info["physical_page_size"], 4096);
     assert_eq!(info["master_key"], "alias/acs/tde");
+    let aegis = cli.path("aegis.tdb");
+    cli.ok(&["page", "create", &aegis, "--cipher", "aegis-256"]);
+    let info: serde_json::Value = serde_json::from_str(&cli.ok(&["page", "info", &aegis, "--json"])).unwrap();
+    assert_eq!(info["suite"], "aegis-256");
+    assert_eq!(info["page_size"], 16384 - 52);
 
     // An engine writes pages through the library, with the KMS the header records.
     let kms = Arc::new(tde::kms::local::LocalKms::open(cli.tmp.path().join("kms")).unwrap());

@@ -35,6 +35,13 @@ fn tables_have_their_own_keys_and_suites() {
     let sm4 = store.table("own-key").unwrap();
     sm4.put(b"k", b"sm4 value").unwrap();
     assert_eq!(sm4.get(b"k").unwrap().unwrap(), b"sm4 value");
+    let aegis = store
+        .create_table("aegis", &TableOptions::default().suite(Suite::Aegis256))
+        .unwrap();
+    aegis.put(b"k", b"aegis value").unwrap();
+    assert_eq!(aegis.get(b"k").unwrap().unwrap(), b"aegis value");
+    assert_eq!(aegis.suite(), Suite::Aegis256);
+    drop(aegis);
     assert!(matches!(
         store.create_table("own-key", &TableOptions::default()),
         Err(Error::InvalidArgument(_))
@@ -46,6 +53,10 @@ fn tables_have_their_own_keys_and_suites() {
     assert_eq!(
         store.table("own-key").unwrap().get(b"k").unwrap().unwrap(),
         b"sm4 value"
+    );
+    assert_eq!(
+        store.table("aegis").unwrap().get(b"k").unwrap().unwrap(),
+        b"aegis value"
     );
 }
 

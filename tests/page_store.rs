@@ -80,6 +80,7 @@ fn the_file_and_the_kms_are_enough_to_open_a_tablespace_in_either_suite() {
             (info.suite, info.physical_page_size, info.page_count),
             (suite, 8192, 20)
         );
+        assert_eq!(ts.page_size(), 8192 - tde::page::reserve(suite));
         assert_eq!(Tablespace::inspect(&path).unwrap().suite, suite);
         for n in 0..20 {
             check(&ts.read(n).unwrap(), n);
@@ -144,10 +145,17 @@ fn a_pool_hit_does_no_cryptography_and_opening_calls_the_kms_once() {
 
 #[test]
 fn tampered_moved_zeroed_or_foreign_pages_fail_authentication_naming_the_page() {
+    for suite in [tde::cipher::Suite::Aes256Gcm, tde::cipher::Suite::Aegis256] {
+        tampering(suite);
+    }
+}
+
+fn tampering(suite: tde::cipher::Suite) {
     let t = TestPages::new();
     let pool = BufferPool::new(1 << 20);
     let size = 4096usize;
-    let options = t.options().page_size(PageSize::K4);
+    let reserve = tde::page::reserve(suite);
+    let options = t.options().page_size(PageSize::K4).suite(suite);
     let (a, b) = (t.path("a"), t.path("b"));
     for path in [&a, &b] {
         let ts = Tablespace::create(path, &options, &pool).unwrap();
@@ -161,7 +169,15 @@ fn tampered_moved_zeroed_or_foreign_pages_fail_authentication_naming_the_page() 
     let foreign = std::fs::read(&b).unwrap();
 
     let mut cases: Vec<(&str, Vec<u8>, u64)> = Vec::new();
-    for at in [0, 1000, size - 33, size - 32, size - 20, size - 1] {
+    for at in [
+        0,
+        1000,
+        size - reserve - 1,
+        size - reserve,
+        size - reserve + 4,
+        size - 20,
+        size - 1,
+    ] {
         let mut bytes = original.clone();
         bytes[page_at(2) + at] ^= 0x01;
         cases.push(("flipped", bytes, 2));
@@ -181,7 +197,10 @@ fn tampered_moved_zeroed_or_foreign_pages_fail_authentication_naming_the_page() 
         let ts = Tablespace::open(&a, &options, &pool).unwrap();
         let err = ts.read(bad).unwrap_err();
         let text = err.to_string();
-        assert!(matches!(err, Error::Authentication { .. }), "{what}: {err:?}");
+        assert!(
+            matches!(err, Error::Authentication { .. }),
+            "{suite} {what}: {err:?}"
+        );
         assert!(
             text.contains("\"a\"") && text.contains(&format!("page {bad}")),
             "{what}: {text}"

@@ -1,19 +1,23 @@
 //! The AEAD engines behind a suite: aws-lc-rs AES-256-GCM (feature `aws-lc`, the
-//! default), and RustCrypto's `aes-gcm` crate over the `aes` and `sm4` block ciphers
-//! (always built: SM4-GCM uses it, and AES-256-GCM with the `rustcrypto` feature).
+//! default), RustCrypto's `aes-gcm` crate over the `aes` and `sm4` block ciphers (always
+//! built: SM4-GCM uses it, and AES-256-GCM with the `rustcrypto` feature), and the
+//! `aegis` crate's AEGIS-256 (libaegis, which picks AES-NI or ARM code at run time).
 //!
-//! Invariant: every engine computes the standard GCM construction with a 96-bit nonce and
-//! a 128-bit tag, so bytes sealed by one AES engine open with the other.
+//! Invariant: every GCM engine computes the standard GCM construction with a 96-bit nonce
+//! and a 128-bit tag, so bytes sealed by one AES engine open with the other. AEGIS-256
+//! takes a 256-bit nonce and gives a 128-bit tag.
 //! Not here: nonces, formats, seal counting (`cipher`).
 //! Security notes: key schedules are wiped on drop (the `zeroize` features of `aes`,
-//! `sm4` and `aes-gcm`; aws-lc cleanses its context on free). After a failed open the
-//! buffer is zeroed, whatever the engine did with it.
+//! `sm4` and `aes-gcm`; aws-lc cleanses its context on free; the AEGIS key is held in a
+//! `Zeroizing` buffer, though the `aegis` crate copies it onto the stack for each call
+//! and does not wipe that copy). After a failed open the buffer is zeroed, whatever the
+//! engine did with it.
 
 use aes_gcm::aead::consts::U12;
 use aes_gcm::{AeadInOut, Aes256Gcm, AesGcm, KeyInit, Nonce, Tag};
 use sm4::Sm4;
 
-use super::nonce::NONCE_LEN;
+use super::nonce::{MAX_NONCE_LEN, NONCE_LEN};
 use super::{Backend, Suite, TAG_LEN};
 use crate::error::{Error, Result};
 
@@ -24,6 +28,7 @@ pub(crate) enum Engine {
     Sm4(Box<Sm4Gcm>),
     #[cfg(feature = "aws-lc")]
     AwsLc(aws_lc_rs::aead::LessSafeKey),
+    Aegis(zeroize::Zeroizing<[u8; 32]>),
 }
 
 impl Engine {
@@ -39,6 +44,11 @@ impl Engine {
         let bad_len = |_| Error::InvalidArgument(format!("{suite} key has the wrong length"));
         Ok(match (suite, backend) {
             (Suite::Sm4Gcm, _) => Engine::Sm4(Box::new(Sm4Gcm::new_from_slice(key).map_err(bad_len)?)),
+            (Suite::Aegis256, _) => {
+                let mut k = zeroize::Zeroizing::new([0u8; 32]);
+                k.copy_from_slice(key);
+                Engine::Aegis(k)
+            }
             (Suite::Aes256Gcm, Backend::RustCrypto) => {
                 Engine::Aes(Box::new(Aes256Gcm::new_from_slice(key).map_err(bad_len)?))
             }
@@ -53,7 +63,12 @@ impl Engine {
     }
 
     /// Encrypts `buf` in place and returns the tag.
-    pub(crate) fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN]> {
+    pub(crate) fn seal(&self, nonce: &[u8], aad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN]> {
+        if let Engine::Aegis(key) = self {
+            let nonce: &[u8; MAX_NONCE_LEN] = nonce.try_into().map_err(|_| bad_nonce())?;
+            return Ok(aegis::aegis256::Aegis256::<TAG_LEN>::new(key, nonce).encrypt_in_place(buf, aad));
+        }
+        let nonce: &[u8; NONCE_LEN] = nonce.try_into().map_err(|_| bad_nonce())?;
         let too_long = |_| Error::InvalidArgument("message too long for GCM".into());
         let n = Nonce::<U12>::from(*nonce);
         match self {
@@ -75,20 +90,34 @@ impl Engine {
                 out.copy_from_slice(tag.as_ref());
                 Ok(out)
             }
+            Engine::Aegis(_) => Err(bad_nonce()),
         }
     }
 
     /// Decrypts `buf` in place after verifying `tag`. On failure `buf` is zeroed.
-    pub(crate) fn open(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        buf: &mut [u8],
-        tag: &[u8; TAG_LEN],
-    ) -> Result<()> {
+    pub(crate) fn open(&self, nonce: &[u8], aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<()> {
+        let ok = if let Engine::Aegis(key) = self {
+            let nonce: &[u8; MAX_NONCE_LEN] = nonce.try_into().map_err(|_| bad_nonce())?;
+            aegis::aegis256::Aegis256::<TAG_LEN>::new(key, nonce)
+                .decrypt_in_place(buf, tag, aad)
+                .is_ok()
+        } else {
+            self.open_gcm(nonce.try_into().map_err(|_| bad_nonce())?, aad, buf, tag)
+        };
+        if ok {
+            Ok(())
+        } else {
+            buf.fill(0);
+            Err(Error::Authentication {
+                location: "sealed data".into(),
+            })
+        }
+    }
+
+    fn open_gcm(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
         let n = Nonce::<U12>::from(*nonce);
         let t = Tag::<aes_gcm::aead::consts::U16>::from(*tag);
-        let ok = match self {
+        match self {
             Engine::Aes(c) => c.decrypt_inout_detached(&n, aad, buf.into(), &t).is_ok(),
             Engine::Sm4(c) => c.decrypt_inout_detached(&n, aad, buf.into(), &t).is_ok(),
             #[cfg(feature = "aws-lc")]
@@ -102,16 +131,13 @@ impl Engine {
                 )
                 .is_ok()
             }
-        };
-        if ok {
-            Ok(())
-        } else {
-            buf.fill(0);
-            Err(Error::Authentication {
-                location: "sealed data".into(),
-            })
+            Engine::Aegis(_) => false,
         }
     }
+}
+
+fn bad_nonce() -> Error {
+    Error::InvalidArgument("a nonce of the wrong length for the suite".into())
 }
 
 #[cfg(test)]
@@ -130,7 +156,8 @@ mod tests {
     }
 
     /// AES-256-GCM: test cases 14 and 16 of McGrew & Viega, "The Galois/Counter Mode of
-    /// Operation" (the NIST submission). SM4-GCM: RFC 8998, appendix A.1.
+    /// Operation" (the NIST submission). SM4-GCM: RFC 8998, appendix A.1. AEGIS-256: test
+    /// vectors 1 and 3 of draft-irtf-cfrg-aegis-aead (appendix A.3, 128-bit tags).
     const VECTORS: &[Vector] = &[
         Vector {
             suite: Suite::Aes256Gcm,
@@ -163,6 +190,24 @@ mod tests {
                          d82710ca5c22f0ccfa7cbf93d496ac15a56834cbcf98c397b4024a2691233b8d",
             tag: "83de3541e4c2b58177e065a9bf7b62ec",
         },
+        Vector {
+            suite: Suite::Aegis256,
+            key: "1001000000000000000000000000000000000000000000000000000000000000",
+            nonce: "1000020000000000000000000000000000000000000000000000000000000000",
+            aad: "",
+            plaintext: "00000000000000000000000000000000",
+            ciphertext: "754fc3d8c973246dcc6d741412a4b236",
+            tag: "3fe91994768b332ed7f570a19ec5896e",
+        },
+        Vector {
+            suite: Suite::Aegis256,
+            key: "1001000000000000000000000000000000000000000000000000000000000000",
+            nonce: "1000020000000000000000000000000000000000000000000000000000000000",
+            aad: "0001020304050607",
+            plaintext: "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            ciphertext: "f373079ed84b2709faee373584585d60accd191db310ef5d8b11833df9dec711",
+            tag: "8d86f91ee606e9ff26a01b64ccbdd91d",
+        },
     ];
 
     fn backends() -> Vec<Backend> {
@@ -178,7 +223,8 @@ mod tests {
         for backend in backends() {
             for v in VECTORS {
                 let engine = Engine::new(v.suite, backend, &decode(v.key).unwrap()).unwrap();
-                let nonce: [u8; NONCE_LEN] = decode(v.nonce).unwrap().try_into().unwrap();
+                let nonce = decode(v.nonce).unwrap();
+                assert_eq!(nonce.len(), v.suite.nonce_len());
                 let aad = decode(v.aad).unwrap();
                 let mut buf = decode(v.plaintext).unwrap();
                 let tag = engine.seal(&nonce, &aad, &mut buf).unwrap();
@@ -192,10 +238,13 @@ mod tests {
 
     #[test]
     fn failed_open_zeroes_the_buffer() {
-        for backend in backends() {
-            let v = &VECTORS[1];
+        for (backend, v) in backends()
+            .into_iter()
+            .map(|b| (b, &VECTORS[1]))
+            .chain([(Backend::default(), &VECTORS[4])])
+        {
             let engine = Engine::new(v.suite, backend, &decode(v.key).unwrap()).unwrap();
-            let nonce: [u8; NONCE_LEN] = decode(v.nonce).unwrap().try_into().unwrap();
+            let nonce = decode(v.nonce).unwrap();
             let mut buf = decode(v.ciphertext).unwrap();
             let mut tag: [u8; TAG_LEN] = decode(v.tag).unwrap().try_into().unwrap();
             tag[0] ^= 1;
@@ -212,5 +261,20 @@ mod tests {
     fn wrong_key_length_is_an_error() {
         assert!(Engine::new(Suite::Aes256Gcm, Backend::RustCrypto, &[0u8; 16]).is_err());
         assert!(Engine::new(Suite::Sm4Gcm, Backend::RustCrypto, &[0u8; 32]).is_err());
+        assert!(Engine::new(Suite::Aegis256, Backend::RustCrypto, &[0u8; 16]).is_err());
+    }
+
+    #[test]
+    fn a_nonce_of_another_suites_length_is_refused() {
+        let gcm = Engine::new(Suite::Aes256Gcm, Backend::default(), &[1u8; 32]).unwrap();
+        let aegis = Engine::new(Suite::Aegis256, Backend::default(), &[1u8; 32]).unwrap();
+        let mut buf = [0u8; 8];
+        assert!(gcm.seal(&[0u8; MAX_NONCE_LEN], b"ad", &mut buf).is_err());
+        assert!(aegis.seal(&[0u8; NONCE_LEN], b"ad", &mut buf).is_err());
+        assert!(
+            aegis
+                .open(&[0u8; NONCE_LEN], b"ad", &mut buf, &[0u8; TAG_LEN])
+                .is_err()
+        );
     }
 }

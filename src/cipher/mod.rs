@@ -20,7 +20,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use engine::Engine;
-pub use nonce::NONCE_LEN;
+pub use nonce::{MAX_NONCE_LEN, NONCE_LEN, Nonce};
 pub use sealed::{FORMAT_VERSION, HEADER_LEN, OVERHEAD, Sealed};
 pub use stream::{FileStream, STREAM_IV_LEN};
 
@@ -43,17 +43,23 @@ pub enum Suite {
     /// SM4 in Galois/Counter Mode (GB/T 32907 block cipher, for SCA compliance). About
     /// 30 times slower than AES-256-GCM in software.
     Sm4Gcm,
+    /// AEGIS-256 (RFC draft-irtf-cfrg-aegis-aead), through the `aegis` crate: 256-bit keys
+    /// and 256-bit random nonces, so a key has no practical seal limit, and faster than
+    /// AES-256-GCM on CPUs with AES instructions. Not a FIPS or SCA algorithm.
+    #[serde(rename = "aegis-256")]
+    Aegis256,
 }
 
 impl Suite {
     /// Every suite, in id order.
-    pub const ALL: [Suite; 2] = [Suite::Aes256Gcm, Suite::Sm4Gcm];
+    pub const ALL: [Suite; 3] = [Suite::Aes256Gcm, Suite::Sm4Gcm, Suite::Aegis256];
 
     /// The id stored on disk.
     pub const fn id(self) -> u8 {
         match self {
             Suite::Aes256Gcm => 1,
             Suite::Sm4Gcm => 2,
+            Suite::Aegis256 => 3,
         }
     }
 
@@ -74,9 +80,32 @@ impl Suite {
     /// Key length in bytes.
     pub const fn key_len(self) -> usize {
         match self {
-            Suite::Aes256Gcm => 32,
+            Suite::Aes256Gcm | Suite::Aegis256 => 32,
             Suite::Sm4Gcm => 16,
         }
+    }
+
+    /// Nonce length in bytes: 12 for the GCM suites, 32 for AEGIS-256.
+    pub const fn nonce_len(self) -> usize {
+        match self {
+            Suite::Aes256Gcm | Suite::Sm4Gcm => NONCE_LEN,
+            Suite::Aegis256 => MAX_NONCE_LEN,
+        }
+    }
+
+    /// Seals one key may perform with random nonces: 2^32 for the GCM suites (the NIST
+    /// SP 800-38D bound for 96-bit random nonces); no practical limit for AEGIS-256, whose
+    /// 256-bit random nonces do not collide.
+    pub const fn seal_limit(self) -> u64 {
+        match self {
+            Suite::Aes256Gcm | Suite::Sm4Gcm => RANDOM_NONCE_LIMIT,
+            Suite::Aegis256 => u64::MAX,
+        }
+    }
+
+    /// Bytes a sealed value of this suite adds to its plaintext (see [`Sealed`]).
+    pub const fn overhead(self) -> usize {
+        sealed::BOUND_LEN + self.nonce_len() + TAG_LEN
     }
 
     /// The name used in options and on the command line.
@@ -84,6 +113,7 @@ impl Suite {
         match self {
             Suite::Aes256Gcm => "aes-256-gcm",
             Suite::Sm4Gcm => "sm4-gcm",
+            Suite::Aegis256 => "aegis-256",
         }
     }
 }
@@ -101,7 +131,9 @@ impl FromStr for Suite {
             .into_iter()
             .find(|suite| suite.name().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
-                Error::InvalidArgument(format!("unknown cipher {s:?}; expected aes-256-gcm or sm4-gcm"))
+                Error::InvalidArgument(format!(
+                    "unknown cipher {s:?}; expected aes-256-gcm, sm4-gcm or aegis-256"
+                ))
             })
     }
 }
@@ -149,8 +181,8 @@ pub enum KeyUsage {
 /// ciphertext (e.g. a page reserve).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Detached {
-    /// The nonce used.
-    pub nonce: [u8; NONCE_LEN],
+    /// The nonce used ([`Suite::nonce_len`] bytes).
+    pub nonce: Nonce,
     /// The authentication tag.
     pub tag: [u8; TAG_LEN],
 }
@@ -188,7 +220,7 @@ impl AeadKey {
             version,
             engine: Engine::new(suite, backend, key.expose())?,
             seals: AtomicU64::new(0),
-            limit: RANDOM_NONCE_LIMIT,
+            limit: suite.seal_limit(),
         })
     }
 
@@ -200,10 +232,10 @@ impl AeadKey {
         self
     }
 
-    /// Lowers the seal limit below [`RANDOM_NONCE_LIMIT`] (never raises it).
+    /// Lowers the seal limit below the suite's ([`Suite::seal_limit`]; never raises it).
     #[must_use]
     pub fn with_seal_limit(mut self, limit: u64) -> AeadKey {
-        self.limit = limit.min(RANDOM_NONCE_LIMIT);
+        self.limit = limit.min(self.suite.seal_limit());
         self
     }
 
@@ -257,7 +289,7 @@ impl AeadKey {
     /// [`Error::InvalidArgument`] for empty `aad`; [`Error::KeyExhausted`] past the seal
     /// limit; [`Error::Random`] if the OS generator fails.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
+        let mut out = Vec::with_capacity(plaintext.len() + self.suite.overhead());
         self.seal_into(aad, plaintext, &mut out)?;
         Ok(out)
     }
@@ -269,14 +301,16 @@ impl AeadKey {
     pub fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
         require_aad(aad)?;
         self.count_seal()?;
-        let nonce = nonce::fresh()?;
+        let nonce = nonce::fresh(self.suite.nonce_len())?;
         let start = out.len();
-        out.reserve(plaintext.len() + OVERHEAD);
-        let header = sealed::header(self.suite, self.version, &nonce);
-        out.extend_from_slice(&header);
+        out.reserve(plaintext.len() + self.suite.overhead());
+        let (header, header_len) = sealed::header(self.suite, self.version, &nonce);
+        let header = &header[..header_len];
+        out.extend_from_slice(header);
         out.extend_from_slice(plaintext);
-        let result = sealed::with_full_aad(&header, aad, |full| {
-            self.engine.seal(&nonce, full, &mut out[start + HEADER_LEN..])
+        let result = sealed::with_full_aad(header, aad, |full| {
+            self.engine
+                .seal(nonce.as_slice(), full, &mut out[start + header_len..])
         });
         match result {
             Ok(tag) => {
@@ -297,7 +331,7 @@ impl AeadKey {
     /// [`Error::Authentication`] if it was modified, moved, or sealed under another key,
     /// key version or associated data.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(sealed.len().saturating_sub(OVERHEAD));
+        let mut out = Vec::with_capacity(sealed.len().saturating_sub(self.suite.overhead()));
         self.open_into(aad, sealed, &mut out)?;
         Ok(out)
     }
@@ -337,8 +371,8 @@ impl AeadKey {
     pub fn seal_detached(&self, aad: &[u8], buf: &mut [u8]) -> Result<Detached> {
         require_aad(aad)?;
         self.count_seal()?;
-        let nonce = nonce::fresh()?;
-        let tag = self.engine.seal(&nonce, aad, buf)?;
+        let nonce = nonce::fresh(self.suite.nonce_len())?;
+        let tag = self.engine.seal(nonce.as_slice(), aad, buf)?;
         Ok(Detached { nonce, tag })
     }
 
@@ -348,7 +382,8 @@ impl AeadKey {
     /// [`Error::Authentication`] if anything does not match.
     pub fn open_detached(&self, aad: &[u8], detached: &Detached, buf: &mut [u8]) -> Result<()> {
         require_aad(aad)?;
-        self.engine.open(&detached.nonce, aad, buf, &detached.tag)
+        self.engine
+            .open(detached.nonce.as_slice(), aad, buf, &detached.tag)
     }
 }
 

@@ -62,11 +62,12 @@ impl FileStream {
         let bad = |_| Error::InvalidArgument(format!("{suite} file key has the wrong length"));
         let engine = match (suite, backend) {
             (Suite::Sm4Gcm, _) => Engine::Sm4(Box::new(Sm4::new_from_slice(key.expose()).map_err(bad)?)),
-            (Suite::Aes256Gcm, Backend::RustCrypto) => {
+            // AEGIS-256 tables' files are streamed with AES-256-CTR.
+            (Suite::Aes256Gcm | Suite::Aegis256, Backend::RustCrypto) => {
                 Engine::Aes(Box::new(Aes256Enc::new_from_slice(key.expose()).map_err(bad)?))
             }
             #[cfg(feature = "aws-lc")]
-            (Suite::Aes256Gcm, Backend::AwsLc) => {
+            (Suite::Aes256Gcm | Suite::Aegis256, Backend::AwsLc) => {
                 use aws_lc_rs::cipher::{AES_256, EncryptingKey, UnboundCipherKey};
                 let rejected = |_| Error::InvalidArgument("AES-256 key rejected by aws-lc".into());
                 let unbound = UnboundCipherKey::new(&AES_256, key.expose()).map_err(rejected)?;

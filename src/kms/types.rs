@@ -104,7 +104,7 @@ impl DataKeySpec {
 impl From<crate::cipher::Suite> for DataKeySpec {
     fn from(suite: crate::cipher::Suite) -> DataKeySpec {
         match suite {
-            crate::cipher::Suite::Aes256Gcm => DataKeySpec::Aes256,
+            crate::cipher::Suite::Aes256Gcm | crate::cipher::Suite::Aegis256 => DataKeySpec::Aes256,
             crate::cipher::Suite::Sm4Gcm => DataKeySpec::Sm4,
         }
     }

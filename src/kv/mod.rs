@@ -100,7 +100,7 @@ impl StoreOptions {
             block_cache_bytes: None,
             compression: true,
             sync_writes: false,
-            seal_limit: crate::cipher::RANDOM_NONCE_LIMIT,
+            seal_limit: u64::MAX,
             audit: None,
             raw: None,
         }
@@ -171,13 +171,14 @@ impl StoreOptions {
         self
     }
 
-    /// Lowers the number of values one data key version may seal (default and maximum:
-    /// 2^32, the bound for random 96-bit GCM nonces). Automatic rotation
+    /// Lowers the number of values one data key version may seal below its suite's limit
+    /// ([`crate::cipher::Suite::seal_limit`]: 2^32 for the GCM suites, the bound for random
+    /// 96-bit nonces; none for AEGIS-256), which is the default. Automatic rotation
     /// ([`Store::maintain_keys`]) rotates a version at 3/4 of it; at the limit, writes to
     /// the table fail with [`Error::KeyExhausted`] until the key is rotated.
     #[must_use]
     pub fn seal_limit(mut self, limit: u64) -> StoreOptions {
-        self.seal_limit = limit.clamp(1, crate::cipher::RANDOM_NONCE_LIMIT);
+        self.seal_limit = limit.max(1);
         self
     }
 

@@ -26,7 +26,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cipher::{AeadKey, Detached, NONCE_LEN, TAG_LEN};
+use crate::cipher::{AeadKey, Detached, NONCE_LEN, Nonce, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::keyring::Envelope;
 
@@ -110,7 +110,7 @@ impl Header {
         let mac_at = META_AT + meta.len();
         page[META_AT..mac_at].copy_from_slice(&meta);
         let mac = mac_key.seal_detached(&mac_aad(&page[..mac_at]), &mut [])?;
-        page[mac_at..mac_at + NONCE_LEN].copy_from_slice(&mac.nonce);
+        page[mac_at..mac_at + NONCE_LEN].copy_from_slice(mac.nonce.as_slice());
         page[mac_at + NONCE_LEN..mac_at + NONCE_LEN + TAG_LEN].copy_from_slice(&mac.tag);
         let sum_at = mac_at + NONCE_LEN + TAG_LEN;
         let sum = Sha256::digest(&page[..sum_at]);
@@ -173,10 +173,9 @@ impl Header {
         word.copy_from_slice(&page[META_LEN_AT..META_AT]);
         let mac_at = META_AT + u32::from_le_bytes(word) as usize;
         let mut mac = Detached {
-            nonce: [0; NONCE_LEN],
+            nonce: Nonce::from_slice(&page[mac_at..mac_at + NONCE_LEN])?,
             tag: [0; TAG_LEN],
         };
-        mac.nonce.copy_from_slice(&page[mac_at..mac_at + NONCE_LEN]);
         mac.tag
             .copy_from_slice(&page[mac_at + NONCE_LEN..mac_at + NONCE_LEN + TAG_LEN]);
         mac_key.open_detached(&mac_aad(&page[..mac_at]), &mac, &mut [])

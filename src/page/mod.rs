@@ -19,7 +19,8 @@
 //! tablespace is poisoned: it refuses writes until reopened.
 //!
 //! Page numbers: the engine sees pages `0..page_count()` of [`Tablespace::page_size`]
-//! bytes (physical size minus [`RESERVE`]); engine page `n` is physical page `n + 1`.
+//! bytes (physical size minus the suite's [`reserve`]); engine page `n` is physical page
+//! `n + 1`.
 //! Pages never written read as zeros. Pages past the file's recorded page count read as
 //! zeros; inside it, every page must authenticate (a zeroed or truncated page is an error).
 //!
@@ -63,8 +64,8 @@ use std::sync::{Arc, Weak};
 use parking_lot::{Mutex, RwLock};
 use zeroize::Zeroize;
 
-pub use codec::RESERVE;
 use codec::Sealing;
+pub use codec::{RESERVE, reserve};
 pub use header::{FORMAT_VERSION, MAGIC, PageSize};
 use header::{Header, Meta};
 pub use io::{FileIo, PageFile, PageIo, journal_path};
@@ -126,19 +127,20 @@ impl TablespaceOptions {
             retry: RetryPolicy::default(),
             checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
             encrypted: true,
-            seal_limit: crate::cipher::RANDOM_NONCE_LIMIT,
+            seal_limit: u64::MAX,
             audit: None,
         }
     }
 
-    /// Lowers the number of pages one data key version may seal (default and maximum:
-    /// 2^32, the bound for random 96-bit GCM nonces). The count is kept in the header
+    /// Lowers the number of pages one data key version may seal below its suite's limit
+    /// ([`crate::cipher::Suite::seal_limit`]: 2^32 for the GCM suites, the bound for random
+    /// 96-bit nonces; none for AEGIS-256), which is the default. The count is kept in the header
     /// across opens; automatic rotation ([`Tablespace::maintain_keys`]) rotates a version
     /// at 3/4 of it, and at the limit writes fail with [`Error::KeyExhausted`] until the
     /// key is rotated.
     #[must_use]
     pub fn seal_limit(mut self, limit: u64) -> TablespaceOptions {
-        self.seal_limit = limit.clamp(1, crate::cipher::RANDOM_NONCE_LIMIT);
+        self.seal_limit = limit.max(1);
         self
     }
 
@@ -171,7 +173,7 @@ impl TablespaceOptions {
     }
 
     /// Physical page size. Default: 16 KiB. Only used when creating; the engine sees this
-    /// minus [`RESERVE`] bytes.
+    /// minus the suite's [`reserve`] (32 bytes for the GCM suites, 52 for AEGIS-256).
     #[must_use]
     pub fn page_size(mut self, size: PageSize) -> TablespaceOptions {
         self.page_size = size;
@@ -375,7 +377,13 @@ fn page_key(suite: Suite, dk: &DataKey, id: &[u8; 16], version: u32) -> Result<A
     derived(suite, dk, id, b"tde page key\0", version)
 }
 
+/// The header's MAC is a GMAC, so its suite is a GCM suite: the tablespace's, or
+/// AES-256-GCM for an AEGIS-256 tablespace (the header keeps a 12-byte nonce).
 fn header_key(suite: Suite, dk: &DataKey, id: &[u8; 16], version: u32) -> Result<AeadKey> {
+    let suite = match suite {
+        Suite::Aegis256 => Suite::Aes256Gcm,
+        gcm => gcm,
+    };
     derived(suite, dk, id, b"tde tablespace header key\0", version)
 }
 
@@ -390,7 +398,12 @@ fn info_of(
         name: meta.name.clone(),
         id: crate::hex::encode(&header.id),
         physical_page_size: physical,
-        page_size: physical - RESERVE,
+        page_size: physical
+            - if meta.encrypted {
+                codec::reserve(meta.envelope.suite)
+            } else {
+                RESERVE
+            },
         page_count,
         master_key: meta.envelope.cmk.clone(),
         suite: meta.envelope.suite,
@@ -681,11 +694,13 @@ impl Tablespace {
             Sealing::Aead {
                 keys: page_keys,
                 current,
+                reserve: codec::reserve(suite),
             }
         } else {
             Sealing::Off
         };
         let physical = header.page_size as usize;
+        let reserve = sealing.reserve();
         let disk_pages = header.page_count.max(1);
         let location = PathBuf::from(io.describe(PageFile::Data));
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
@@ -697,7 +712,7 @@ impl Tablespace {
                 id: header.id,
                 name: header.meta.name.clone(),
                 physical,
-                logical: physical - RESERVE,
+                logical: physical - reserve,
                 encrypted: matches!(sealing, Sealing::Aead { .. }),
                 sealing: RwLock::new(sealing),
                 header_key: RwLock::new(Arc::new(header_key)),
@@ -819,7 +834,8 @@ impl Tablespace {
         &self.inner.location
     }
 
-    /// Bytes of each page the engine sees (the physical page size minus [`RESERVE`]).
+    /// Bytes of each page the engine sees (the physical page size minus the suite's
+    /// [`reserve`]).
     pub fn page_size(&self) -> usize {
         self.inner.logical
     }

@@ -80,7 +80,7 @@ impl Tablespace {
         let mut pages = 0u64;
         for physical in 1..=total {
             inner.read_raw(physical, &mut raw)?;
-            if versions.contains(&stored_version(&raw)) {
+            if versions.contains(&stored_version(&raw, inner.physical - inner.logical)) {
                 pages += 1;
             }
         }
@@ -139,7 +139,7 @@ impl Tablespace {
         for physical in 1..=total {
             control.check()?;
             inner.read_raw(physical, &mut raw)?;
-            if stored_version(&raw) != current {
+            if stored_version(&raw, inner.physical - inner.logical) != current {
                 drop(self.write(physical - 1)?);
                 report.resealed_values += 1;
                 batch += 1;
@@ -164,7 +164,7 @@ impl Tablespace {
         self.checkpoint()?;
         for physical in 1..=total {
             inner.read_raw(physical, &mut raw)?;
-            let version = stored_version(&raw);
+            let version = stored_version(&raw, inner.physical - inner.logical);
             if version != current {
                 return Err(Error::Corrupt {
                     what: "tablespace",

@@ -46,6 +46,9 @@ pub(crate) struct KvArgs {
     /// Measure tde tables without value sealing (file encryption only).
     #[arg(long)]
     no_value_seal: bool,
+    /// The tde table's cipher: aes-256-gcm, sm4-gcm or aegis-256.
+    #[arg(long, default_value = "aes-256-gcm")]
+    cipher: tde::cipher::Suite,
 }
 
 const VALUE_LEN: usize = 100;
@@ -171,7 +174,13 @@ fn open_plain(dir: &Path, cache: Option<usize>) -> CliResult<Db> {
     Ok(Db::Plain(Plain::open(&opts, dir)?))
 }
 
-fn open_tde(dir: &Path, kms: &Arc<LocalKms>, cache: Option<usize>, value_seal: bool) -> CliResult<Db> {
+fn open_tde(
+    dir: &Path,
+    kms: &Arc<LocalKms>,
+    cache: Option<usize>,
+    value_seal: bool,
+    suite: tde::cipher::Suite,
+) -> CliResult<Db> {
     let options = StoreOptions::new(kms.clone()).block_cache_bytes(cache);
     let store = if dir.exists() {
         Store::open(dir, options)?
@@ -180,9 +189,12 @@ fn open_tde(dir: &Path, kms: &Arc<LocalKms>, cache: Option<usize>, value_seal: b
         store.create_table(
             "bench",
             &(if value_seal {
-                TableOptions::default()
+                TableOptions::default().suite(suite)
             } else {
-                TableOptions::default().dangerous().without_value_sealing()
+                TableOptions::default()
+                    .suite(suite)
+                    .dangerous()
+                    .without_value_sealing()
             }),
         )?;
         store
@@ -272,6 +284,7 @@ fn round(
     keys: u64,
     plain_first: bool,
     value_seal: bool,
+    suite: tde::cipher::Suite,
 ) -> CliResult<Round> {
     let dirs = [root.join("plain"), root.join("tde")];
     for d in &dirs {
@@ -282,7 +295,7 @@ fn round(
         if which == 0 {
             open_plain(&dirs[0], cache)
         } else {
-            open_tde(&dirs[1], kms, cache, value_seal)
+            open_tde(&dirs[1], kms, cache, value_seal, suite)
         }
     };
     let mut results = [[0.0; 2]; 4];
@@ -389,13 +402,21 @@ pub(crate) fn run(cmd: BenchCommand) -> CliResult {
     let sealing = if args.no_value_seal { "off" } else { "on" };
     let features = compiled_features();
     eprintln!(
-        "tde bench kv: {keys} keys, {VALUE_LEN}-byte values, {rounds} rounds, AES-256 ({backend}, compiled for {features}), value sealing {sealing}"
+        "tde bench kv: {keys} keys, {VALUE_LEN}-byte values, {rounds} rounds, {} ({backend}, compiled for {features}), value sealing {sealing}",
+        args.cipher
     );
 
-    let speeds = crate::bench_primitive::measure_all(&[4096, 16384]);
+    let speeds = crate::bench_primitive::measure_all(&[4096, 16384], args.cipher);
     let mut per_round: Vec<Round> = Vec::new();
     for r in 0..rounds {
-        let out = round(tmp.path(), &kms, keys, r % 2 == 0, !args.no_value_seal)?;
+        let out = round(
+            tmp.path(),
+            &kms,
+            keys,
+            r % 2 == 0,
+            !args.no_value_seal,
+            args.cipher,
+        )?;
         eprintln!("  round {}: {}", r + 1, round_line(&WORKLOADS, &out.results));
         per_round.push(out);
     }
@@ -431,10 +452,11 @@ pub(crate) fn run(cmd: BenchCommand) -> CliResult {
                 "backend": backend,
                 "compiled_features": features,
                 "value_seal": !args.no_value_seal,
+                "cipher": args.cipher.name(),
                 "workloads": workloads,
                 "ratios": ratios,
                 "limits": limits,
-                "primitive": crate::bench_primitive::json(&speeds),
+                "primitive": crate::bench_primitive::json(&speeds, args.cipher),
                 "size_ratio": (size_ratio * 1000.0).round() / 1000.0,
             })
         );

@@ -30,6 +30,9 @@ pub(crate) struct PageArgs {
     /// Rounds (default 5; 3 with --quick).
     #[arg(long)]
     rounds: Option<usize>,
+    /// The encrypted tablespace's cipher: aes-256-gcm, sm4-gcm or aegis-256.
+    #[arg(long, default_value = "aes-256-gcm")]
+    cipher: tde::cipher::Suite,
 }
 
 const WORKLOADS: [&str; 4] = ["read_in_pool", "read_out_of_pool", "write_sync", "scan"];
@@ -41,8 +44,13 @@ struct Sizes {
     writes: u64,
 }
 
-fn options(kms: &Arc<LocalKms>, size: PageSize, encrypted: bool) -> TablespaceOptions {
-    let options = TablespaceOptions::new(kms.clone()).page_size(size);
+fn options(
+    kms: &Arc<LocalKms>,
+    size: PageSize,
+    encrypted: bool,
+    suite: tde::cipher::Suite,
+) -> TablespaceOptions {
+    let options = TablespaceOptions::new(kms.clone()).page_size(size).suite(suite);
     if encrypted {
         options
     } else {
@@ -77,9 +85,10 @@ fn round(
     size: PageSize,
     s: &Sizes,
     plain_first: bool,
+    suite: tde::cipher::Suite,
 ) -> CliResult<[[f64; 2]; 4]> {
     let paths = [root.join("plain.tdb"), root.join("tde.tdb")];
-    let opts = [options(kms, size, false), options(kms, size, true)];
+    let opts = [options(kms, size, false, suite), options(kms, size, true, suite)];
     for (path, o) in paths.iter().zip(&opts) {
         tde::page::Tablespace::remove(path)?;
         fill(path, o, s.pages)?;
@@ -153,14 +162,15 @@ pub(crate) fn run(args: &PageArgs) -> CliResult {
     let kms = Arc::new(LocalKms::create(tmp.path().join("kms"))?);
     let backend = crate::bench::backend();
     eprintln!(
-        "tde bench page: {mib} MiB in {pages} pages of {} KiB, {rounds} rounds, AES-256-GCM ({backend}), data under {}",
+        "tde bench page: {mib} MiB in {pages} pages of {} KiB, {rounds} rounds, {} ({backend}), data under {}",
         size.bytes() >> 10,
+        args.cipher,
         tmp.path().display()
     );
-    let speeds = crate::bench_primitive::measure_all(&[size.bytes()]);
+    let speeds = crate::bench_primitive::measure_all(&[size.bytes()], args.cipher);
     let mut per_round = Vec::new();
     for r in 0..rounds {
-        let out = round(tmp.path(), &kms, size, &s, r % 2 == 0)?;
+        let out = round(tmp.path(), &kms, size, &s, r % 2 == 0, args.cipher)?;
         eprintln!("  round {}: {}", r + 1, round_line(&WORKLOADS, &out));
         per_round.push(out);
     }
@@ -193,10 +203,11 @@ pub(crate) fn run(args: &PageArgs) -> CliResult {
                 "page_bytes": size.bytes(),
                 "rounds": rounds,
                 "backend": backend,
+                "cipher": args.cipher.name(),
                 "workloads": workloads,
                 "ratios": ratios,
                 "limits": limits,
-                "primitive": crate::bench_primitive::json(&speeds),
+                "primitive": crate::bench_primitive::json(&speeds, args.cipher),
             })
         );
     }

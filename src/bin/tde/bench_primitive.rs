@@ -1,5 +1,6 @@
-//! The bare primitive beside tde, measured in the same run as a bench: AES-256-GCM
-//! sealing and opening with this build's backend called directly (no tde code), and a
+//! The bare primitive beside tde, measured in the same run as a bench: the suite's AEAD
+//! sealing and opening, called directly (no tde code: AES-256-GCM with this build's
+//! backend, SM4-GCM with `aes-gcm` over `sm4`, AEGIS-256 with the `aegis` crate), and a
 //! memory copy of the same size. From them, each workload's limit: the ratio a store
 //! would reach if the only cost it added to the plain system were the AEAD work the
 //! workload cannot avoid (its bytes sealed and opened once, at the primitive's speed).
@@ -7,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tde::cipher::Suite;
 
 /// Speeds at one message size, in bytes per second.
 #[derive(Debug, Clone, Copy)]
@@ -89,9 +91,63 @@ fn gcm(bytes: usize) -> (f64, f64) {
     (seal, pair)
 }
 
+/// SM4-GCM, measured as [`gcm`] measures AES-256-GCM.
+fn sm4(bytes: usize) -> (f64, f64) {
+    use aes_gcm::aead::consts::U12;
+    use aes_gcm::{AeadInOut, AesGcm, KeyInit, Nonce};
+    let key = AesGcm::<sm4::Sm4, U12>::new_from_slice(&[7u8; 16]).unwrap_or_else(|_| unreachable!());
+    let nonce = Nonce::<U12>::from([9u8; 12]);
+    let mut buf = vec![0x5au8; bytes];
+    let seal = rate(|| {
+        let tag = key.encrypt_inout_detached(&nonce, b"aad", buf.as_mut_slice().into());
+        std::hint::black_box(tag.is_ok());
+    });
+    let mut sealed = vec![0x5au8; bytes];
+    let tag = key
+        .encrypt_inout_detached(&nonce, b"aad", sealed.as_mut_slice().into())
+        .unwrap_or_else(|_| unreachable!());
+    let pair = rate(|| {
+        buf.copy_from_slice(&sealed);
+        let opened = key.decrypt_inout_detached(&nonce, b"aad", buf.as_mut_slice().into(), &tag);
+        assert!(opened.is_ok(), "the primitive failed to open what it sealed");
+    });
+    (seal, pair)
+}
+
+/// AEGIS-256, measured as [`gcm`] measures AES-256-GCM.
+fn aegis256(bytes: usize) -> (f64, f64) {
+    use aegis::aegis256::Aegis256;
+    let (key, nonce) = ([7u8; 32], [9u8; 32]);
+    let mut buf = vec![0x5au8; bytes];
+    let seal = rate(|| {
+        std::hint::black_box(Aegis256::<16>::new(&key, &nonce).encrypt_in_place(&mut buf, b"aad"));
+    });
+    let mut sealed = vec![0x5au8; bytes];
+    let tag = Aegis256::<16>::new(&key, &nonce).encrypt_in_place(&mut sealed, b"aad");
+    let pair = rate(|| {
+        buf.copy_from_slice(&sealed);
+        let opened = Aegis256::<16>::new(&key, &nonce).decrypt_in_place(&mut buf, &tag, b"aad");
+        assert!(opened.is_ok(), "the primitive failed to open what it sealed");
+    });
+    (seal, pair)
+}
+
+/// The name of the primitive measured for `suite`.
+pub(crate) fn name(suite: Suite) -> String {
+    match suite {
+        Suite::Aes256Gcm => format!("AES-256-GCM ({})", crate::bench::backend()),
+        Suite::Sm4Gcm => "SM4-GCM (aes-gcm)".into(),
+        _ => "AEGIS-256 (aegis)".into(),
+    }
+}
+
 /// The primitive's and a memory copy's speed at `bytes` per call.
-pub(crate) fn measure(bytes: usize) -> Speed {
-    let (seal, copy_and_open) = gcm(bytes);
+pub(crate) fn measure(bytes: usize, suite: Suite) -> Speed {
+    let (seal, copy_and_open) = match suite {
+        Suite::Aes256Gcm => gcm(bytes),
+        Suite::Sm4Gcm => sm4(bytes),
+        _ => aegis256(bytes),
+    };
     let src = vec![0xa5u8; bytes];
     let mut dst = vec![0u8; bytes];
     let copy = rate(|| {
@@ -110,12 +166,12 @@ pub(crate) fn measure(bytes: usize) -> Speed {
 }
 
 /// The speeds at each of `sizes`, printed on one line each.
-pub(crate) fn measure_all(sizes: &[usize]) -> Vec<Speed> {
-    let speeds: Vec<Speed> = sizes.iter().map(|&b| measure(b)).collect();
+pub(crate) fn measure_all(sizes: &[usize], suite: Suite) -> Vec<Speed> {
+    let speeds: Vec<Speed> = sizes.iter().map(|&b| measure(b, suite)).collect();
     for s in &speeds {
         println!(
-            "bare AES-256-GCM ({}), {:>5} B: seal {:.2} GB/s, open {:.2} GB/s; memory copy {:.2} GB/s",
-            crate::bench::backend(),
+            "bare {}, {:>5} B: seal {:.2} GB/s, open {:.2} GB/s; memory copy {:.2} GB/s",
+            name(suite),
             s.bytes,
             s.seal / 1e9,
             s.open / 1e9,
@@ -125,10 +181,11 @@ pub(crate) fn measure_all(sizes: &[usize]) -> Vec<Speed> {
     speeds
 }
 
-/// The JSON `primitive` object: per size, GB/s.
-pub(crate) fn json(speeds: &[Speed]) -> serde_json::Value {
+/// The JSON `primitive` object: what was measured, and per size, GB/s.
+pub(crate) fn json(speeds: &[Speed], suite: Suite) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     out.insert("backend".into(), json!(crate::bench::backend()));
+    out.insert("primitive".into(), json!(name(suite)));
     for s in speeds {
         out.insert(
             s.bytes.to_string(),
@@ -193,7 +250,9 @@ mod tests {
 
     #[test]
     fn the_primitive_is_measured() {
-        let s = measure(4096);
+        let s = measure(4096, Suite::Aes256Gcm);
+        assert!(s.seal > 0.0 && s.open > 0.0 && s.copy > 0.0);
+        let s = measure(4096, Suite::Aegis256);
         assert!(s.seal > 0.0 && s.open > 0.0 && s.copy > 0.0);
     }
 }

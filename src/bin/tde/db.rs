@@ -38,7 +38,7 @@ pub(crate) enum TableCommand {
         /// Master key for this table (default: the store's default key).
         #[arg(long, value_name = "KEY")]
         key: Option<String>,
-        /// Cipher: aes-256-gcm or sm4-gcm.
+        /// Cipher: aes-256-gcm, sm4-gcm or aegis-256.
         #[arg(long, value_name = "CIPHER")]
         cipher: Option<Suite>,
         /// Do not seal values with AEAD (file encryption only: keeps compression

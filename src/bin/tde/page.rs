@@ -19,7 +19,7 @@ pub(crate) enum PageCommand {
         /// Master key (default: the service key alias/acs/tde).
         #[arg(long, value_name = "KEY")]
         key: Option<String>,
-        /// Cipher: aes-256-gcm or sm4-gcm.
+        /// Cipher: aes-256-gcm, sm4-gcm or aegis-256.
         #[arg(long, value_name = "CIPHER", default_value = "aes-256-gcm")]
         cipher: Suite,
         /// Physical page size: 4k, 8k, 16k, 32k or 64k.
