@@ -78,20 +78,8 @@ fn bench_page_prints_ratios_as_json() {
             .as_f64()
             .unwrap_or_else(|| panic!("no ratio for {w}: {last}"));
         assert!(r > 0.0, "{w}: {r}");
-        // The limit the bare primitive sets, from the same run: the keys of `ratios`.
-        let limit = json["limits"][w]
-            .as_f64()
-            .unwrap_or_else(|| panic!("no limit for {w}: {last}"));
-        assert!(limit > 0.0 && limit <= 1.0, "{w}: {limit}");
     }
-    let primitive = json["primitive"].as_object().expect("primitive");
-    let sizes: Vec<&serde_json::Value> = primitive.values().filter(|v| v.is_object()).collect();
-    assert!(!sizes.is_empty(), "{last}");
-    for s in sizes {
-        for f in ["seal_gb_per_sec", "open_gb_per_sec", "copy_gb_per_sec"] {
-            assert!(s[f].as_f64().unwrap() > 0.0, "{f}: {last}");
-        }
-    }
+    common::assert_limits_and_primitive(&json, last);
 }
 
 #[test]

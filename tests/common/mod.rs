@@ -324,3 +324,23 @@ pub fn rewrite_replicated(bytes: &[u8], change: impl FnOnce(&mut serde_json::Val
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Checks a `tde bench kv|page --json` object: a limit in (0, 1] for every ratio, and the
+/// bare primitive's speeds (seal, open, memory copy) measured in the same run.
+pub fn assert_limits_and_primitive(json: &serde_json::Value, text: &str) {
+    let ratios = json["ratios"].as_object().expect("ratios");
+    for w in ratios.keys() {
+        let limit = json["limits"][w]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no limit for {w}: {text}"));
+        assert!(limit > 0.0 && limit <= 1.0, "{w}: {limit}");
+    }
+    let primitive = json["primitive"].as_object().expect("primitive");
+    let sizes: Vec<&serde_json::Value> = primitive.values().filter(|v| v.is_object()).collect();
+    assert!(!sizes.is_empty(), "{text}");
+    for s in sizes {
+        for f in ["seal_gb_per_sec", "open_gb_per_sec", "copy_gb_per_sec"] {
+            assert!(s[f].as_f64().unwrap() > 0.0, "{f}: {text}");
+        }
+    }
+}

@@ -424,14 +424,7 @@ pub(crate) fn run(cmd: BenchCommand) -> CliResult {
     let results: Vec<Vec<[f64; 2]>> = per_round.iter().map(|r| r.results.to_vec()).collect();
     let (ratios, workloads) = summarize(&WORKLOADS, &results, "ops");
     let limits = limits(&per_round, keys, &speeds[0], &speeds[1]);
-    println!(
-        "limits set by the bare primitive: {}",
-        WORKLOADS
-            .iter()
-            .map(|w| format!("{w} {}", limits[*w]))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    crate::bench_primitive::print_limits(&WORKLOADS, &limits);
     let sizes = per_round.last().map(|r| r.sizes).unwrap_or_default();
     let size_ratio = if sizes[0] > 0 {
         sizes[1] as f64 / sizes[0] as f64

@@ -187,14 +187,7 @@ pub(crate) fn run(args: &PageArgs) -> CliResult {
     limits.insert(WORKLOADS[1].into(), json!(limit(plain(1), 0.0, page, speed)));
     limits.insert(WORKLOADS[2].into(), json!(limit(plain(2), page, 0.0, speed)));
     limits.insert(WORKLOADS[3].into(), json!(limit(plain(3), 0.0, page, speed)));
-    println!(
-        "limits set by the bare primitive: {}",
-        WORKLOADS
-            .iter()
-            .map(|w| format!("{w} {}", limits[*w]))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    crate::bench_primitive::print_limits(&WORKLOADS, &limits);
     if args.json {
         println!(
             "{}",

@@ -71,32 +71,22 @@ fn gcm(bytes: usize) -> (f64, f64) {
 
 #[cfg(not(feature = "aws-lc"))]
 fn gcm(bytes: usize) -> (f64, f64) {
-    use aes_gcm::{AeadInOut, Aes256Gcm, KeyInit, Nonce};
-    let key = Aes256Gcm::new_from_slice(&[7u8; 32]).unwrap_or_else(|_| unreachable!());
-    let nonce = Nonce::from([9u8; 12]);
-    let mut buf = vec![0x5au8; bytes];
-    let seal = rate(|| {
-        let tag = key.encrypt_inout_detached(&nonce, b"aad", buf.as_mut_slice().into());
-        std::hint::black_box(tag.is_ok());
-    });
-    let mut sealed = vec![0x5au8; bytes];
-    let tag = key
-        .encrypt_inout_detached(&nonce, b"aad", sealed.as_mut_slice().into())
-        .unwrap_or_else(|_| unreachable!());
-    let pair = rate(|| {
-        buf.copy_from_slice(&sealed);
-        let opened = key.decrypt_inout_detached(&nonce, b"aad", buf.as_mut_slice().into(), &tag);
-        assert!(opened.is_ok(), "the primitive failed to open what it sealed");
-    });
-    (seal, pair)
+    rustcrypto::<aes_gcm::Aes256Gcm>(&[7u8; 32], bytes)
 }
 
 /// SM4-GCM, measured as [`gcm`] measures AES-256-GCM.
 fn sm4(bytes: usize) -> (f64, f64) {
-    use aes_gcm::aead::consts::U12;
-    use aes_gcm::{AeadInOut, AesGcm, KeyInit, Nonce};
-    let key = AesGcm::<sm4::Sm4, U12>::new_from_slice(&[7u8; 16]).unwrap_or_else(|_| unreachable!());
-    let nonce = Nonce::<U12>::from([9u8; 12]);
+    rustcrypto::<aes_gcm::AesGcm<sm4::Sm4, aes_gcm::aead::consts::U12>>(&[7u8; 16], bytes)
+}
+
+/// A GCM of RustCrypto's `aes-gcm` crate (96-bit nonces), measured as [`gcm`] measures
+/// AES-256-GCM.
+fn rustcrypto<A>(key: &[u8], bytes: usize) -> (f64, f64)
+where
+    A: aes_gcm::AeadInOut + aes_gcm::KeyInit + aes_gcm::AeadCore<NonceSize = aes_gcm::aead::consts::U12>,
+{
+    let key = A::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    let nonce = aes_gcm::Nonce::<aes_gcm::aead::consts::U12>::from([9u8; 12]);
     let mut buf = vec![0x5au8; bytes];
     let seal = rate(|| {
         let tag = key.encrypt_inout_detached(&nonce, b"aad", buf.as_mut_slice().into());
@@ -179,6 +169,18 @@ pub(crate) fn measure_all(sizes: &[usize], suite: Suite) -> Vec<Speed> {
         );
     }
     speeds
+}
+
+/// Prints each workload's limit on one line.
+pub(crate) fn print_limits(workloads: &[&str], limits: &serde_json::Map<String, serde_json::Value>) {
+    println!(
+        "limits set by the bare primitive: {}",
+        workloads
+            .iter()
+            .map(|w| format!("{w} {}", limits[*w]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
 
 /// The JSON `primitive` object: what was measured, and per size, GB/s.
