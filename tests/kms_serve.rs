@@ -95,6 +95,20 @@ fn as_principal(cli: &Cli, served: &Served, who: &Credentials, args: &[&str]) ->
         .expect("run tde")
 }
 
+/// Creates store `db` under `key` through the server as `who`, with table `t` holding
+/// `k` = `value`; returns what `db create` printed (the store id first).
+fn provision(cli: &Cli, served: &Served, who: &Credentials, db: &str, key: &str, value: &str) -> String {
+    let id = ok(&as_principal(
+        cli,
+        served,
+        who,
+        &["db", "create", db, "--default-key", key],
+    ));
+    ok(&as_principal(cli, served, who, &["table", "create", db, "t"]));
+    ok(&as_principal(cli, served, who, &["put", db, "t", "k", value]));
+    id
+}
+
 fn ok(out: &std::process::Output) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout.clone()).unwrap()
@@ -135,24 +149,7 @@ fn a_store_opens_through_the_served_kms_for_its_accounts_administrators_only() {
         "{key}"
     );
     let db = cli.path("db");
-    ok(&as_principal(
-        &cli,
-        &served,
-        &admin,
-        &["db", "create", &db, "--default-key", &key],
-    ));
-    ok(&as_principal(
-        &cli,
-        &served,
-        &admin,
-        &["table", "create", &db, "t"],
-    ));
-    ok(&as_principal(
-        &cli,
-        &served,
-        &admin,
-        &["put", &db, "t", "k", "served"],
-    ));
+    provision(&cli, &served, &admin, &db, &key, "served");
     assert_eq!(
         ok(&as_principal(&cli, &served, &admin, &["get", &db, "t", "k"])),
         "served\n"
@@ -289,24 +286,7 @@ fn a_killed_server_loses_no_key_state_and_its_trail_verifies() {
     let key = ok(&as_principal(&cli, &served, &admin, &["kms", "create-key"]));
     let key = key.lines().next().unwrap().to_owned();
     let db = cli.path("db");
-    ok(&as_principal(
-        &cli,
-        &served,
-        &admin,
-        &["db", "create", &db, "--default-key", &key],
-    ));
-    ok(&as_principal(
-        &cli,
-        &served,
-        &admin,
-        &["table", "create", &db, "t"],
-    ));
-    ok(&as_principal(
-        &cli,
-        &served,
-        &admin,
-        &["put", &db, "t", "k", "survives"],
-    ));
+    provision(&cli, &served, &admin, &db, &key, "survives");
     // Eight clients making data keys and unwrapping them as fast as they can.
     let load = format!(
         "import boto3, threading\nk = boto3.client('kms', endpoint_url={:?}, region_name='us-east-1', aws_access_key_id={:?}, aws_secret_access_key={:?})\n\
@@ -431,19 +411,7 @@ fn revoking_a_grant_stops_the_isvs_store() {
         "print(k.create_grant(KeyId={key:?}, GranteePrincipal={:?}, Operations=['GenerateDataKey', 'Decrypt'])['GrantId'])",
         isv.arn
     ));
-    ok(&as_principal(
-        &cli,
-        &served,
-        &isv,
-        &["db", "create", &db, "--default-key", &key],
-    ));
-    ok(&as_principal(&cli, &served, &isv, &["table", "create", &db, "t"]));
-    ok(&as_principal(
-        &cli,
-        &served,
-        &isv,
-        &["put", &db, "t", "k", "isv data"],
-    ));
+    provision(&cli, &served, &isv, &db, &key, "isv data");
     // And a tablespace under the same key.
     let ts = cli.path("isv-ts");
     ok(&as_principal(
@@ -577,24 +545,7 @@ fn a_node_cannot_open_another_nodes_store() {
     let mut stores = Vec::new();
     for (i, _) in nodes.iter().enumerate() {
         let db = cli.path(&format!("store-{i}"));
-        let id = ok(&as_principal(
-            &cli,
-            &served,
-            &admin,
-            &["db", "create", &db, "--default-key", &key],
-        ));
-        ok(&as_principal(
-            &cli,
-            &served,
-            &admin,
-            &["table", "create", &db, "t"],
-        ));
-        ok(&as_principal(
-            &cli,
-            &served,
-            &admin,
-            &["put", &db, "t", "k", &format!("node {i}")],
-        ));
+        let id = provision(&cli, &served, &admin, &db, &key, &format!("node {i}"));
         stores.push((db, id.trim().to_owned()));
     }
     let statements: Vec<serde_json::Value> = std::iter::once(serde_json::json!({

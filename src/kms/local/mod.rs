@@ -822,12 +822,7 @@ impl LocalKms {
     /// [`crate::Error::Corrupt`] for a broken chain; [`crate::Error::Authentication`] for a
     /// record whose MAC fails; [`crate::Error::Io`].
     pub fn audit_trail(&self) -> crate::Result<Vec<TrailRecord>> {
-        let mut records = Vec::new();
-        self.audit_trail_each(|r| {
-            records.push(r);
-            Ok(())
-        })?;
-        Ok(records)
+        self.trail()?.0.verify()
     }
 
     /// The request audit trail one record at a time, in order, in bounded memory: each

@@ -308,7 +308,6 @@ impl Trail {
     }
 
     /// Reads and checks every record: the chain, the hashes and the MACs. Returns them.
-    #[cfg(test)]
     pub(crate) fn verify(&self) -> Result<Vec<TrailRecord>> {
         let mut records = Vec::new();
         self.verify_each(|r| {
