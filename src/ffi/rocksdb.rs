@@ -32,7 +32,27 @@ pub(crate) trait FileCrypto: Send + Sync {
     ) -> std::result::Result<crate::cipher::FileStream, (i32, String)>;
     /// RocksDB is about to create SST `path` for column family `cf`.
     fn table_file_started(&self, cf: &str, path: &str);
+    /// Authenticates version `gen` of chunk `index` of the file whose header is `ident`:
+    /// fills `record` (nonce and tag; the caller has set length and generation).
+    fn chunk_seal(
+        &self,
+        ident: &[u8],
+        index: u64,
+        data: &[u8],
+        record: &mut [u8; CHUNK_RECORD],
+    ) -> std::result::Result<(), (i32, String)>;
+    /// Checks a chunk against its record.
+    fn chunk_verify(
+        &self,
+        ident: &[u8],
+        index: u64,
+        data: &[u8],
+        record: &[u8; CHUNK_RECORD],
+    ) -> std::result::Result<(), (i32, String)>;
 }
+
+/// Bytes of a chunk record: length (u32), generation (u32), nonce (12), tag (16), zero (4).
+pub(crate) const CHUNK_RECORD: usize = 40;
 
 type Ctx = Arc<dyn FileCrypto>;
 
@@ -271,6 +291,71 @@ extern "C" fn tde_rs_stream_apply(stream: *mut c_void, offset: u64, data: *mut c
 }
 
 #[unsafe(no_mangle)]
+extern "C" fn tde_rs_chunk_seal(
+    ctx: *mut c_void,
+    ident: *const c_char,
+    ident_len: usize,
+    index: u64,
+    data: *const c_char,
+    len: usize,
+    record: *mut c_char,
+) -> i32 {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `ctx` is alive (held by the file system); the buffers come from the shim
+        // with the lengths given; `record` has CHUNK_RECORD bytes.
+        let (crypto, ident, data, record) = unsafe {
+            (
+                &*ctx.cast::<Ctx>(),
+                std::slice::from_raw_parts(ident.cast::<u8>(), ident_len),
+                if len == 0 {
+                    &[][..]
+                } else {
+                    std::slice::from_raw_parts(data.cast::<u8>(), len)
+                },
+                &mut *record.cast::<[u8; CHUNK_RECORD]>(),
+            )
+        };
+        match crypto.chunk_seal(ident, index, data, record) {
+            Ok(()) => 0,
+            Err((code, _)) => code,
+        }
+    }))
+    .unwrap_or(IO_ERROR)
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn tde_rs_chunk_verify(
+    ctx: *mut c_void,
+    ident: *const c_char,
+    ident_len: usize,
+    index: u64,
+    data: *const c_char,
+    len: usize,
+    record: *const c_char,
+) -> i32 {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: as in `tde_rs_chunk_seal`; everything is read-only here.
+        let (crypto, ident, data, record) = unsafe {
+            (
+                &*ctx.cast::<Ctx>(),
+                std::slice::from_raw_parts(ident.cast::<u8>(), ident_len),
+                if len == 0 {
+                    &[][..]
+                } else {
+                    std::slice::from_raw_parts(data.cast::<u8>(), len)
+                },
+                &*record.cast::<[u8; CHUNK_RECORD]>(),
+            )
+        };
+        match crypto.chunk_verify(ident, index, data, record) {
+            Ok(()) => 0,
+            Err((code, _)) => code,
+        }
+    }))
+    .unwrap_or(IO_ERROR)
+}
+
+#[unsafe(no_mangle)]
 extern "C" fn tde_rs_stream_free(stream: *mut c_void) {
     if stream.is_null() {
         return;
@@ -427,6 +512,24 @@ mod tests {
             Err((IO_ERROR, "unused".into()))
         }
         fn table_file_started(&self, _: &str, _: &str) {}
+        fn chunk_seal(
+            &self,
+            _: &[u8],
+            _: u64,
+            _: &[u8],
+            _: &mut [u8; CHUNK_RECORD],
+        ) -> std::result::Result<(), (i32, String)> {
+            Err((IO_ERROR, "no".into()))
+        }
+        fn chunk_verify(
+            &self,
+            _: &[u8],
+            _: u64,
+            _: &[u8],
+            _: &[u8; CHUNK_RECORD],
+        ) -> std::result::Result<(), (i32, String)> {
+            Err((IO_ERROR, "no".into()))
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use crate::cipher::kdf::{derive_key, hkdf};
 use crate::cipher::{FileStream, STREAM_IV_LEN, Suite};
 use crate::error::os_random;
-use crate::ffi::rocksdb::{CORRUPTION, FileCrypto, IO_ERROR};
+use crate::ffi::rocksdb::{CHUNK_RECORD, CORRUPTION, FileCrypto, IO_ERROR};
 use crate::secret::{DataKey, ct_eq};
 
 /// Length of the header at the start of every file.
@@ -84,6 +84,8 @@ pub(crate) struct StoreFiles {
     store_version: RwLock<u32>,
     /// SST file name → its route, announced by the listener.
     pending: Mutex<HashMap<String, Route>>,
+    /// Chunk MAC keys by (table id, version), derived from the file keys on first use.
+    macs: RwLock<HashMap<(u32, u32), Arc<crate::cipher::AeadKey>>>,
 }
 
 /// Where a new SST file's key comes from.
@@ -109,7 +111,49 @@ impl StoreFiles {
             current: RwLock::new(HashMap::new()),
             store_version: RwLock::new(store_version),
             pending: Mutex::new(HashMap::new()),
+            macs: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The chunk MAC key for a file with header `ident`, and the chunk's associated data.
+    fn chunk_aad(
+        &self,
+        ident: &[u8],
+        index: u64,
+        data: &[u8],
+        record: &[u8; CHUNK_RECORD],
+    ) -> CbResult<(Arc<crate::cipher::AeadKey>, Vec<u8>)> {
+        let corrupt = |why: &str| (CORRUPTION, format!("chunk {index}: {why}"));
+        if ident.len() < HEADER_END || &ident[..FORMAT_AT] != MAGIC {
+            return Err(corrupt("the file header is not a tde header"));
+        }
+        let u32_at = |at: usize| u32::from_le_bytes([ident[at], ident[at + 1], ident[at + 2], ident[at + 3]]);
+        let (table_id, version) = (u32_at(TABLE_AT), u32_at(VERSION_AT));
+        let known = self.macs.read().get(&(table_id, version)).cloned();
+        let key = match known {
+            Some(k) => k,
+            None => {
+                let file = self
+                    .key(table_id, version)
+                    .ok_or_else(|| corrupt("no data key for the table and version its header names"))?;
+                let mac = DataKey::from_slice(&hkdf(file.key.expose(), b"", b"tde chunk mac key", 32));
+                let key = Arc::new(
+                    crate::cipher::AeadKey::new(Suite::Aes256Gcm, version, &mac)
+                        .map_err(|e| (IO_ERROR, e.to_string()))?,
+                );
+                self.macs.write().insert((table_id, version), key.clone());
+                key
+            }
+        };
+        let mut aad = Vec::with_capacity(64 + data.len());
+        aad.extend_from_slice(b"tde chunk\0");
+        aad.extend_from_slice(&self.store_id);
+        aad.extend_from_slice(&ident[TABLE_AT..IV_AT]);
+        aad.extend_from_slice(&ident[IV_AT..KCV_AT]);
+        aad.extend_from_slice(&index.to_le_bytes());
+        aad.extend_from_slice(&record[..8]);
+        aad.extend_from_slice(data);
+        Ok((key, aad))
     }
 
     pub(crate) fn add_key(&self, table_id: u32, version: u32, key: FileKey) {
@@ -287,6 +331,42 @@ impl FileCrypto for StoreFiles {
         let mut iv = [0u8; STREAM_IV_LEN];
         iv.copy_from_slice(&prefix[IV_AT..KCV_AT]);
         FileStream::new(key.suite, &key.key, iv).map_err(|e| (IO_ERROR, e.to_string()))
+    }
+
+    fn chunk_seal(
+        &self,
+        ident: &[u8],
+        index: u64,
+        data: &[u8],
+        record: &mut [u8; CHUNK_RECORD],
+    ) -> CbResult<()> {
+        let (key, aad) = self.chunk_aad(ident, index, data, record)?;
+        let d = key
+            .seal_detached(&aad, &mut [])
+            .map_err(|e| (IO_ERROR, e.to_string()))?;
+        record[8..20].copy_from_slice(d.nonce.as_slice());
+        record[20..36].copy_from_slice(&d.tag);
+        record[36..].fill(0);
+        Ok(())
+    }
+
+    fn chunk_verify(
+        &self,
+        ident: &[u8],
+        index: u64,
+        data: &[u8],
+        record: &[u8; CHUNK_RECORD],
+    ) -> CbResult<()> {
+        let (key, aad) = self.chunk_aad(ident, index, data, record)?;
+        let mut tag = [0u8; crate::cipher::TAG_LEN];
+        tag.copy_from_slice(&record[20..36]);
+        let d = crate::cipher::Detached {
+            nonce: crate::cipher::Nonce::from_slice(&record[8..20])
+                .map_err(|e| (CORRUPTION, e.to_string()))?,
+            tag,
+        };
+        key.open_detached(&aad, &d, &mut [])
+            .map_err(|_| (CORRUPTION, format!("chunk {index} does not authenticate")))
     }
 
     fn table_file_started(&self, cf: &str, path: &str) {
