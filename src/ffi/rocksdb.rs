@@ -32,27 +32,11 @@ pub(crate) trait FileCrypto: Send + Sync {
     ) -> std::result::Result<crate::cipher::FileStream, (i32, String)>;
     /// RocksDB is about to create SST `path` for column family `cf`.
     fn table_file_started(&self, cf: &str, path: &str);
-    /// Authenticates version `gen` of chunk `index` of the file whose header is `ident`:
-    /// fills `record` (nonce and tag; the caller has set length and generation).
-    fn chunk_seal(
-        &self,
-        ident: &[u8],
-        index: u64,
-        data: &[u8],
-        record: &mut [u8; CHUNK_RECORD],
-    ) -> std::result::Result<(), (i32, String)>;
-    /// Checks a chunk against its record.
-    fn chunk_verify(
-        &self,
-        ident: &[u8],
-        index: u64,
-        data: &[u8],
-        record: &[u8; CHUNK_RECORD],
-    ) -> std::result::Result<(), (i32, String)>;
+    /// The chunk and frame sealing of a file with header `header` (format 2).
+    fn open_chunked(&self, fname: &str, header: &[u8]) -> std::result::Result<crate::kv::files::ChunkFile, (i32, String)>;
 }
 
-/// Bytes of a chunk record: length (u32), generation (u32), nonce (12), tag (16), zero (4).
-pub(crate) const CHUNK_RECORD: usize = 40;
+
 
 type Ctx = Arc<dyn FileCrypto>;
 
@@ -291,68 +275,83 @@ extern "C" fn tde_rs_stream_apply(stream: *mut c_void, offset: u64, data: *mut c
 }
 
 #[unsafe(no_mangle)]
-extern "C" fn tde_rs_chunk_seal(
+extern "C" fn tde_rs_open_chunked(
     ctx: *mut c_void,
-    ident: *const c_char,
-    ident_len: usize,
-    index: u64,
-    data: *const c_char,
-    len: usize,
-    record: *mut c_char,
+    fname: *const c_char,
+    fname_len: usize,
+    header: *const c_char,
+    header_len: usize,
+    file: *mut *mut c_void,
+    err: *mut c_char,
+    err_cap: usize,
 ) -> i32 {
     catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `ctx` is alive (held by the file system); the buffers come from the shim
-        // with the lengths given; `record` has CHUNK_RECORD bytes.
-        let (crypto, ident, data, record) = unsafe {
+        // SAFETY: as in `tde_rs_open_stream`.
+        let (crypto, name, bytes) = unsafe {
             (
                 &*ctx.cast::<Ctx>(),
-                std::slice::from_raw_parts(ident.cast::<u8>(), ident_len),
-                if len == 0 {
-                    &[][..]
-                } else {
-                    std::slice::from_raw_parts(data.cast::<u8>(), len)
-                },
-                &mut *record.cast::<[u8; CHUNK_RECORD]>(),
+                str_from(fname, fname_len),
+                std::slice::from_raw_parts(header.cast::<u8>(), header_len),
             )
         };
-        match crypto.chunk_seal(ident, index, data, record) {
+        let opened = crypto.open_chunked(name, bytes).map(|f| {
+            // SAFETY: `file` is a valid out-pointer; C++ frees it through
+            // `tde_rs_chunked_free` exactly once.
+            unsafe { *file = Box::into_raw(Box::new(f)).cast() };
+        });
+        // SAFETY: `err` has `err_cap` bytes (shim contract).
+        unsafe { report(opened, err, err_cap) }
+    }))
+    .unwrap_or(IO_ERROR)
+}
+
+/// Seals (`seal` true) or opens chunk or frame `index` of `file` in place: `data` holds
+/// `len` bytes, `trailer` TRAILER bytes (written when sealing, read when opening).
+#[unsafe(no_mangle)]
+extern "C" fn tde_rs_chunk_apply(
+    file: *mut c_void,
+    seal: i32,
+    index: u64,
+    data: *mut c_char,
+    len: usize,
+    trailer: *mut c_char,
+) -> i32 {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `file` came from `tde_rs_open_chunked` and is not freed; `ChunkFile`
+        // methods take `&self`. The buffers come from the shim with the lengths given.
+        let (f, data, trailer) = unsafe {
+            (
+                &*file.cast::<crate::kv::files::ChunkFile>(),
+                if len == 0 {
+                    &mut [][..]
+                } else {
+                    std::slice::from_raw_parts_mut(data.cast::<u8>(), len)
+                },
+                &mut *trailer.cast::<[u8; crate::kv::files::TRAILER]>(),
+            )
+        };
+        let done = if seal != 0 {
+            f.seal(index, data, trailer)
+        } else {
+            f.open(index, data, trailer)
+        };
+        match done {
             Ok(()) => 0,
-            Err((code, _)) => code,
+            Err(_) => CORRUPTION,
         }
     }))
     .unwrap_or(IO_ERROR)
 }
 
 #[unsafe(no_mangle)]
-extern "C" fn tde_rs_chunk_verify(
-    ctx: *mut c_void,
-    ident: *const c_char,
-    ident_len: usize,
-    index: u64,
-    data: *const c_char,
-    len: usize,
-    record: *const c_char,
-) -> i32 {
-    catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: as in `tde_rs_chunk_seal`; everything is read-only here.
-        let (crypto, ident, data, record) = unsafe {
-            (
-                &*ctx.cast::<Ctx>(),
-                std::slice::from_raw_parts(ident.cast::<u8>(), ident_len),
-                if len == 0 {
-                    &[][..]
-                } else {
-                    std::slice::from_raw_parts(data.cast::<u8>(), len)
-                },
-                &*record.cast::<[u8; CHUNK_RECORD]>(),
-            )
-        };
-        match crypto.chunk_verify(ident, index, data, record) {
-            Ok(()) => 0,
-            Err((code, _)) => code,
-        }
-    }))
-    .unwrap_or(IO_ERROR)
+extern "C" fn tde_rs_chunked_free(file: *mut c_void) {
+    if file.is_null() {
+        return;
+    }
+    // SAFETY: called once per file by the C++ destructor.
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        drop(unsafe { Box::from_raw(file.cast::<crate::kv::files::ChunkFile>()) })
+    }));
 }
 
 #[unsafe(no_mangle)]
@@ -512,22 +511,11 @@ mod tests {
             Err((IO_ERROR, "unused".into()))
         }
         fn table_file_started(&self, _: &str, _: &str) {}
-        fn chunk_seal(
+        fn open_chunked(
             &self,
+            _: &str,
             _: &[u8],
-            _: u64,
-            _: &[u8],
-            _: &mut [u8; CHUNK_RECORD],
-        ) -> std::result::Result<(), (i32, String)> {
-            Err((IO_ERROR, "no".into()))
-        }
-        fn chunk_verify(
-            &self,
-            _: &[u8],
-            _: u64,
-            _: &[u8],
-            _: &[u8; CHUNK_RECORD],
-        ) -> std::result::Result<(), (i32, String)> {
+        ) -> std::result::Result<crate::kv::files::ChunkFile, (i32, String)> {
             Err((IO_ERROR, "no".into()))
         }
     }

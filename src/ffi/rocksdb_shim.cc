@@ -73,12 +73,12 @@ void tde_rs_stream_free(void* stream);
 void tde_rs_table_file_started(void* ctx, const char* cf, size_t cf_len,
                                const char* path, size_t path_len);
 void tde_rs_context_release(void* ctx);
-int32_t tde_rs_chunk_seal(void* ctx, const char* ident, size_t ident_len,
-                          uint64_t index, const char* data, size_t len,
-                          char* record);
-int32_t tde_rs_chunk_verify(void* ctx, const char* ident, size_t ident_len,
-                            uint64_t index, const char* data, size_t len,
-                            const char* record);
+int32_t tde_rs_open_chunked(void* ctx, const char* fname, size_t fname_len,
+                            const char* header, size_t header_len, void** file,
+                            char* err, size_t err_cap);
+int32_t tde_rs_chunk_apply(void* file, int32_t seal, uint64_t index, char* data,
+                           size_t len, char* trailer);
+void tde_rs_chunked_free(void* file);
 }
 
 namespace {
@@ -207,26 +207,30 @@ class TdeFileSystem : public FileSystemWrapper {
 };
 
 
-// ---- Authenticated chunks ---------------------------------------------------------------
+// ---- Format 2: every byte authenticated -------------------------------------------------
 //
-// The layer under RocksDB's encrypted file system: it sees each file as stored (tde's
-// 4096-byte header, then AES-CTR ciphertext) and authenticates every byte of it, in
-// chunks of kChunk bytes. Physical layout: chunk i occupies slot i, at i * kSlot:
+// Every file starts with tde's 4096-byte header (written and checked by Rust). What
+// follows depends on the kind of file the header records:
 //
-//   kChunk bytes of data | record A (kRecord) | record B (kRecord)
+// - table files (SST, blob: written once, read at random): chunks of kChunk bytes, each
+//   sealed in place and followed by its trailer; chunk i is at kHeader + i * kSlot, the
+//   last one may be shorter. Logical offsets map to physical ones by arithmetic.
+// - logs (WAL, MANIFEST, OPTIONS, CURRENT, the info LOG, ...: appended, read in order):
+//   frames, each a trailer followed by the bytes appended since the previous frame,
+//   sealed. A frame is written once and never rewritten, so a torn append can only cut
+//   the frame being written; a reader stops at a last frame that does not authenticate
+//   (a torn tail), and fails on any other.
 //
-// A record: length (u32 LE) | generation (u32 LE) | nonce (12) | tag (16) | zero (4); the
-// tag is a GMAC (Rust: tde_rs_chunk_seal) over the store, the file's header fields (table,
-// key version, IV), the chunk index, length, generation and the chunk's first `length`
-// bytes. Data is only ever appended; a chunk's record is rewritten as the chunk grows,
-// alternating between A and B so that the record covering the last synced length is
-// never overwritten before a newer one is synced. A reader takes the valid record with the
-// highest generation; every chunk but the last must be full.
+// Trailer (kTrailer bytes): length (u32 LE) | nonce (32) | tag (16). The AEAD (the
+// table's suite, under a key of the file's own) binds store, table, key version, file
+// IV, kind, the chunk index or the frame's logical offset, and the length.
+constexpr uint64_t kHeader = 4096;
 constexpr uint64_t kChunk = 4096;
-constexpr uint64_t kRecord = 40;
-constexpr uint64_t kSlot = kChunk + 2 * kRecord;
-// Bytes of tde's file header that identify a file (magic .. checksum).
-constexpr size_t kIdent = 68;
+constexpr uint64_t kTrailer = 52;
+constexpr uint64_t kSlot = kChunk + kTrailer;
+constexpr uint64_t kMaxFrame = 64 << 10;
+constexpr int kKindTable = 1;
+constexpr int kKindAt = 11;
 
 uint32_t le32(const char* p) {
   uint32_t v;
@@ -234,169 +238,149 @@ uint32_t le32(const char* p) {
   return v;
 }
 
-// The chunk index and offset of a logical position.
-uint64_t slot_of(uint64_t chunk) { return chunk * kSlot; }
-
-struct Chunk {
-  std::string data;  // the authenticated bytes of the chunk
-  bool valid = false;
+// One file's sealing, held by Rust.
+struct Sealer {
+  void* file = nullptr;
+  ~Sealer() { tde_rs_chunked_free(file); }
+  bool Seal(uint64_t index, char* data, size_t len, char* trailer) const {
+    return tde_rs_chunk_apply(file, 1, index, data, len, trailer) == 0;
+  }
+  bool Open(uint64_t index, char* data, size_t len, char* trailer) const {
+    return tde_rs_chunk_apply(file, 0, index, data, len, trailer) == 0;
+  }
 };
 
-// Reads and authenticates chunks of one file through a random-access file of the base
-// file system.
-class ChunkReader {
- public:
-  ChunkReader(std::unique_ptr<FSRandomAccessFile> file, void* ctx, std::string name)
-      : file_(std::move(file)), ctx_(ctx), name_(std::move(name)) {}
+IOStatus corrupt(const std::string& fname, const std::string& why) {
+  return IOStatus::Corruption("tde", fname + ": " + why);
+}
 
-  // Reads the physical size and authenticates the first and last chunks; sets the
-  // logical size.
-  IOStatus Init(uint64_t physical) {
-    physical_ = physical;
-    if (physical == 0) {
-      size_ = 0;
-      return IOStatus::OK();
-    }
-    uint64_t slots = (physical + kSlot - 1) / kSlot;
-    std::string first;
-    IOStatus s = ReadSlot(0, &first);
-    if (!s.ok()) return s;
-    if (first.size() < kIdent) {
-      return IOStatus::Corruption("tde", name_ + ": shorter than its header");
-    }
-    ident_.assign(first.data(), kIdent);
-    Chunk c;
-    s = Open(slots - 1, slots - 1 == 0 ? &first : nullptr, &c);
-    if (!s.ok()) return s;
-    size_ = (slots - 1) * kChunk + c.data.size();
-    return IOStatus::OK();
+// Reads `n` bytes at `offset` of `file` into `buf` (fewer at the end of the file).
+IOStatus pread(FSRandomAccessFile* file, uint64_t offset, size_t n, std::string* buf) {
+  buf->resize(n);
+  Slice got;
+  IOStatus s = file->Read(offset, n, IOOptions(), &got, &(*buf)[0], nullptr);
+  if (!s.ok()) return s;
+  if (got.data() != buf->data()) memmove(&(*buf)[0], got.data(), got.size());
+  buf->resize(got.size());
+  return IOStatus::OK();
+}
+
+// What a reader needs: the base file, its sealing, its kind and logical size, and for
+// logs the frames (logical offset, physical offset of the trailer, length).
+struct Opened {
+  std::unique_ptr<FSRandomAccessFile> file;
+  std::shared_ptr<Sealer> sealer;
+  std::string name;
+  bool table = false;
+  uint64_t size = 0;
+  struct Frame { uint64_t logical; uint64_t physical; uint32_t len; };
+  std::vector<Frame> frames;
+  bool torn = false;
+};
+
+// Reads chunk `i` of a table file, authenticated, into `out`.
+IOStatus ReadChunk(const Opened& f, uint64_t i, std::string* out) {
+  IOStatus s = pread(f.file.get(), kHeader + i * kSlot, kSlot, out);
+  if (!s.ok()) return s;
+  if (out->size() <= kTrailer) return corrupt(f.name, "chunk " + std::to_string(i) + " is truncated");
+  size_t len = out->size() - kTrailer;
+  std::string trailer = out->substr(len);
+  if (!f.sealer->Open(i, &(*out)[0], len, &trailer[0])) {
+    return corrupt(f.name, "chunk " + std::to_string(i) + " does not authenticate");
   }
+  out->resize(len);
+  return IOStatus::OK();
+}
 
-  uint64_t size() const { return size_; }
+// Reads frame `k` of a log, authenticated, into `out`.
+IOStatus ReadFrame(const Opened& f, size_t k, std::string* out) {
+  const Opened::Frame& fr = f.frames[k];
+  IOStatus s = pread(f.file.get(), fr.physical, kTrailer + fr.len, out);
+  if (!s.ok()) return s;
+  if (out->size() != kTrailer + fr.len) return corrupt(f.name, "a frame is truncated");
+  std::string trailer = out->substr(0, kTrailer);
+  out->erase(0, kTrailer);
+  if (!f.sealer->Open(fr.logical, &(*out)[0], fr.len, &trailer[0])) {
+    return corrupt(f.name, "the frame at offset " + std::to_string(fr.logical) + " does not authenticate");
+  }
+  return IOStatus::OK();
+}
 
-  // Reads `n` bytes at logical `offset` into `scratch`; fewer at the end of the file.
-  IOStatus Read(uint64_t offset, size_t n, const IOOptions&, Slice* result, char* scratch) {
-    size_t done = 0;
-    if (offset < size_) {
-      n = static_cast<size_t>(std::min<uint64_t>(n, size_ - offset));
+// Reads `n` bytes at logical `offset` into `scratch`.
+IOStatus ReadAt(const Opened& f, uint64_t offset, size_t n, Slice* result, char* scratch) {
+  size_t done = 0;
+  n = offset < f.size ? static_cast<size_t>(std::min<uint64_t>(n, f.size - offset)) : 0;
+  std::string buf;
+  while (done < n) {
+    uint64_t at = offset + done;
+    uint64_t start;
+    if (f.table) {
+      uint64_t i = at / kChunk;
+      IOStatus s = ReadChunk(f, i, &buf);
+      if (!s.ok()) return s;
+      start = i * kChunk;
     } else {
-      n = 0;
-    }
-    while (done < n) {
-      uint64_t at = offset + done;
-      uint64_t chunk = at / kChunk;
-      Chunk c;
-      IOStatus s = Open(chunk, nullptr, &c);
+      auto it = std::upper_bound(f.frames.begin(), f.frames.end(), at,
+                                 [](uint64_t v, const Opened::Frame& fr) { return v < fr.logical; });
+      if (it == f.frames.begin()) break;
+      --it;
+      IOStatus s = ReadFrame(f, it - f.frames.begin(), &buf);
       if (!s.ok()) return s;
-      uint64_t within = at % kChunk;
-      if (within >= c.data.size()) break;
-      size_t take = static_cast<size_t>(std::min<uint64_t>(n - done, c.data.size() - within));
-      memcpy(scratch + done, c.data.data() + within, take);
-      done += take;
+      start = it->logical;
     }
-    *result = Slice(scratch, done);
-    return IOStatus::OK();
+    uint64_t within = at - start;
+    if (within >= buf.size()) break;
+    size_t take = static_cast<size_t>(std::min<uint64_t>(n - done, buf.size() - within));
+    memcpy(scratch + done, buf.data() + within, take);
+    done += take;
   }
+  *result = Slice(scratch, done);
+  return IOStatus::OK();
+}
 
- private:
-  IOStatus ReadSlot(uint64_t chunk, std::string* out) {
-    out->resize(kSlot);
-    Slice got;
-    IOStatus s = file_->Read(slot_of(chunk), kSlot, IOOptions(), &got, &(*out)[0], nullptr);
-    if (!s.ok()) return s;
-    if (got.data() != out->data()) memmove(&(*out)[0], got.data(), got.size());
-    out->resize(got.size());
-    return IOStatus::OK();
-  }
-
-  // Authenticates chunk `chunk` (its slot already read into `slot`, or read here).
-  IOStatus Open(uint64_t chunk, const std::string* slot, Chunk* out) {
-    std::string own;
-    if (slot == nullptr) {
-      IOStatus s = ReadSlot(chunk, &own);
-      if (!s.ok()) return s;
-      slot = &own;
-    }
-    uint64_t slots = (physical_ + kSlot - 1) / kSlot;
-    bool last = chunk + 1 == slots;
-    const char* ident = ident_.empty() ? slot->data() : ident_.data();
-    // Records, newest generation first.
-    struct Rec { const char* p; uint32_t len; uint32_t gen; };
-    std::vector<Rec> recs;
-    for (int r = 0; r < 2; r++) {
-      uint64_t at = kChunk + r * kRecord;
-      if (slot->size() >= at + kRecord) {
-        const char* p = slot->data() + at;
-        recs.push_back({p, le32(p), le32(p + 4)});
-      }
-    }
-    std::sort(recs.begin(), recs.end(), [](const Rec& a, const Rec& b) { return a.gen > b.gen; });
-    for (const Rec& r : recs) {
-      if (r.len > kChunk || r.len > slot->size()) continue;
-      if (!last && r.len != kChunk) continue;
-      if (tde_rs_chunk_verify(ctx_, ident, kIdent, chunk, slot->data(), r.len, r.p) == 0) {
-        out->data.assign(slot->data(), r.len);
-        out->valid = true;
-        return IOStatus::OK();
-      }
-    }
-    return IOStatus::Corruption(
-        "tde", name_ + ": chunk " + std::to_string(chunk) + " does not authenticate");
-  }
-
-  std::unique_ptr<FSRandomAccessFile> file_;
-  void* ctx_;
-  std::string name_;
-  std::string ident_;
-  uint64_t physical_ = 0;
-  uint64_t size_ = 0;
-};
-
-class AuthRandomAccessFile : public FSRandomAccessFile {
+class ChunkedRandomAccessFile : public FSRandomAccessFile {
  public:
-  explicit AuthRandomAccessFile(std::unique_ptr<ChunkReader> r) : r_(std::move(r)) {}
-  IOStatus Read(uint64_t offset, size_t n, const IOOptions& o, Slice* result,
-                char* scratch, IODebugContext*) const override {
-    return r_->Read(offset, n, o, result, scratch);
+  explicit ChunkedRandomAccessFile(std::unique_ptr<Opened> f) : f_(std::move(f)) {}
+  IOStatus Read(uint64_t offset, size_t n, const IOOptions&, Slice* result, char* scratch,
+                IODebugContext*) const override {
+    return ReadAt(*f_, offset, n, result, scratch);
   }
   IOStatus GetFileSize(uint64_t* result) override {
-    *result = r_->size();
+    *result = f_->size;
     return IOStatus::OK();
   }
  private:
-  std::unique_ptr<ChunkReader> r_;
+  std::unique_ptr<Opened> f_;
 };
 
-class AuthSequentialFile : public FSSequentialFile {
+class ChunkedSequentialFile : public FSSequentialFile {
  public:
-  explicit AuthSequentialFile(std::unique_ptr<ChunkReader> r) : r_(std::move(r)) {}
-  IOStatus Read(size_t n, const IOOptions& o, Slice* result, char* scratch,
-                IODebugContext*) override {
-    IOStatus s = r_->Read(pos_, n, o, result, scratch);
+  explicit ChunkedSequentialFile(std::unique_ptr<Opened> f) : f_(std::move(f)) {}
+  IOStatus Read(size_t n, const IOOptions&, Slice* result, char* scratch, IODebugContext*) override {
+    IOStatus s = ReadAt(*f_, pos_, n, result, scratch);
     if (s.ok()) pos_ += result->size();
     return s;
   }
-  IOStatus PositionedRead(uint64_t offset, size_t n, const IOOptions& o, Slice* result,
+  IOStatus PositionedRead(uint64_t offset, size_t n, const IOOptions&, Slice* result,
                           char* scratch, IODebugContext*) override {
-    return r_->Read(offset, n, o, result, scratch);
+    return ReadAt(*f_, offset, n, result, scratch);
   }
   IOStatus Skip(uint64_t n) override {
-    pos_ = std::min(pos_ + n, r_->size());
+    pos_ = std::min(pos_ + n, f_->size);
     return IOStatus::OK();
   }
  private:
-  std::unique_ptr<ChunkReader> r_;
+  std::unique_ptr<Opened> f_;
   uint64_t pos_ = 0;
 };
 
-class AuthWritableFile : public FSWritableFile {
+class ChunkedWritableFile : public FSWritableFile {
  public:
-  AuthWritableFile(std::unique_ptr<FSRandomRWFile> file, void* ctx, std::string name)
-      : file_(std::move(file)), ctx_(ctx), name_(std::move(name)) {}
-  ~AuthWritableFile() override {
-    if (!closed_) {
-      Close(IOOptions(), nullptr).PermitUncheckedError();
-    }
+  ChunkedWritableFile(std::unique_ptr<FSRandomRWFile> file, std::shared_ptr<Sealer> sealer,
+                      bool table, std::string name)
+      : file_(std::move(file)), sealer_(std::move(sealer)), table_(table), name_(std::move(name)) {}
+  ~ChunkedWritableFile() override {
+    if (!closed_) Close(IOOptions(), nullptr).PermitUncheckedError();
   }
 
   IOStatus Append(const Slice& data, const IOOptions& o, IODebugContext* dbg) override {
@@ -404,24 +388,15 @@ class AuthWritableFile : public FSWritableFile {
     const char* p = data.data();
     size_t left = data.size();
     while (left > 0) {
-      uint64_t chunk = size_ / kChunk;
-      size_t room = static_cast<size_t>(kChunk - tail_.size());
-      size_t n = std::min(room, left);
-      IOStatus s = file_->Write(slot_of(chunk) + tail_.size(), Slice(p, n), o, dbg);
-      if (!s.ok()) return s;
-      tail_.append(p, n);
-      if (ident_.empty() && chunk == 0 && tail_.size() >= kIdent) ident_.assign(tail_.data(), kIdent);
-      size_ += n;
+      size_t limit = table_ ? kChunk : kMaxFrame;
+      size_t n = std::min(limit - pending_.size(), left);
+      pending_.append(p, n);
       p += n;
       left -= n;
-      if (tail_.size() == kChunk) {
-        s = WriteRecord(o, dbg);
+      size_ += n;
+      if (pending_.size() == limit) {
+        IOStatus s = Emit(o, dbg);
         if (!s.ok()) return s;
-        tail_.clear();
-        gen_ = 0;
-        synced_ = -1;
-        written_ = -1;
-        recorded_ = 0;
       }
     }
     return IOStatus::OK();
@@ -430,33 +405,27 @@ class AuthWritableFile : public FSWritableFile {
                   const ROCKSDB_NAMESPACE::DataVerificationInfo&, IODebugContext* dbg) override {
     return Append(data, o, dbg);
   }
+  // A log's appended bytes reach the operating system at every flush (as a frame); a
+  // table file's partial last chunk waits for sync or close.
   IOStatus Flush(const IOOptions& o, IODebugContext* dbg) override {
     std::lock_guard<std::mutex> lock(mu_);
-    return WriteRecord(o, dbg);
+    return table_ ? IOStatus::OK() : Emit(o, dbg);
   }
-  // Sync may run while another thread appends (RocksDB's SyncWAL): the lock is held
-  // through the sync, so the record it makes durable is known.
   IOStatus Sync(const IOOptions& o, IODebugContext* dbg) override {
     std::lock_guard<std::mutex> lock(mu_);
-    IOStatus s = WriteRecord(o, dbg);
-    if (!s.ok()) return s;
-    s = file_->Sync(o, dbg);
-    if (s.ok()) synced_ = written_;
-    return s;
+    IOStatus s = Emit(o, dbg);
+    return s.ok() ? file_->Sync(o, dbg) : s;
   }
   IOStatus Fsync(const IOOptions& o, IODebugContext* dbg) override {
     std::lock_guard<std::mutex> lock(mu_);
-    IOStatus s = WriteRecord(o, dbg);
-    if (!s.ok()) return s;
-    s = file_->Fsync(o, dbg);
-    if (s.ok()) synced_ = written_;
-    return s;
+    IOStatus s = Emit(o, dbg);
+    return s.ok() ? file_->Fsync(o, dbg) : s;
   }
   IOStatus Close(const IOOptions& o, IODebugContext* dbg) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) return IOStatus::OK();
     closed_ = true;
-    IOStatus s = WriteRecord(o, dbg);
+    IOStatus s = Emit(o, dbg);
     IOStatus c = file_->Close(o, dbg);
     return s.ok() ? c : s;
   }
@@ -466,111 +435,134 @@ class AuthWritableFile : public FSWritableFile {
   }
   IOStatus Truncate(uint64_t size, const IOOptions&, IODebugContext*) override {
     std::lock_guard<std::mutex> lock(mu_);
-    if (size == size_) return IOStatus::OK();
-    return IOStatus::NotSupported("tde", "truncating an authenticated file");
+    return size == size_ ? IOStatus::OK() : IOStatus::NotSupported("tde", name_ + ": truncating");
   }
   bool IsSyncThreadSafe() const override { return true; }
 
  private:
-  // Records the current chunk's bytes so far, in the record slot that does not hold the
-  // last synced record.
-  IOStatus WriteRecord(const IOOptions& o, IODebugContext* dbg) {
-    if (tail_.empty() || recorded_ == tail_.size()) return IOStatus::OK();
-    if (ident_.empty()) {
-      return IOStatus::IOError("tde", name_ + ": the file header was not written first");
+  // Writes what is pending: for a table file the current chunk (sealed afresh, in place,
+  // each time it grows; the chunk moves on once full), for a log one new frame.
+  IOStatus Emit(const IOOptions& o, IODebugContext* dbg) {
+    if (pending_.empty() || (table_ && written_ == pending_.size())) return IOStatus::OK();
+    std::string out;
+    char trailer[kTrailer];
+    if (table_) {
+      uint64_t chunk = (size_ - pending_.size()) / kChunk;
+      out.assign(pending_);
+      if (!sealer_->Seal(chunk, &out[0], out.size(), trailer)) {
+        return IOStatus::IOError("tde", name_ + ": sealing a chunk failed");
+      }
+      out.append(trailer, kTrailer);
+      IOStatus s = file_->Write(kHeader + chunk * kSlot, Slice(out), o, dbg);
+      if (!s.ok()) return s;
+      if (pending_.size() == kChunk) {
+        pending_.clear();
+        written_ = 0;
+      } else {
+        written_ = pending_.size();
+      }
+      return IOStatus::OK();
     }
-    uint64_t chunk = size_ / kChunk;
-    if (tail_.size() == kChunk) chunk = (size_ - 1) / kChunk;
-    int slot = synced_ == 0 ? 1 : synced_ == 1 ? 0 : (written_ == 0 ? 1 : 0);
-    char rec[kRecord] = {0};
-    uint32_t len = static_cast<uint32_t>(tail_.size());
-    memcpy(rec, &len, 4);
-    memcpy(rec + 4, &gen_, 4);
-    int32_t rc = tde_rs_chunk_seal(ctx_, ident_.data(), kIdent, chunk, tail_.data(), tail_.size(), rec);
-    if (rc != 0) return IOStatus::IOError("tde", name_ + ": sealing a chunk record failed");
-    IOStatus s = file_->Write(slot_of(chunk) + kChunk + slot * kRecord, Slice(rec, kRecord), o, dbg);
+    uint64_t logical = size_ - pending_.size();
+    out.assign(kTrailer, '\0');
+    out.append(pending_);
+    if (!sealer_->Seal(logical, &out[kTrailer], pending_.size(), trailer)) {
+      return IOStatus::IOError("tde", name_ + ": sealing a frame failed");
+    }
+    memcpy(&out[0], trailer, kTrailer);
+    IOStatus s = file_->Write(physical_, Slice(out), o, dbg);
     if (!s.ok()) return s;
-    gen_++;
-    written_ = slot;
-    recorded_ = tail_.size();
+    physical_ += out.size();
+    pending_.clear();
     return IOStatus::OK();
   }
 
   std::unique_ptr<FSRandomRWFile> file_;
-  void* ctx_;
+  std::shared_ptr<Sealer> sealer_;
+  bool table_;
   std::string name_;
-  std::string ident_;
-  std::string tail_;
-  uint64_t size_ = 0;
-  uint32_t gen_ = 0;
-  int synced_ = -1;
-  int written_ = -1;
-  size_t recorded_ = 0;
+  std::string pending_;   // bytes not yet in a frame, or the current chunk
+  size_t written_ = 0;    // table files: bytes of the current chunk already on disk
+  uint64_t size_ = 0;     // logical bytes appended
+  uint64_t physical_ = kHeader;  // logs: where the next frame goes
   bool closed_ = false;
   std::mutex mu_;
 };
 
-class TdeAuthFileSystem : public FileSystemWrapper {
+class TdeChunkedFileSystem : public FileSystemWrapper {
  public:
-  TdeAuthFileSystem(const std::shared_ptr<FileSystem>& target, std::shared_ptr<Context> ctx)
+  TdeChunkedFileSystem(const std::shared_ptr<FileSystem>& target, std::shared_ptr<Context> ctx)
       : FileSystemWrapper(target), ctx_(std::move(ctx)) {}
-  const char* Name() const override { return "TdeAuthFileSystem"; }
+  const char* Name() const override { return "TdeChunkedFileSystem"; }
 
   IOStatus NewSequentialFile(const std::string& fname, const FileOptions& options,
                              std::unique_ptr<FSSequentialFile>* result,
                              IODebugContext* dbg) override {
-    std::unique_ptr<ChunkReader> r;
-    IOStatus s = Reader(fname, options, &r, dbg);
-    if (s.ok()) result->reset(new AuthSequentialFile(std::move(r)));
+    if (options.use_mmap_reads) return IOStatus::InvalidArgument("tde: mmap reads");
+    std::unique_ptr<Opened> f;
+    IOStatus s = Open(fname, options, &f, dbg);
+    if (s.ok()) result->reset(new ChunkedSequentialFile(std::move(f)));
     return s;
   }
   IOStatus NewRandomAccessFile(const std::string& fname, const FileOptions& options,
                                std::unique_ptr<FSRandomAccessFile>* result,
                                IODebugContext* dbg) override {
-    std::unique_ptr<ChunkReader> r;
-    IOStatus s = Reader(fname, options, &r, dbg);
-    if (s.ok()) result->reset(new AuthRandomAccessFile(std::move(r)));
+    if (options.use_mmap_reads) return IOStatus::InvalidArgument("tde: mmap reads");
+    std::unique_ptr<Opened> f;
+    IOStatus s = Open(fname, options, &f, dbg);
+    if (s.ok()) result->reset(new ChunkedRandomAccessFile(std::move(f)));
     return s;
   }
   IOStatus NewWritableFile(const std::string& fname, const FileOptions& options,
                            std::unique_ptr<FSWritableFile>* result,
                            IODebugContext* dbg) override {
+    if (options.use_mmap_writes) return IOStatus::InvalidArgument("tde: mmap writes");
     FileOptions plain(options);
     plain.use_direct_writes = false;
-    plain.use_mmap_writes = false;
     {
-      // Create or empty the file, as NewWritableFile does.
       std::unique_ptr<FSWritableFile> empty;
       IOStatus s = target()->NewWritableFile(fname, plain, &empty, dbg);
       if (!s.ok()) return s;
       s = empty->Close(options.io_options, dbg);
       if (!s.ok()) return s;
     }
+    std::string header(kHeader, '\0');
+    char err[kErrCap] = {0};
+    int32_t rc = tde_rs_new_prefix(ctx_->ctx, fname.data(), fname.size(), &header[0],
+                                   header.size(), err, kErrCap);
+    if (rc != 0) return status_of(rc, err);
+    auto sealer = std::make_shared<Sealer>();
+    rc = tde_rs_open_chunked(ctx_->ctx, fname.data(), fname.size(), header.data(), header.size(),
+                             &sealer->file, err, kErrCap);
+    if (rc != 0) return status_of(rc, err);
     std::unique_ptr<FSRandomRWFile> rw;
     IOStatus s = target()->NewRandomRWFile(fname, plain, &rw, dbg);
     if (!s.ok()) return s;
-    result->reset(new AuthWritableFile(std::move(rw), ctx_->ctx, fname));
+    s = rw->Write(0, Slice(header), options.io_options, dbg);
+    if (!s.ok()) return s;
+    bool table = header[kKindAt] == kKindTable;
+    result->reset(new ChunkedWritableFile(std::move(rw), sealer, table, fname));
     return IOStatus::OK();
   }
   IOStatus ReopenWritableFile(const std::string& fname, const FileOptions&,
                               std::unique_ptr<FSWritableFile>*, IODebugContext*) override {
-    return IOStatus::NotSupported("tde", fname + ": reopening an authenticated file for append");
+    return IOStatus::NotSupported("tde", fname + ": reopening a file for append");
   }
   IOStatus ReuseWritableFile(const std::string& fname, const std::string&, const FileOptions&,
                              std::unique_ptr<FSWritableFile>*, IODebugContext*) override {
-    return IOStatus::NotSupported("tde", fname + ": recycling an authenticated file");
+    return IOStatus::NotSupported("tde", fname + ": recycling a file");
   }
   IOStatus NewRandomRWFile(const std::string& fname, const FileOptions&,
                            std::unique_ptr<FSRandomRWFile>*, IODebugContext*) override {
-    return IOStatus::NotSupported("tde", fname + ": random writes to an authenticated file");
+    return IOStatus::NotSupported("tde", fname + ": random writes");
   }
   IOStatus GetFileSize(const std::string& fname, const IOOptions& options, uint64_t* size,
                        IODebugContext* dbg) override {
-    std::unique_ptr<ChunkReader> r;
     FileOptions fo;
     fo.io_options = options;
-    IOStatus s = Reader(fname, fo, &r, dbg);
-    if (s.ok()) *size = r->size();
+    std::unique_ptr<Opened> f;
+    IOStatus s = Open(fname, fo, &f, dbg);
+    if (s.ok()) *size = f->size;
     return s;
   }
   IOStatus GetChildrenFileAttributes(const std::string& dir, const IOOptions& options,
@@ -580,29 +572,81 @@ class TdeAuthFileSystem : public FileSystemWrapper {
     if (!s.ok()) return s;
     for (auto& a : *result) {
       uint64_t size = 0;
-      if (a.size_bytes > 0 && GetFileSize(dir + "/" + a.name, options, &size, dbg).ok()) {
+      if (a.size_bytes >= kHeader && GetFileSize(dir + "/" + a.name, options, &size, dbg).ok()) {
         a.size_bytes = size;
       }
     }
     return IOStatus::OK();
   }
+  IOStatus NewLogger(const std::string& fname, const IOOptions&, std::shared_ptr<Logger>* result,
+                     IODebugContext*) override {
+    if (env_ == nullptr) return IOStatus::IOError("tde", "logger requested before the env exists");
+    Status s = ROCKSDB_NAMESPACE::NewEnvLogger(fname, env_, result);
+    return s.ok() ? IOStatus::OK() : IOStatus::IOError(s.ToString());
+  }
+
+  Env* env_ = nullptr;
 
  private:
-  IOStatus Reader(const std::string& fname, const FileOptions& options,
-                  std::unique_ptr<ChunkReader>* out, IODebugContext* dbg) {
+  static IOStatus status_of(int32_t rc, const char* err) {
+    Status s = to_status(rc, err);
+    if (s.IsCorruption()) return IOStatus::Corruption(s.ToString());
+    return IOStatus::IOError(s.ToString());
+  }
+
+  IOStatus Open(const std::string& fname, const FileOptions& options, std::unique_ptr<Opened>* out,
+                IODebugContext* dbg) {
     FileOptions plain(options);
     plain.use_direct_reads = false;
-    plain.use_mmap_reads = false;
     uint64_t physical = 0;
     IOStatus s = target()->GetFileSize(fname, options.io_options, &physical, dbg);
     if (!s.ok()) return s;
-    std::unique_ptr<FSRandomAccessFile> file;
-    s = target()->NewRandomAccessFile(fname, plain, &file, dbg);
+    std::unique_ptr<Opened> f(new Opened());
+    f->name = fname;
+    s = target()->NewRandomAccessFile(fname, plain, &f->file, dbg);
     if (!s.ok()) return s;
-    std::unique_ptr<ChunkReader> r(new ChunkReader(std::move(file), ctx_->ctx, fname));
-    s = r->Init(physical);
+    std::string header;
+    s = pread(f->file.get(), 0, kHeader, &header);
     if (!s.ok()) return s;
-    *out = std::move(r);
+    if (header.size() < kHeader) return corrupt(fname, "shorter than its header");
+    char err[kErrCap] = {0};
+    f->sealer = std::make_shared<Sealer>();
+    int32_t rc = tde_rs_open_chunked(ctx_->ctx, fname.data(), fname.size(), header.data(),
+                                     header.size(), &f->sealer->file, err, kErrCap);
+    if (rc != 0) return status_of(rc, err);
+    f->table = header[kKindAt] == kKindTable;
+    if (f->table) {
+      uint64_t body = physical - kHeader;
+      uint64_t full = body / kSlot, rest = body % kSlot;
+      if (rest != 0 && rest <= kTrailer) return corrupt(fname, "its last chunk is truncated");
+      f->size = full * kChunk + (rest == 0 ? 0 : rest - kTrailer);
+    } else {
+      // Walk the frames; a last one that is cut short or does not authenticate is a torn
+      // tail, cut here.
+      uint64_t at = kHeader, logical = 0;
+      std::string t;
+      while (at < physical) {
+        if (physical - at < kTrailer) { f->torn = true; break; }
+        s = pread(f->file.get(), at, kTrailer, &t);
+        if (!s.ok()) return s;
+        uint32_t len = le32(t.data());
+        if (len == 0 || len > kMaxFrame || at + kTrailer + len > physical) { f->torn = true; break; }
+        f->frames.push_back({logical, at, len});
+        at += kTrailer + len;
+        logical += len;
+      }
+      if (!f->frames.empty()) {
+        std::string last;
+        if (!ReadFrame(*f, f->frames.size() - 1, &last).ok()) {
+          if (at != physical && !f->torn) return corrupt(fname, "a frame does not authenticate");
+          logical -= f->frames.back().len;
+          f->frames.pop_back();
+          f->torn = true;
+        }
+      }
+      f->size = logical;
+    }
+    *out = std::move(f);
     return IOStatus::OK();
   }
 
@@ -646,13 +690,9 @@ rocksdb_env_t* tde_shim_env_create(void* ctx) {
     return nullptr;
   }
   try {
-    auto provider = std::make_shared<TdeProvider>(context);
     Env* base = Env::Default();
     if (base == nullptr) return nullptr;
-    auto authenticated = std::make_shared<TdeAuthFileSystem>(base->GetFileSystem(), context);
-    auto encrypted = ROCKSDB_NAMESPACE::NewEncryptedFS(authenticated, provider);
-    if (!encrypted) return nullptr;
-    auto fs = std::make_shared<TdeFileSystem>(encrypted);
+    auto fs = std::make_shared<TdeChunkedFileSystem>(base->GetFileSystem(), context);
     std::unique_ptr<Env> env(new CompositeEnvWrapper(base, fs));
     fs->env_ = env.get();
     auto* out = new rocksdb_env_t{env.get(), false};

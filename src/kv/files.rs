@@ -31,13 +31,73 @@ use sha2::{Digest, Sha256};
 use crate::cipher::kdf::{derive_key, hkdf};
 use crate::cipher::{FileStream, STREAM_IV_LEN, Suite};
 use crate::error::os_random;
-use crate::ffi::rocksdb::{CHUNK_RECORD, CORRUPTION, FileCrypto, IO_ERROR};
+use crate::ffi::rocksdb::{CORRUPTION, FileCrypto, IO_ERROR};
 use crate::secret::{DataKey, ct_eq};
 
 /// Length of the header at the start of every file.
 pub const PREFIX_LEN: usize = 4096;
 const MAGIC: &[u8; 8] = b"TDEFILE\0";
 const HEADER_FORMAT: u16 = 1;
+/// Format 2: every byte authenticated, in chunks (table files) or frames (logs).
+const HEADER_FORMAT_CHUNKED: u16 = 2;
+/// Where format 2 records the kind of file.
+const KIND_AT: usize = SUITE_AT + 1;
+/// A table file (SST, blob): fixed chunks, read at random.
+pub(crate) const KIND_TABLE: u8 = 1;
+/// Any other file: a sequence of frames, read in order.
+pub(crate) const KIND_LOG: u8 = 2;
+/// Bytes after each chunk, or before each frame: length (u32), nonce (32; GCM uses the
+/// first 12), tag (16).
+pub(crate) const TRAILER: usize = 52;
+/// Associated data every chunk carries: store id, table id, key version, file IV, kind.
+const BOUND: usize = 41;
+
+/// The sealing of one format-2 file: a key of its own (from the table's file key and the
+/// file's IV) and what every chunk is bound to.
+pub(crate) struct ChunkFile {
+    key: crate::cipher::AeadKey,
+    bound: [u8; BOUND],
+}
+
+impl ChunkFile {
+    fn aad(&self, index: u64, len: usize) -> [u8; BOUND + 21] {
+        let mut aad = [0u8; BOUND + 21];
+        aad[..9].copy_from_slice(b"tde file\0");
+        aad[9..9 + BOUND].copy_from_slice(&self.bound);
+        aad[9 + BOUND..17 + BOUND].copy_from_slice(&index.to_le_bytes());
+        aad[17 + BOUND..].copy_from_slice(&(len as u32).to_le_bytes());
+        aad
+    }
+
+    /// Seals `data` (chunk or frame `index`) in place; fills `trailer`.
+    pub(crate) fn seal(&self, index: u64, data: &mut [u8], trailer: &mut [u8; TRAILER]) -> crate::error::Result<()> {
+        let d = self.key.seal_detached(&self.aad(index, data.len()), data)?;
+        trailer.fill(0);
+        trailer[..4].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        let n = d.nonce.as_slice();
+        trailer[4..4 + n.len()].copy_from_slice(n);
+        trailer[36..].copy_from_slice(&d.tag);
+        Ok(())
+    }
+
+    /// Opens `data` (chunk or frame `index`) in place against `trailer`.
+    pub(crate) fn open(&self, index: u64, data: &mut [u8], trailer: &[u8; TRAILER]) -> crate::error::Result<()> {
+        let len = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) as usize;
+        if len != data.len() {
+            return Err(crate::error::Error::Authentication {
+                location: format!("chunk {index} (its length does not match)"),
+            });
+        }
+        let nonce_len = self.key.suite().nonce_len();
+        let mut tag = [0u8; crate::cipher::TAG_LEN];
+        tag.copy_from_slice(&trailer[36..]);
+        let d = crate::cipher::Detached {
+            nonce: crate::cipher::Nonce::from_slice(&trailer[4..4 + nonce_len])?,
+            tag,
+        };
+        self.key.open_detached(&self.aad(index, len), &d, data)
+    }
+}
 const FORMAT_AT: usize = 8;
 const SUITE_AT: usize = FORMAT_AT + 2;
 const STORE_AT: usize = SUITE_AT + 2;
@@ -84,8 +144,6 @@ pub(crate) struct StoreFiles {
     store_version: RwLock<u32>,
     /// SST file name → its route, announced by the listener.
     pending: Mutex<HashMap<String, Route>>,
-    /// Chunk MAC keys by (table id, version), derived from the file keys on first use.
-    macs: RwLock<HashMap<(u32, u32), Arc<crate::cipher::AeadKey>>>,
 }
 
 /// Where a new SST file's key comes from.
@@ -111,50 +169,9 @@ impl StoreFiles {
             current: RwLock::new(HashMap::new()),
             store_version: RwLock::new(store_version),
             pending: Mutex::new(HashMap::new()),
-            macs: RwLock::new(HashMap::new()),
         }
     }
 
-    /// The chunk MAC key for a file with header `ident`, and the chunk's associated data.
-    fn chunk_aad(
-        &self,
-        ident: &[u8],
-        index: u64,
-        data: &[u8],
-        record: &[u8; CHUNK_RECORD],
-    ) -> CbResult<(Arc<crate::cipher::AeadKey>, Vec<u8>)> {
-        let corrupt = |why: &str| (CORRUPTION, format!("chunk {index}: {why}"));
-        if ident.len() < HEADER_END || &ident[..FORMAT_AT] != MAGIC {
-            return Err(corrupt("the file header is not a tde header"));
-        }
-        let u32_at = |at: usize| u32::from_le_bytes([ident[at], ident[at + 1], ident[at + 2], ident[at + 3]]);
-        let (table_id, version) = (u32_at(TABLE_AT), u32_at(VERSION_AT));
-        let known = self.macs.read().get(&(table_id, version)).cloned();
-        let key = match known {
-            Some(k) => k,
-            None => {
-                let file = self
-                    .key(table_id, version)
-                    .ok_or_else(|| corrupt("no data key for the table and version its header names"))?;
-                let mac = DataKey::from_slice(&hkdf(file.key.expose(), b"", b"tde chunk mac key", 32));
-                let key = Arc::new(
-                    crate::cipher::AeadKey::new(Suite::Aes256Gcm, version, &mac)
-                        .map_err(|e| (IO_ERROR, e.to_string()))?,
-                );
-                self.macs.write().insert((table_id, version), key.clone());
-                key
-            }
-        };
-        let mut aad = Vec::with_capacity(64 + data.len());
-        aad.extend_from_slice(b"tde chunk\0");
-        aad.extend_from_slice(&self.store_id);
-        aad.extend_from_slice(&ident[TABLE_AT..IV_AT]);
-        aad.extend_from_slice(&ident[IV_AT..KCV_AT]);
-        aad.extend_from_slice(&index.to_le_bytes());
-        aad.extend_from_slice(&record[..8]);
-        aad.extend_from_slice(data);
-        Ok((key, aad))
-    }
 
     pub(crate) fn add_key(&self, table_id: u32, version: u32, key: FileKey) {
         self.keys.write().insert((table_id, version), Arc::new(key));
@@ -216,15 +233,61 @@ impl StoreFiles {
         Ok(())
     }
 
+    /// Checks a file header of `format` and returns the table, version and key it names.
+    fn check_header(&self, fname: &str, prefix: &[u8], format: u16) -> CbResult<(u32, u32, Arc<FileKey>)> {
+        let corrupt = |why: String| (CORRUPTION, format!("{fname}: {why}"));
+        if prefix.len() < HEADER_END || &prefix[..FORMAT_AT] != MAGIC {
+            return Err(corrupt("not an encrypted tde file (bad header magic)".into()));
+        }
+        let sum = Sha256::digest(&prefix[..SUM_AT]);
+        if !ct_eq(&sum[..8], &prefix[SUM_AT..HEADER_END]) {
+            return Err(corrupt("the file header is damaged (checksum mismatch)".into()));
+        }
+        let u32_at =
+            |at: usize| u32::from_le_bytes([prefix[at], prefix[at + 1], prefix[at + 2], prefix[at + 3]]);
+        let found = u16::from_le_bytes([prefix[FORMAT_AT], prefix[FORMAT_AT + 1]]);
+        if found != format {
+            return Err(corrupt(format!("unsupported file header format {found}")));
+        }
+        if prefix[STORE_AT..TABLE_AT] != self.store_id {
+            return Err(corrupt(format!(
+                "the file belongs to another store ({}), not this one ({})",
+                crate::hex::encode(&prefix[STORE_AT..TABLE_AT]),
+                crate::hex::encode(&self.store_id)
+            )));
+        }
+        let (table_id, version) = (u32_at(TABLE_AT), u32_at(VERSION_AT));
+        let key = self.key(table_id, version).ok_or_else(|| {
+            corrupt(format!(
+                "no data key for table id {table_id} version {version} in the keyring"
+            ))
+        })?;
+        if !ct_eq(&key.kcv, &prefix[KCV_AT..SUM_AT]) || key.suite.id() != prefix[SUITE_AT] {
+            return Err(corrupt(format!(
+                "the key check value does not match table id {table_id} version {version}: wrong key"
+            )));
+        }
+        Ok((table_id, version, key))
+    }
+
     fn key(&self, table_id: u32, version: u32) -> Option<Arc<FileKey>> {
         self.keys.read().get(&(table_id, version)).cloned()
     }
 
-    fn header(&self, table_id: u32, version: u32, key: &FileKey, iv: &[u8; STREAM_IV_LEN], out: &mut [u8]) {
+    fn header(
+        &self,
+        table_id: u32,
+        version: u32,
+        key: &FileKey,
+        iv: &[u8; STREAM_IV_LEN],
+        kind: u8,
+        out: &mut [u8],
+    ) {
         out.fill(0);
         out[..FORMAT_AT].copy_from_slice(MAGIC);
-        out[FORMAT_AT..SUITE_AT].copy_from_slice(&HEADER_FORMAT.to_le_bytes());
+        out[FORMAT_AT..SUITE_AT].copy_from_slice(&HEADER_FORMAT_CHUNKED.to_le_bytes());
         out[SUITE_AT] = key.suite.id();
+        out[KIND_AT] = kind;
         out[STORE_AT..TABLE_AT].copy_from_slice(&self.store_id);
         out[TABLE_AT..VERSION_AT].copy_from_slice(&table_id.to_le_bytes());
         out[VERSION_AT..IV_AT].copy_from_slice(&version.to_le_bytes());
@@ -291,82 +354,44 @@ impl FileCrypto for StoreFiles {
             .ok_or_else(|| (IO_ERROR, format!("no key for table {table_id} version {version}")))?;
         let mut iv = [0u8; STREAM_IV_LEN];
         os_random(&mut iv).map_err(|e| (IO_ERROR, e.to_string()))?;
-        self.header(table_id, version, &key, &iv, prefix);
+        let kind = if name.ends_with(".sst") || name.ends_with(".blob") {
+            KIND_TABLE
+        } else {
+            KIND_LOG
+        };
+        self.header(table_id, version, &key, &iv, kind, prefix);
         Ok(())
     }
 
     fn open_stream(&self, fname: &str, prefix: &[u8]) -> CbResult<FileStream> {
-        let corrupt = |why: String| (CORRUPTION, format!("{fname}: {why}"));
-        if prefix.len() < HEADER_END || &prefix[..FORMAT_AT] != MAGIC {
-            return Err(corrupt("not an encrypted tde file (bad header magic)".into()));
-        }
-        let sum = Sha256::digest(&prefix[..SUM_AT]);
-        if !ct_eq(&sum[..8], &prefix[SUM_AT..HEADER_END]) {
-            return Err(corrupt("the file header is damaged (checksum mismatch)".into()));
-        }
-        let u32_at =
-            |at: usize| u32::from_le_bytes([prefix[at], prefix[at + 1], prefix[at + 2], prefix[at + 3]]);
-        let format = u16::from_le_bytes([prefix[FORMAT_AT], prefix[FORMAT_AT + 1]]);
-        if format != HEADER_FORMAT {
-            return Err(corrupt(format!("unsupported file header format {format}")));
-        }
-        if prefix[STORE_AT..TABLE_AT] != self.store_id {
-            return Err(corrupt(format!(
-                "the file belongs to another store ({}), not this one ({})",
-                crate::hex::encode(&prefix[STORE_AT..TABLE_AT]),
-                crate::hex::encode(&self.store_id)
-            )));
-        }
-        let (table_id, version) = (u32_at(TABLE_AT), u32_at(VERSION_AT));
-        let key = self.key(table_id, version).ok_or_else(|| {
-            corrupt(format!(
-                "no data key for table id {table_id} version {version} in the keyring"
-            ))
-        })?;
-        if !ct_eq(&key.kcv, &prefix[KCV_AT..SUM_AT]) || key.suite.id() != prefix[SUITE_AT] {
-            return Err(corrupt(format!(
-                "the key check value does not match table id {table_id} version {version}: wrong key"
-            )));
-        }
+        let (_, _, key) = self.check_header(fname, prefix, HEADER_FORMAT)?;
         let mut iv = [0u8; STREAM_IV_LEN];
         iv.copy_from_slice(&prefix[IV_AT..KCV_AT]);
         FileStream::new(key.suite, &key.key, iv).map_err(|e| (IO_ERROR, e.to_string()))
     }
 
-    fn chunk_seal(
-        &self,
-        ident: &[u8],
-        index: u64,
-        data: &[u8],
-        record: &mut [u8; CHUNK_RECORD],
-    ) -> CbResult<()> {
-        let (key, aad) = self.chunk_aad(ident, index, data, record)?;
-        let d = key
-            .seal_detached(&aad, &mut [])
+    fn open_chunked(&self, fname: &str, header: &[u8]) -> CbResult<ChunkFile> {
+        let corrupt = |why: String| (CORRUPTION, format!("{fname}: {why}"));
+        let (table_id, version, key) = self.check_header(fname, header, HEADER_FORMAT_CHUNKED)?;
+        let kind = header[KIND_AT];
+        if kind != KIND_TABLE && kind != KIND_LOG {
+            return Err(corrupt(format!("unknown file kind {kind}")));
+        }
+        let chunk_key = DataKey::from_slice(&hkdf(
+            key.key.expose(),
+            &header[IV_AT..KCV_AT],
+            b"tde chunk key",
+            key.suite.key_len(),
+        ));
+        let aead = crate::cipher::AeadKey::new(key.suite, version, &chunk_key)
             .map_err(|e| (IO_ERROR, e.to_string()))?;
-        record[8..20].copy_from_slice(d.nonce.as_slice());
-        record[20..36].copy_from_slice(&d.tag);
-        record[36..].fill(0);
-        Ok(())
-    }
-
-    fn chunk_verify(
-        &self,
-        ident: &[u8],
-        index: u64,
-        data: &[u8],
-        record: &[u8; CHUNK_RECORD],
-    ) -> CbResult<()> {
-        let (key, aad) = self.chunk_aad(ident, index, data, record)?;
-        let mut tag = [0u8; crate::cipher::TAG_LEN];
-        tag.copy_from_slice(&record[20..36]);
-        let d = crate::cipher::Detached {
-            nonce: crate::cipher::Nonce::from_slice(&record[8..20])
-                .map_err(|e| (CORRUPTION, e.to_string()))?,
-            tag,
-        };
-        key.open_detached(&aad, &d, &mut [])
-            .map_err(|_| (CORRUPTION, format!("chunk {index} does not authenticate")))
+        let mut bound = [0u8; BOUND];
+        bound[..16].copy_from_slice(&self.store_id);
+        bound[16..20].copy_from_slice(&table_id.to_le_bytes());
+        bound[20..24].copy_from_slice(&version.to_le_bytes());
+        bound[24..40].copy_from_slice(&header[IV_AT..KCV_AT]);
+        bound[40] = kind;
+        Ok(ChunkFile { key: aead, bound })
     }
 
     fn table_file_started(&self, cf: &str, path: &str) {

@@ -13,7 +13,7 @@
 //! (confidentiality, no integrity), and RocksDB's compression becomes effective again.
 
 mod checkpoint;
-mod files;
+pub(crate) mod files;
 mod lifecycle;
 mod logscan;
 mod maintain;
