@@ -278,20 +278,6 @@ struct Opened {
   bool torn = false;
 };
 
-// Reads chunk `i` of a table file, authenticated, into `out`.
-IOStatus ReadChunk(const Opened& f, uint64_t i, std::string* out) {
-  IOStatus s = pread(f.file.get(), kHeader + i * kSlot, kSlot, out);
-  if (!s.ok()) return s;
-  if (out->size() <= kTrailer) return corrupt(f.name, "chunk " + std::to_string(i) + " is truncated");
-  size_t len = out->size() - kTrailer;
-  std::string trailer = out->substr(len);
-  if (!f.sealer->Open(i, &(*out)[0], len, &trailer[0])) {
-    return corrupt(f.name, "chunk " + std::to_string(i) + " does not authenticate");
-  }
-  out->resize(len);
-  return IOStatus::OK();
-}
-
 // Reads frame `k` of a log, authenticated, into `out`.
 IOStatus ReadFrame(const Opened& f, size_t k, std::string* out) {
   const Opened::Frame& fr = f.frames[k];
@@ -306,29 +292,65 @@ IOStatus ReadFrame(const Opened& f, size_t k, std::string* out) {
   return IOStatus::OK();
 }
 
-// Reads `n` bytes at logical `offset` into `scratch`.
+// Reads `n` bytes at logical `offset` into `scratch`. A table file's chunks are read with
+// one read of the base file and opened in place.
 IOStatus ReadAt(const Opened& f, uint64_t offset, size_t n, Slice* result, char* scratch) {
   size_t done = 0;
   n = offset < f.size ? static_cast<size_t>(std::min<uint64_t>(n, f.size - offset)) : 0;
+  if (n == 0) {
+    *result = Slice(scratch, 0);
+    return IOStatus::OK();
+  }
+  if (f.table) {
+    uint64_t first = offset / kChunk, last = (offset + n - 1) / kChunk;
+    // One buffer per thread, grown as needed and never zero-filled: reads are the hot path.
+    thread_local std::unique_ptr<char[]> tl;
+    thread_local size_t tl_cap = 0;
+    size_t want = static_cast<size_t>((last - first + 1) * kSlot);
+    if (tl_cap < want) {
+      tl.reset(new char[want]);
+      tl_cap = want;
+    }
+    Slice got;
+    IOStatus s = f.file->Read(kHeader + first * kSlot, want, IOOptions(), &got, tl.get(), nullptr);
+    if (!s.ok()) return s;
+    if (got.data() != tl.get()) memmove(tl.get(), got.data(), got.size());
+    char* buf = tl.get();
+    size_t got_len = got.size();
+    for (uint64_t i = first; i <= last; i++) {
+      size_t at = static_cast<size_t>((i - first) * kSlot);
+      if (got_len <= at + kTrailer) {
+        return corrupt(f.name, "chunk " + std::to_string(i) + " is truncated");
+      }
+      size_t len = static_cast<size_t>(std::min<uint64_t>(kSlot, got_len - at) - kTrailer);
+      if (len < kChunk && i != last) {
+        return corrupt(f.name, "chunk " + std::to_string(i) + " is truncated");
+      }
+      char* data = &buf[at];
+      if (!f.sealer->Open(i, data, len, data + len)) {
+        return corrupt(f.name, "chunk " + std::to_string(i) + " does not authenticate");
+      }
+      uint64_t start = i * kChunk;
+      uint64_t from = std::max<uint64_t>(offset, start);
+      uint64_t to = std::min<uint64_t>(offset + n, start + len);
+      if (to > from) {
+        memcpy(scratch + (from - offset), data + (from - start), static_cast<size_t>(to - from));
+        done = static_cast<size_t>(to - offset);
+      }
+    }
+    *result = Slice(scratch, done);
+    return IOStatus::OK();
+  }
   std::string buf;
   while (done < n) {
     uint64_t at = offset + done;
-    uint64_t start;
-    if (f.table) {
-      uint64_t i = at / kChunk;
-      IOStatus s = ReadChunk(f, i, &buf);
-      if (!s.ok()) return s;
-      start = i * kChunk;
-    } else {
-      auto it = std::upper_bound(f.frames.begin(), f.frames.end(), at,
-                                 [](uint64_t v, const Opened::Frame& fr) { return v < fr.logical; });
-      if (it == f.frames.begin()) break;
-      --it;
-      IOStatus s = ReadFrame(f, it - f.frames.begin(), &buf);
-      if (!s.ok()) return s;
-      start = it->logical;
-    }
-    uint64_t within = at - start;
+    auto it = std::upper_bound(f.frames.begin(), f.frames.end(), at,
+                               [](uint64_t v, const Opened::Frame& fr) { return v < fr.logical; });
+    if (it == f.frames.begin()) break;
+    --it;
+    IOStatus s = ReadFrame(f, it - f.frames.begin(), &buf);
+    if (!s.ok()) return s;
+    uint64_t within = at - it->logical;
     if (within >= buf.size()) break;
     size_t take = static_cast<size_t>(std::min<uint64_t>(n - done, buf.size() - within));
     memcpy(scratch + done, buf.data() + within, take);
@@ -443,24 +465,28 @@ class ChunkedWritableFile : public FSWritableFile {
   // Writes what is pending: for a table file the current chunk (sealed afresh, in place,
   // each time it grows; the chunk moves on once full), for a log one new frame.
   IOStatus Emit(const IOOptions& o, IODebugContext* dbg) {
-    if (pending_.empty() || (table_ && written_ == pending_.size())) return IOStatus::OK();
+    if (pending_.empty() || (table_ && written_ == pending_.size())) return WriteBatch(o, dbg);
     std::string out;
     char trailer[kTrailer];
     if (table_) {
       uint64_t chunk = (size_ - pending_.size()) / kChunk;
-      out.assign(pending_);
-      if (!sealer_->Seal(chunk, &out[0], out.size(), trailer)) {
+      if (batch_.empty()) batch_at_ = kHeader + chunk * kSlot;
+      size_t at = batch_.size();
+      batch_.append(pending_);
+      if (!sealer_->Seal(chunk, &batch_[at], pending_.size(), trailer)) {
+        batch_.resize(at);
         return IOStatus::IOError("tde", name_ + ": sealing a chunk failed");
       }
-      out.append(trailer, kTrailer);
-      IOStatus s = file_->Write(kHeader + chunk * kSlot, Slice(out), o, dbg);
-      if (!s.ok()) return s;
-      if (pending_.size() == kChunk) {
+      batch_.append(trailer, kTrailer);
+      bool full = pending_.size() == kChunk;
+      if (full) {
         pending_.clear();
         written_ = 0;
       } else {
         written_ = pending_.size();
       }
+      // Full chunks go to the file a batch at a time; a partial one (sync, close) at once.
+      if (!full || batch_.size() >= kBatch) return WriteBatch(o, dbg);
       return IOStatus::OK();
     }
     uint64_t logical = size_ - pending_.size();
@@ -477,6 +503,16 @@ class ChunkedWritableFile : public FSWritableFile {
     return IOStatus::OK();
   }
 
+  IOStatus WriteBatch(const IOOptions& o, IODebugContext* dbg) {
+    if (batch_.empty()) return IOStatus::OK();
+    IOStatus s = file_->Write(batch_at_, Slice(batch_), o, dbg);
+    batch_.clear();
+    return s;
+  }
+
+  static constexpr size_t kBatch = 64 * kSlot;
+  std::string batch_;      // sealed chunks not yet written, from batch_at_
+  uint64_t batch_at_ = 0;
   std::unique_ptr<FSRandomRWFile> file_;
   std::shared_ptr<Sealer> sealer_;
   bool table_;
