@@ -196,7 +196,9 @@ impl StoreOptions {
         opts.set_max_background_jobs(BACKGROUND_JOBS);
         // A damaged record anywhere but a torn tail (a crash mid-write) is an error at
         // open, not silently dropped data.
-        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
+        // The file system cuts a torn tail of a log itself (and says so); anything else that
+        // does not authenticate is an error.
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::AbsoluteConsistency);
         opts.set_bytes_per_sync(1 << 20);
         let mut block = rocksdb::BlockBasedOptions::default();
         match block_cache_bytes {
