@@ -32,11 +32,15 @@ pub(crate) trait FileCrypto: Send + Sync {
     ) -> std::result::Result<crate::cipher::FileStream, (i32, String)>;
     /// RocksDB is about to create SST `path` for column family `cf`.
     fn table_file_started(&self, cf: &str, path: &str);
+    /// The file system cut `bytes` of a torn last frame off log `fname` when it opened it.
+    fn torn_tail(&self, fname: &str, bytes: u64);
     /// The chunk and frame sealing of a file with header `header` (format 2).
-    fn open_chunked(&self, fname: &str, header: &[u8]) -> std::result::Result<crate::kv::files::ChunkFile, (i32, String)>;
+    fn open_chunked(
+        &self,
+        fname: &str,
+        header: &[u8],
+    ) -> std::result::Result<crate::kv::files::ChunkFile, (i32, String)>;
 }
-
-
 
 type Ctx = Arc<dyn FileCrypto>;
 
@@ -344,6 +348,15 @@ extern "C" fn tde_rs_chunk_apply(
 }
 
 #[unsafe(no_mangle)]
+extern "C" fn tde_rs_torn_tail(ctx: *mut c_void, fname: *const c_char, fname_len: usize, bytes: u64) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `ctx` is alive (held by the file system); the name comes from RocksDB.
+        let (crypto, name) = unsafe { (&*ctx.cast::<Ctx>(), str_from(fname, fname_len)) };
+        crypto.torn_tail(name, bytes);
+    }));
+}
+
+#[unsafe(no_mangle)]
 extern "C" fn tde_rs_chunked_free(file: *mut c_void) {
     if file.is_null() {
         return;
@@ -511,6 +524,7 @@ mod tests {
             Err((IO_ERROR, "unused".into()))
         }
         fn table_file_started(&self, _: &str, _: &str) {}
+        fn torn_tail(&self, _: &str, _: u64) {}
         fn open_chunked(
             &self,
             _: &str,

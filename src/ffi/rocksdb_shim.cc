@@ -79,6 +79,7 @@ int32_t tde_rs_open_chunked(void* ctx, const char* fname, size_t fname_len,
 int32_t tde_rs_chunk_apply(void* file, int32_t seal, uint64_t index, char* data,
                            size_t len, char* trailer);
 void tde_rs_chunked_free(void* file);
+void tde_rs_torn_tail(void* ctx, const char* fname, size_t fname_len, uint64_t bytes);
 }
 
 namespace {
@@ -681,6 +682,11 @@ class TdeChunkedFileSystem : public FileSystemWrapper {
         }
       }
       f->size = logical;
+      if (f->torn) {
+        uint64_t kept = f->frames.empty() ? kHeader
+                                          : f->frames.back().physical + kTrailer + f->frames.back().len;
+        tde_rs_torn_tail(ctx_->ctx, fname.data(), fname.size(), physical - kept);
+      }
     }
     *out = std::move(f);
     return IOStatus::OK();

@@ -70,7 +70,12 @@ impl ChunkFile {
     }
 
     /// Seals `data` (chunk or frame `index`) in place; fills `trailer`.
-    pub(crate) fn seal(&self, index: u64, data: &mut [u8], trailer: &mut [u8; TRAILER]) -> crate::error::Result<()> {
+    pub(crate) fn seal(
+        &self,
+        index: u64,
+        data: &mut [u8],
+        trailer: &mut [u8; TRAILER],
+    ) -> crate::error::Result<()> {
         let d = self.key.seal_detached(&self.aad(index, data.len()), data)?;
         trailer.fill(0);
         trailer[..4].copy_from_slice(&(data.len() as u32).to_le_bytes());
@@ -81,7 +86,12 @@ impl ChunkFile {
     }
 
     /// Opens `data` (chunk or frame `index`) in place against `trailer`.
-    pub(crate) fn open(&self, index: u64, data: &mut [u8], trailer: &[u8; TRAILER]) -> crate::error::Result<()> {
+    pub(crate) fn open(
+        &self,
+        index: u64,
+        data: &mut [u8],
+        trailer: &[u8; TRAILER],
+    ) -> crate::error::Result<()> {
         let len = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) as usize;
         if len != data.len() {
             return Err(crate::error::Error::Authentication {
@@ -144,6 +154,8 @@ pub(crate) struct StoreFiles {
     store_version: RwLock<u32>,
     /// SST file name → its route, announced by the listener.
     pending: Mutex<HashMap<String, Route>>,
+    /// Logs whose torn last frame the file system cut: file name → bytes cut.
+    torn: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Where a new SST file's key comes from.
@@ -169,9 +181,14 @@ impl StoreFiles {
             current: RwLock::new(HashMap::new()),
             store_version: RwLock::new(store_version),
             pending: Mutex::new(HashMap::new()),
+            torn: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
+    /// The logs whose torn tails were cut since the last call: (file name, bytes cut).
+    pub(crate) fn take_torn(&self) -> Vec<(String, u64)> {
+        std::mem::take(&mut *self.torn.lock()).into_iter().collect()
+    }
 
     pub(crate) fn add_key(&self, table_id: u32, version: u32, key: FileKey) {
         self.keys.write().insert((table_id, version), Arc::new(key));
@@ -368,6 +385,10 @@ impl FileCrypto for StoreFiles {
         let mut iv = [0u8; STREAM_IV_LEN];
         iv.copy_from_slice(&prefix[IV_AT..KCV_AT]);
         FileStream::new(key.suite, &key.key, iv).map_err(|e| (IO_ERROR, e.to_string()))
+    }
+
+    fn torn_tail(&self, fname: &str, bytes: u64) {
+        self.torn.lock().insert(file_name(fname).to_owned(), bytes);
     }
 
     fn open_chunked(&self, fname: &str, header: &[u8]) -> CbResult<ChunkFile> {

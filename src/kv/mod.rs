@@ -365,6 +365,8 @@ pub(crate) struct StoreInner {
     seal_limit: u64,
     /// One re-encryption pass at a time.
     reencrypting: Mutex<()>,
+    /// Logs whose torn tails were cut at open: (file name, bytes cut).
+    torn: Mutex<Vec<(String, u64)>>,
 }
 
 impl Drop for StoreInner {
@@ -721,12 +723,32 @@ impl Store {
                 seal_limit: options.seal_limit,
                 options,
                 reencrypting: Mutex::new(()),
+                torn: Mutex::new(Vec::new()),
             }),
         };
         if data.tables.iter().any(|t| t.dropping) {
             store.finish_drops()?;
         }
+        // A crash mid-append leaves a torn last frame in a log; the file system cut it.
+        // Never silent: each cut is in the audit trail and in `Store::torn_tails`.
+        let torn = store.inner.files.take_torn();
+        for (file, bytes) in &torn {
+            store.inner.keys.audit().append(&crate::audit::AuditEvent {
+                op: "torn-tail-cut",
+                key: "",
+                table: file,
+                reason: Reason::Open,
+                error: Some(format!("{bytes} bytes of a torn last frame cut")),
+            })?;
+        }
+        *store.inner.torn.lock() = torn;
         Ok(store)
+    }
+
+    /// The logs whose torn last frame (a crash mid-append) was cut when the store opened:
+    /// (file name, bytes cut). Each is also in the audit trail (`torn-tail-cut`).
+    pub fn torn_tails(&self) -> Vec<(String, u64)> {
+        self.inner.torn.lock().clone()
     }
 
     /// Removes the keyring entries of tables whose drop a crash interrupted (their
