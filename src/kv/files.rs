@@ -49,6 +49,10 @@ pub(crate) const KIND_LOG: u8 = 2;
 /// Bytes after each chunk, or before each frame: length (u32), nonce (32; GCM uses the
 /// first 12), tag (16).
 pub(crate) const TRAILER: usize = 52;
+/// Logical bytes per chunk of a table file.
+const CHUNK: usize = 4096;
+/// The largest frame of a log.
+const MAX_FRAME: usize = 64 << 10;
 /// Associated data every chunk carries: store id, table id, key version, file IV, kind.
 const BOUND: usize = 41;
 
@@ -85,6 +89,79 @@ impl ChunkFile {
         Ok(())
     }
 
+    /// The plaintext of a whole file whose bytes after the header are `body`: a table
+    /// file's chunks, or a log's frames (a torn last frame is left out, as the file system
+    /// leaves it out).
+    pub(crate) fn read_all(&self, body: &[u8]) -> crate::error::Result<zeroize::Zeroizing<Vec<u8>>> {
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(body.len()));
+        let bad = |what: String| crate::error::Error::Authentication { location: what };
+        let mut at = 0usize;
+        if self.bound[40] == KIND_TABLE {
+            let mut index = 0u64;
+            while at < body.len() {
+                let slot = (body.len() - at).min(CHUNK + TRAILER);
+                if slot <= TRAILER || (slot < CHUNK + TRAILER && at + slot != body.len()) {
+                    return Err(bad(format!("chunk {index} is truncated")));
+                }
+                let len = slot - TRAILER;
+                let start = out.len();
+                out.extend_from_slice(&body[at..at + len]);
+                let mut trailer = [0u8; TRAILER];
+                trailer.copy_from_slice(&body[at + len..at + slot]);
+                self.open(index, &mut out[start..], &trailer)?;
+                at += slot;
+                index += 1;
+            }
+            return Ok(out);
+        }
+        while at < body.len() {
+            if body.len() - at < TRAILER {
+                break;
+            }
+            let mut trailer = [0u8; TRAILER];
+            trailer.copy_from_slice(&body[at..at + TRAILER]);
+            let len = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) as usize;
+            if len == 0 || len > MAX_FRAME || at + TRAILER + len > body.len() {
+                break;
+            }
+            let start = out.len();
+            out.extend_from_slice(&body[at + TRAILER..at + TRAILER + len]);
+            let last = at + TRAILER + len == body.len();
+            match self.open(start as u64, &mut out[start..], &trailer) {
+                Ok(()) => {}
+                // A torn last frame.
+                Err(_) if last => {
+                    out.truncate(start);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+            at += TRAILER + len;
+        }
+        Ok(out)
+    }
+
+    /// Appends `plain`, sealed, to `out` (which holds the file's header): a log's frames or
+    /// a table file's chunks.
+    pub(crate) fn write_all(&self, plain: &[u8], out: &mut Vec<u8>) -> crate::error::Result<()> {
+        let table = self.bound[40] == KIND_TABLE;
+        let step = if table { CHUNK } else { MAX_FRAME };
+        for (i, piece) in plain.chunks(step).enumerate() {
+            let index = if table { i as u64 } else { (i * step) as u64 };
+            let mut trailer = [0u8; TRAILER];
+            let mut sealed = piece.to_vec();
+            self.seal(index, &mut sealed, &mut trailer)?;
+            if table {
+                out.extend_from_slice(&sealed);
+                out.extend_from_slice(&trailer);
+            } else {
+                out.extend_from_slice(&trailer);
+                out.extend_from_slice(&sealed);
+            }
+        }
+        Ok(())
+    }
+
     /// Opens `data` (chunk or frame `index`) in place against `trailer`.
     pub(crate) fn open(
         &self,
@@ -99,6 +176,12 @@ impl ChunkFile {
             });
         }
         let nonce_len = self.key.suite().nonce_len();
+        // The nonce field's unused bytes (GCM suites) must be zero: every byte counts.
+        if trailer[4 + nonce_len..36].iter().any(|&b| b != 0) {
+            return Err(crate::error::Error::Authentication {
+                location: format!("chunk {index} (its trailer is not in the canonical form)"),
+            });
+        }
         let mut tag = [0u8; crate::cipher::TAG_LEN];
         tag.copy_from_slice(&trailer[36..]);
         let d = crate::cipher::Detached {
@@ -232,16 +315,16 @@ impl StoreFiles {
             path: path.to_path_buf(),
             detail,
         };
-        let old = self.open_stream(&name, prefix).map_err(corrupt)?;
-        let mut plain = zeroize::Zeroizing::new(body.to_vec());
-        // Stream offsets count from the start of the file, header included.
-        old.apply(PREFIX_LEN as u64, &mut plain)?;
+        let old = self.open_chunked(&name, prefix).map_err(corrupt)?;
+        let plain = old.read_all(body).map_err(|e| crate::error::Error::Corrupt {
+            what: "store file",
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
         let mut out = vec![0u8; PREFIX_LEN];
         self.new_prefix(&name, &mut out).map_err(corrupt)?;
-        let new = self.open_stream(&name, &out).map_err(corrupt)?;
-        let at = out.len();
-        out.extend_from_slice(&plain);
-        new.apply(PREFIX_LEN as u64, &mut out[at..])?;
+        let new = self.open_chunked(&name, &out).map_err(corrupt)?;
+        new.write_all(&plain, &mut out)?;
         let tmp = path.with_extension("tde-rewrite");
         let mut file = std::fs::File::create(&tmp).map_err(|e| io("creating", e))?;
         file.write_all(&out).map_err(|e| io("writing", e))?;
@@ -445,7 +528,7 @@ mod tests {
 
     fn route_of(files: &StoreFiles, prefix: &[u8]) -> (u32, u32) {
         let u32_at = |at: usize| u32::from_le_bytes(prefix[at..at + 4].try_into().unwrap());
-        assert!(files.open_stream("x", prefix).is_ok());
+        assert!(files.open_chunked("x", prefix).is_ok());
         (u32_at(TABLE_AT), u32_at(VERSION_AT))
     }
 
