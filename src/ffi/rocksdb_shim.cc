@@ -277,6 +277,10 @@ struct Opened {
   struct Frame { uint64_t logical; uint64_t physical; uint32_t len; };
   std::vector<Frame> frames;
   bool torn = false;
+  // A format-1 file (AES-CTR after the header, written before format 2): read, never
+  // written; its bytes are not authenticated. Rust's cipher stream, freed here.
+  void* legacy = nullptr;
+  ~Opened() { tde_rs_stream_free(legacy); }
 };
 
 // Reads frame `k` of a log, authenticated, into `out`.
@@ -300,6 +304,18 @@ IOStatus ReadAt(const Opened& f, uint64_t offset, size_t n, Slice* result, char*
   n = offset < f.size ? static_cast<size_t>(std::min<uint64_t>(n, f.size - offset)) : 0;
   if (n == 0) {
     *result = Slice(scratch, 0);
+    return IOStatus::OK();
+  }
+  if (f.legacy != nullptr) {
+    Slice got;
+    IOStatus s = f.file->Read(kHeader + offset, n, IOOptions(), &got, scratch, nullptr);
+    if (!s.ok()) return s;
+    if (got.data() != scratch) memmove(scratch, got.data(), got.size());
+    if (got.size() > 0 &&
+        tde_rs_stream_apply(f.legacy, kHeader + offset, scratch, got.size()) != 0) {
+      return IOStatus::IOError("tde", f.name + ": decrypting failed");
+    }
+    *result = Slice(scratch, got.size());
     return IOStatus::OK();
   }
   if (f.table) {
@@ -647,6 +663,15 @@ class TdeChunkedFileSystem : public FileSystemWrapper {
     if (!s.ok()) return s;
     if (header.size() < kHeader) return corrupt(fname, "shorter than its header");
     char err[kErrCap] = {0};
+    if (header[8] == 1 && header[9] == 0) {
+      // Format 1: readable until rewritten (compaction, `tde upgrade`).
+      int32_t rc = tde_rs_open_stream(ctx_->ctx, fname.data(), fname.size(), header.data(),
+                                      header.size(), &f->legacy, err, kErrCap);
+      if (rc != 0) return status_of(rc, err);
+      f->size = physical - kHeader;
+      *out = std::move(f);
+      return IOStatus::OK();
+    }
     f->sealer = std::make_shared<Sealer>();
     int32_t rc = tde_rs_open_chunked(ctx_->ctx, fname.data(), fname.size(), header.data(),
                                      header.size(), &f->sealer->file, err, kErrCap);

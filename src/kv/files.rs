@@ -315,12 +315,20 @@ impl StoreFiles {
             path: path.to_path_buf(),
             detail,
         };
-        let old = self.open_chunked(&name, prefix).map_err(corrupt)?;
-        let plain = old.read_all(body).map_err(|e| crate::error::Error::Corrupt {
-            what: "store file",
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
+        let plain = if prefix[FORMAT_AT..SUITE_AT] == HEADER_FORMAT.to_le_bytes() {
+            // Format 1, written before format 2: AES-CTR from the start of the file.
+            let old = self.open_stream(&name, prefix).map_err(corrupt)?;
+            let mut plain = zeroize::Zeroizing::new(body.to_vec());
+            old.apply(PREFIX_LEN as u64, &mut plain)?;
+            plain
+        } else {
+            let old = self.open_chunked(&name, prefix).map_err(corrupt)?;
+            old.read_all(body).map_err(|e| crate::error::Error::Corrupt {
+                what: "store file",
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?
+        };
         let mut out = vec![0u8; PREFIX_LEN];
         self.new_prefix(&name, &mut out).map_err(corrupt)?;
         let new = self.open_chunked(&name, &out).map_err(corrupt)?;
