@@ -45,7 +45,7 @@ pub(crate) trait FileCrypto: Send + Sync {
 type Ctx = Arc<dyn FileCrypto>;
 
 unsafe extern "C" {
-    fn tde_shim_env_create(ctx: *mut c_void) -> *mut rocksdb_env_t;
+    fn tde_shim_env_create(ctx: *mut c_void, format1: i32) -> *mut rocksdb_env_t;
     fn tde_shim_options_add_listener(opts: *mut rocksdb_options_t, ctx: *mut c_void) -> i32;
     fn tde_shim_options_max_open_files(opts: *const rocksdb_options_t) -> i32;
     fn tde_shim_options_env_is(opts: *const rocksdb_options_t, env: *const rocksdb_env_t) -> i32;
@@ -69,13 +69,20 @@ pub(crate) fn prefix_length() -> usize {
     unsafe { tde_shim_prefix_length() }
 }
 
+/// Whether new files are written in format 1, as the previous release wrote them: only
+/// with the `testing` feature and `TDE_TESTING_WRITE_FORMAT1=1`, for tests that open
+/// stores made before format 2.
+pub(crate) fn write_format1() -> bool {
+    cfg!(feature = "testing") && std::env::var_os("TDE_TESTING_WRITE_FORMAT1").is_some_and(|v| v == "1")
+}
+
 /// An Env whose every file is encrypted through `crypto`, including the info LOG.
 pub(crate) fn encrypted_env(crypto: &Ctx) -> Result<rocksdb::Env> {
     let ctx = leak(crypto);
     // SAFETY: `ctx` is a valid leaked Box<Ctx>; the shim takes ownership of it in every
     // case (released through `tde_rs_context_release` when the Env is destroyed, or at
     // once if creation fails), so it is never freed here.
-    let raw = unsafe { tde_shim_env_create(ctx) };
+    let raw = unsafe { tde_shim_env_create(ctx, i32::from(write_format1())) };
     if raw.is_null() {
         return Err(Error::InvalidArgument(
             "RocksDB refused the encrypted environment".into(),

@@ -745,7 +745,9 @@ extern "C" {
 // Creates an Env whose files are all encrypted through the Rust context `ctx`. Takes one
 // reference to `ctx` (released through tde_rs_context_release). Returns nullptr on
 // failure.
-rocksdb_env_t* tde_shim_env_create(void* ctx) {
+// `format1`: files written as the previous release wrote them (RocksDB's encrypted file
+// system, AES-CTR after tde's header); only tests of reading such stores ask for it.
+rocksdb_env_t* tde_shim_env_create(void* ctx, int32_t format1) {
   // Ownership of `ctx` passes to the shim here, whatever happens: if the Context cannot
   // even be allocated, it is released at once; after that, by the Context's destructor.
   // The caller never frees it (no double free on an allocation failure half-way).
@@ -759,9 +761,19 @@ rocksdb_env_t* tde_shim_env_create(void* ctx) {
   try {
     Env* base = Env::Default();
     if (base == nullptr) return nullptr;
-    auto fs = std::make_shared<TdeChunkedFileSystem>(base->GetFileSystem(), context);
-    std::unique_ptr<Env> env(new CompositeEnvWrapper(base, fs));
-    fs->env_ = env.get();
+    std::unique_ptr<Env> env;
+    if (format1 != 0) {
+      auto provider = std::make_shared<TdeProvider>(context);
+      auto encrypted = ROCKSDB_NAMESPACE::NewEncryptedFS(base->GetFileSystem(), provider);
+      if (!encrypted) return nullptr;
+      auto fs = std::make_shared<TdeFileSystem>(encrypted);
+      env.reset(new CompositeEnvWrapper(base, fs));
+      fs->env_ = env.get();
+    } else {
+      auto fs = std::make_shared<TdeChunkedFileSystem>(base->GetFileSystem(), context);
+      env.reset(new CompositeEnvWrapper(base, fs));
+      fs->env_ = env.get();
+    }
     auto* out = new rocksdb_env_t{env.get(), false};
     env.release();
     return out;

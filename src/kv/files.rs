@@ -393,9 +393,14 @@ impl StoreFiles {
     ) {
         out.fill(0);
         out[..FORMAT_AT].copy_from_slice(MAGIC);
-        out[FORMAT_AT..SUITE_AT].copy_from_slice(&HEADER_FORMAT_CHUNKED.to_le_bytes());
-        out[SUITE_AT] = key.suite.id();
-        out[KIND_AT] = kind;
+        if crate::ffi::rocksdb::write_format1() {
+            out[FORMAT_AT..SUITE_AT].copy_from_slice(&HEADER_FORMAT.to_le_bytes());
+            out[SUITE_AT] = key.suite.id();
+        } else {
+            out[FORMAT_AT..SUITE_AT].copy_from_slice(&HEADER_FORMAT_CHUNKED.to_le_bytes());
+            out[SUITE_AT] = key.suite.id();
+            out[KIND_AT] = kind;
+        }
         out[STORE_AT..TABLE_AT].copy_from_slice(&self.store_id);
         out[TABLE_AT..VERSION_AT].copy_from_slice(&table_id.to_le_bytes());
         out[VERSION_AT..IV_AT].copy_from_slice(&version.to_le_bytes());
