@@ -22,6 +22,9 @@ fn main() {
         .define("HAVE_ALIGNED_NEW", None)
         .define("HAVE_UINT128_EXTENSION", None)
         .flag_if_supported("-Wno-unused-parameter");
+    if std::env::var_os("CARGO_FEATURE_TESTING").is_some() {
+        build.define("TDE_TESTING", None);
+    }
     let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if target_os == "linux" {
         build.define("OS_LINUX", None);

@@ -3,8 +3,6 @@
 //! Each options type that has such settings offers them only through its `dangerous()`
 //! method, which returns a [`Dangerous`] wrapper whose methods name what they give up:
 //!
-//! - [`crate::kv::TableOptions`]: `without_value_sealing()` — values protected by file
-//!   encryption only, while value sealing is a table's only integrity for values;
 //! - [`crate::page::TablespaceOptions`]: `unencrypted()` — pages not encrypted at all,
 //!   for measuring what encryption costs;
 //! - [`crate::kv::StoreOptions`]: `rocksdb_options(..)` — raw RocksDB options, checked:

@@ -523,3 +523,42 @@ impl crate::page::PageIo for CrashIo {
         }
     }
 }
+
+/// A simulated crash under RocksDB, for stores.
+///
+/// While armed, every store opened sits on a file system that counts the calls that change
+/// the disk (file creations, writes, syncs, renames, deletions). At the armed count the
+/// "process dies": the write there is torn (a seeded prefix of it reaches the disk), and
+/// that call and every later change fail with an I/O error. [`store_crash::settle`] then
+/// plays the power cut: each file keeps what was synced plus a seeded prefix of what was
+/// written after it. Directory entries count as durable at once.
+///
+/// The state is global to the process: use it from one test at a time.
+pub mod store_crash {
+    /// Arms the crash at change `at` (counted from 1 since arming; 0: never, only count),
+    /// with `seed` for the torn lengths. Stores opened from now on sit on the simulation.
+    pub fn arm(at: u64, seed: u64) {
+        crate::ffi::rocksdb::crash::arm(at, seed);
+    }
+
+    /// Changes counted since arming.
+    pub fn changes() -> u64 {
+        crate::ffi::rocksdb::crash::changes()
+    }
+
+    /// Whether the process has "died".
+    pub fn crashed() -> bool {
+        crate::ffi::rocksdb::crash::crashed()
+    }
+
+    /// The power cut: cuts every file to its synced length plus a seeded part of what was
+    /// written after, and disarms (stores opened from now on use the real disk only).
+    /// Returns how many files were cut.
+    ///
+    /// # Errors
+    /// If a file cannot be cut.
+    pub fn settle() -> std::io::Result<u64> {
+        crate::ffi::rocksdb::crash::settle()
+            .ok_or_else(|| std::io::Error::other("cutting a file after the simulated crash failed"))
+    }
+}

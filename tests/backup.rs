@@ -64,7 +64,9 @@ fn backups_are_incremental_ciphertext_and_each_restores_on_its_own() {
     let t = TestStore::new();
     let store = t.create();
     store.create_table("users", &TableOptions::default()).unwrap();
-    store.create_table("logs", &common::unsealed()).unwrap();
+    store
+        .create_table("logs", &tde::kv::TableOptions::default())
+        .unwrap();
     fill(&store, "users", 0, 2000);
     fill(&store, "logs", 0, 2000);
     let dest = t.tmp.path().join("backups");

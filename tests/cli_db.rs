@@ -14,16 +14,16 @@ fn create_tables_records_scan_and_verify() {
     cli.ok(&["db", "create", &db]);
     let key = cli.ok(&["kms", "create-key", "--alias", "alias/pii"]);
     let key = key.trim();
-    cli.ok(&["table", "create", &db, "people", "--key", "alias/pii"]);
     cli.ok(&[
         "table",
         "create",
         &db,
-        "events",
-        "--cipher",
-        "sm4-gcm",
-        "--no-value-seal",
+        "people",
+        "--key",
+        "alias/pii",
+        "--seal-values",
     ]);
+    cli.ok(&["table", "create", &db, "events", "--cipher", "sm4-gcm"]);
     cli.ok(&["table", "create", &db, "logs", "--cipher", "aegis-256"]);
     cli.ok(&["put", &db, "logs", "k", "an aegis value"]);
     assert_eq!(cli.ok(&["get", &db, "logs", "k"]).trim(), "an aegis value");
@@ -44,6 +44,17 @@ fn create_tables_records_scan_and_verify() {
     assert_eq!(versions[0]["version"], 1, "{json}");
     assert_eq!(versions[0]["state"], "current", "{json}");
     assert_eq!(versions[0]["seals"], 0, "{json}");
+    // Values are sealed one by one only where asked (`--seal-values`).
+    let sealing = |name: &str| {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()["value_seal"]
+            .clone()
+    };
+    assert_eq!(sealing("people"), true, "{json}");
+    assert_eq!(sealing("events"), false, "{json}");
 
     cli.ok(&["put", &db, "people", "p/1", "Ada Lovelace"]);
     cli.ok(&["put", &db, "people", "p/2", "Alan Turing"]);
@@ -63,6 +74,9 @@ fn create_tables_records_scan_and_verify() {
 
     let verified = cli.ok(&["verify", &db]);
     assert!(verified.contains("verified 3 records in 3 tables"), "{verified}");
+    assert!(verified.contains("authenticated every byte of"), "{verified}");
+    let upgraded = cli.ok(&["upgrade", &db]);
+    assert!(upgraded.contains("nothing to upgrade"), "{upgraded}");
 
     cli.ok(&["table", "create", &db, "scratch"]);
     cli.ok(&["put", &db, "scratch", "k", "v"]);

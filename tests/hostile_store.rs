@@ -21,7 +21,9 @@ fn edit_keyring(t: &TestStore, change: impl Fn(&mut serde_json::Value)) {
 fn an_edited_keyring_cannot_downgrade_sealing_reset_counts_or_rewind_versions() {
     let t = TestStore::new();
     let store = t.create();
-    store.create_table("users", &TableOptions::default()).unwrap();
+    store
+        .create_table("users", &TableOptions::default().seal_values(true))
+        .unwrap();
     store.table("users").unwrap().put(b"alice", b"v").unwrap();
     store.rotate_data_key(Some("users")).unwrap();
     drop(store);

@@ -108,9 +108,7 @@ fn batches_are_atomic_across_tables() {
     let t = TestStore::new();
     let store = t.create();
     let a = store.create_table("a", &TableOptions::default()).unwrap();
-    let b = store
-        .create_table("b", &TableOptions::default().dangerous().without_value_sealing())
-        .unwrap();
+    let b = store.create_table("b", &TableOptions::default()).unwrap();
     a.put(b"old", b"1").unwrap();
     let mut batch = store.batch();
     batch.put(&a, b"x", b"from batch");

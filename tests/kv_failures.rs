@@ -136,7 +136,7 @@ fn files_moved_from_another_store_are_refused() {
     }
     let err = t.open().unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, Error::Engine { .. }), "{err:?}");
+    assert!(matches!(err, Error::Authentication { .. }), "{err:?}");
     assert!(text.contains("another store"), "{text}");
 }
 

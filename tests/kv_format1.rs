@@ -27,7 +27,9 @@ fn a_format_1_store_opens_reads_and_writes_format_2() {
     unsafe { std::env::set_var("TDE_TESTING_WRITE_FORMAT1", "1") };
     {
         let store = t.create();
-        let table = store.create_table("t", &common::unsealed()).unwrap();
+        let table = store
+            .create_table("t", &tde::kv::TableOptions::default())
+            .unwrap();
         for i in 0..500u32 {
             table.put(format!("k{i:04}"), format!("old {i}")).unwrap();
         }
@@ -66,4 +68,41 @@ fn a_format_1_store_opens_reads_and_writes_format_2() {
         store.table("t").unwrap().get("new").unwrap().unwrap(),
         b"format 2"
     );
+
+    // `verify` names the files not yet authenticated; `upgrade` rewrites them, online.
+    let report = store.verify().unwrap();
+    let unauthenticated: Vec<_> = report.files.iter().filter(|f| f.error.is_some()).collect();
+    assert!(
+        unauthenticated
+            .iter()
+            .all(|f| f.error.as_deref().unwrap().contains("format 1")),
+        "{unauthenticated:?}"
+    );
+    let old_names: Vec<String> = old_ssts
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        old_names
+            .iter()
+            .all(|n| unauthenticated.iter().any(|f| &f.name == n))
+    );
+    assert!(unauthenticated.iter().any(|f| f.name == "IDENTITY"));
+    let (store, upgraded) = store.upgrade().unwrap();
+    assert!(upgraded.before.contains(&"IDENTITY".to_owned()), "{upgraded:?}");
+    assert!(upgraded.after.is_empty(), "{upgraded:?}");
+    assert!(store.format1_files().unwrap().is_empty());
+    let report = store.verify().unwrap();
+    assert_eq!(report.failures(), 0, "{report:?}");
+    let table = store.table("t").unwrap();
+    for i in 0..500u32 {
+        assert_eq!(
+            table.get(format!("k{i:04}")).unwrap().unwrap(),
+            format!("old {i}").as_bytes()
+        );
+    }
+    assert_eq!(table.get("wal-only").unwrap().unwrap(), b"in the WAL");
+    // A second upgrade finds nothing to do.
+    let (_store, again) = store.upgrade().unwrap();
+    assert!(again.before.is_empty());
 }

@@ -16,7 +16,9 @@ fn wal(dir: &std::path::Path) -> std::path::PathBuf {
 
 fn fill(t: &TestStore) {
     let store = tde::kv::Store::open(t.path(), t.options().sync_writes(true)).unwrap();
-    let table = store.create_table("t", &common::unsealed()).unwrap();
+    let table = store
+        .create_table("t", &tde::kv::TableOptions::default())
+        .unwrap();
     for i in 0..200u32 {
         table.put(format!("k{i:04}"), format!("value {i}")).unwrap();
     }

@@ -49,13 +49,10 @@ fn assert_no_marker(dir: &std::path::Path, when: &str) {
 fn no_plaintext_in_any_file() {
     let t = TestStore::new();
     let store = t.create();
-    let sealed = store.create_table("customers", &TableOptions::default()).unwrap();
-    let unsealed = store
-        .create_table(
-            "orders",
-            &TableOptions::default().dangerous().without_value_sealing(),
-        )
+    let sealed = store
+        .create_table("customers", &TableOptions::default().seal_values(true))
         .unwrap();
+    let unsealed = store.create_table("orders", &TableOptions::default()).unwrap();
     let value = |i: u32| [MARKER, format!("-{i}-").as_bytes(), MARKER].concat();
     for i in 0..2000u32 {
         sealed

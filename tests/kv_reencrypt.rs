@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::{TestStore, unsealed};
+use common::TestStore;
 use tde::kv::{ReencryptOptions, Store, TableOptions};
 
 fn row(i: u64) -> (Vec<u8>, Vec<u8>) {
@@ -64,8 +64,12 @@ fn file_versions(dir: &Path) -> Vec<(String, u32, u32)> {
 
 fn two_tables(ts: &TestStore) -> Store {
     let store = ts.create();
-    store.create_table("sealed", &TableOptions::default()).unwrap();
-    store.create_table("plain", &unsealed()).unwrap();
+    store
+        .create_table("sealed", &TableOptions::default().seal_values(true))
+        .unwrap();
+    store
+        .create_table("plain", &tde::kv::TableOptions::default())
+        .unwrap();
     fill(&store, "sealed", 0..20_000);
     fill(&store, "plain", 0..20_000);
     store.flush().unwrap();
@@ -238,7 +242,9 @@ fn a_snapshot_from_before_the_pass_holds_retirement_back_and_still_reads() {
 fn a_cancelled_pass_resumes_where_it_stopped() {
     let ts = TestStore::new();
     let store = ts.create();
-    store.create_table("sealed", &TableOptions::default()).unwrap();
+    store
+        .create_table("sealed", &TableOptions::default().seal_values(true))
+        .unwrap();
     // Several files, so the pass takes several steps.
     for part in 0..6 {
         fill(&store, "sealed", part * 20_000..(part + 1) * 20_000);
@@ -293,7 +299,9 @@ fn seal_counts_survive_a_restart_and_keys_rotate_before_their_limit() {
     let ts = TestStore::new();
     let options = || ts.options().seal_limit(1000);
     let store = Store::create(ts.path(), options()).unwrap();
-    let t = store.create_table("t", &TableOptions::default()).unwrap();
+    let t = store
+        .create_table("t", &TableOptions::default().seal_values(true))
+        .unwrap();
     for i in 0..700 {
         t.put(&row(i).0, &row(i).1).unwrap();
     }

@@ -26,11 +26,7 @@ fn holders(t: &TestStore, needle: &str) -> Vec<String> {
 fn populate(t: &TestStore) -> tde::kv::Store {
     let store = t.create();
     for (name, value_seal) in [("gone", false), ("kept", true)] {
-        let options = if value_seal {
-            TableOptions::default()
-        } else {
-            TableOptions::default().dangerous().without_value_sealing()
-        };
+        let options = TableOptions::default().seal_values(value_seal);
         let table = store.create_table(name, &options).unwrap();
         for i in 0..500u32 {
             table

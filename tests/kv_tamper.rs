@@ -85,14 +85,7 @@ fn tamper_each(t: &TestStore, n: u32, ext: &str) {
 fn fill(t: &TestStore, n: u32, value_seal: bool, flush: bool) {
     let store = t.create();
     let table = store
-        .create_table(
-            "data",
-            &(if value_seal {
-                TableOptions::default()
-            } else {
-                TableOptions::default().dangerous().without_value_sealing()
-            }),
-        )
+        .create_table("data", &TableOptions::default().seal_values(value_seal))
         .unwrap();
     for i in 0..n {
         table.put(format!("key-{i:06}").as_bytes(), expected(i)).unwrap();

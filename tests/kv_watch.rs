@@ -15,7 +15,9 @@ fn setup(t: &TestStore) -> (tde::kv::Store, String) {
     let key = t.local().create_key(&CreateKeyOptions::default()).unwrap().key_id;
     let store = t.create();
     let pii = store.create_table("pii", &common::keyed(&key)).unwrap();
-    let logs = store.create_table("logs", &common::unsealed()).unwrap();
+    let logs = store
+        .create_table("logs", &tde::kv::TableOptions::default())
+        .unwrap();
     for i in 0..200u32 {
         pii.put(format!("p{i}").as_bytes(), b"secret").unwrap();
         logs.put(format!("l{i}").as_bytes(), b"line").unwrap();

@@ -137,7 +137,7 @@ impl Harness {
                 }
                 if create {
                     let s = Store::create(self.path(), options)?;
-                    s.create_table("t", &TableOptions::default())?;
+                    s.create_table("t", &TableOptions::default().seal_values(true))?;
                     Ok(Subject::Store(s))
                 } else {
                     Ok(Subject::Store(Store::open(self.path(), options)?))

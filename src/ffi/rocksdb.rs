@@ -45,7 +45,7 @@ pub(crate) trait FileCrypto: Send + Sync {
 type Ctx = Arc<dyn FileCrypto>;
 
 unsafe extern "C" {
-    fn tde_shim_env_create(ctx: *mut c_void, format1: i32) -> *mut rocksdb_env_t;
+    fn tde_shim_env_create(ctx: *mut c_void, format1: i32, crash: i32) -> *mut rocksdb_env_t;
     fn tde_shim_options_add_listener(opts: *mut rocksdb_options_t, ctx: *mut c_void) -> i32;
     fn tde_shim_options_max_open_files(opts: *const rocksdb_options_t) -> i32;
     fn tde_shim_options_env_is(opts: *const rocksdb_options_t, env: *const rocksdb_env_t) -> i32;
@@ -63,6 +63,10 @@ fn leak(ctx: &Ctx) -> *mut c_void {
     Box::into_raw(Box::new(Arc::clone(ctx))).cast()
 }
 
+/// What the shim puts before the file name in a failed authentication's message
+/// (`kAuthMarker` in the shim, followed by RocksDB's ": ").
+pub(crate) const AUTH_MARKER: &str = "tde authentication: ";
+
 /// Length of the prefix the shim reserves at the start of every file.
 pub(crate) fn prefix_length() -> usize {
     // SAFETY: a pure function of the shim that returns a constant.
@@ -76,13 +80,57 @@ pub(crate) fn write_format1() -> bool {
     cfg!(feature = "testing") && std::env::var_os("TDE_TESTING_WRITE_FORMAT1").is_some_and(|v| v == "1")
 }
 
+/// The crash simulation under RocksDB (feature `testing`; see `tde::testing::store_crash`).
+#[cfg(feature = "testing")]
+pub(crate) mod crash {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    unsafe extern "C" {
+        fn tde_shim_crash_arm(at: u64, seed: u64);
+        fn tde_shim_crash_ops() -> u64;
+        fn tde_shim_crash_crashed() -> i32;
+        fn tde_shim_crash_settle() -> i64;
+    }
+
+    static ARMED: AtomicBool = AtomicBool::new(false);
+
+    pub(crate) fn under_stores() -> bool {
+        ARMED.load(Ordering::SeqCst)
+    }
+    pub(crate) fn arm(at: u64, seed: u64) {
+        // SAFETY: resets the shim's crash state under its own lock.
+        unsafe { tde_shim_crash_arm(at, seed) };
+        ARMED.store(true, Ordering::SeqCst);
+    }
+    pub(crate) fn changes() -> u64 {
+        // SAFETY: reads the shim's crash state under its own lock.
+        unsafe { tde_shim_crash_ops() }
+    }
+    pub(crate) fn crashed() -> bool {
+        // SAFETY: as above.
+        unsafe { tde_shim_crash_crashed() != 0 }
+    }
+    pub(crate) fn settle() -> Option<u64> {
+        ARMED.store(false, Ordering::SeqCst);
+        // SAFETY: cuts the files the shim tracked, under its own lock.
+        u64::try_from(unsafe { tde_shim_crash_settle() }).ok()
+    }
+}
+#[cfg(not(feature = "testing"))]
+mod crash {
+    pub(crate) fn under_stores() -> bool {
+        false
+    }
+}
+
 /// An Env whose every file is encrypted through `crypto`, including the info LOG.
 pub(crate) fn encrypted_env(crypto: &Ctx) -> Result<rocksdb::Env> {
     let ctx = leak(crypto);
     // SAFETY: `ctx` is a valid leaked Box<Ctx>; the shim takes ownership of it in every
     // case (released through `tde_rs_context_release` when the Env is destroyed, or at
     // once if creation fails), so it is never freed here.
-    let raw = unsafe { tde_shim_env_create(ctx, i32::from(write_format1())) };
+    let raw =
+        unsafe { tde_shim_env_create(ctx, i32::from(write_format1()), i32::from(crash::under_stores())) };
     if raw.is_null() {
         return Err(Error::InvalidArgument(
             "RocksDB refused the encrypted environment".into(),
@@ -341,8 +389,9 @@ extern "C" fn tde_rs_chunk_apply(
                 &mut *trailer.cast::<[u8; crate::kv::files::TRAILER]>(),
             )
         };
+        // 0: open; 1: seal; 2: seal a log frame marked "more".
         let done = if seal != 0 {
-            f.seal(index, data, trailer)
+            f.seal(index, data, trailer, seal == 2)
         } else {
             f.open(index, data, trailer)
         };

@@ -14,10 +14,14 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
+#ifdef TDE_TESTING
+#include <filesystem>
+#endif
 
 #include "env/composite_env_wrapper.h"
 #include "rocksdb/env.h"
@@ -217,21 +221,25 @@ class TdeFileSystem : public FileSystemWrapper {
 //   sealed in place and followed by its trailer; chunk i is at kHeader + i * kSlot, the
 //   last one may be shorter. Logical offsets map to physical ones by arithmetic.
 // - logs (WAL, MANIFEST, OPTIONS, CURRENT, the info LOG, ...: appended, read in order):
-//   frames, each a trailer followed by the bytes appended since the previous frame,
-//   sealed. A frame is written once and never rewritten, so a torn append can only cut
-//   the frame being written; a reader stops at a last frame that does not authenticate
-//   (a torn tail), and fails on any other.
+//   frames, each a trailer followed by bytes appended, sealed: a flush writes what was
+//   appended since the previous one as one frame, or as several of at most kMaxFrame
+//   bytes, all but the last marked "more". A frame is written once and never rewritten,
+//   so a torn append can only cut the flush being written; a reader cuts a torn tail (a
+//   last frame cut short or not authenticating, and the frames of an unfinished flush
+//   before it), and fails on any other damage.
 //
-// Trailer (kTrailer bytes): length (u32 LE) | nonce (32) | tag (16). The AEAD (the
-// table's suite, under a key of the file's own) binds store, table, key version, file
-// IV, kind, the chunk index or the frame's logical offset, and the length.
+// Trailer (kTrailer bytes): word (u32 LE: length, bit 31 "more") | nonce (32) | tag (16).
+// The AEAD (the table's suite, under a key of the file's own) binds store, table, key
+// version, file IV, kind, the chunk index or the frame's logical offset, and the word.
 constexpr uint64_t kHeader = 4096;
 constexpr uint64_t kChunk = 4096;
 constexpr uint64_t kTrailer = 52;
 constexpr uint64_t kSlot = kChunk + kTrailer;
 constexpr uint64_t kMaxFrame = 64 << 10;
+constexpr uint32_t kMore = 1u << 31;
 constexpr int kKindTable = 1;
 constexpr int kKindAt = 11;
+constexpr const char* kAuthMarker = "tde authentication";
 
 uint32_t le32(const char* p) {
   uint32_t v;
@@ -243,16 +251,19 @@ uint32_t le32(const char* p) {
 struct Sealer {
   void* file = nullptr;
   ~Sealer() { tde_rs_chunked_free(file); }
-  bool Seal(uint64_t index, char* data, size_t len, char* trailer) const {
-    return tde_rs_chunk_apply(file, 1, index, data, len, trailer) == 0;
+  // `more`: a frame that another of the same flush follows.
+  bool Seal(uint64_t index, char* data, size_t len, char* trailer, bool more = false) const {
+    return tde_rs_chunk_apply(file, more ? 2 : 1, index, data, len, trailer) == 0;
   }
   bool Open(uint64_t index, char* data, size_t len, char* trailer) const {
     return tde_rs_chunk_apply(file, 0, index, data, len, trailer) == 0;
   }
 };
 
+// A file's bytes that fail authentication (tampered, truncated, forged). The marker
+// lets Rust report it as an authentication error naming the file.
 IOStatus corrupt(const std::string& fname, const std::string& why) {
-  return IOStatus::Corruption("tde", fname + ": " + why);
+  return IOStatus::Corruption(kAuthMarker, fname + ": " + why);
 }
 
 // Reads `n` bytes at `offset` of `file` into `buf` (fewer at the end of the file).
@@ -274,13 +285,18 @@ struct Opened {
   std::string name;
   bool table = false;
   uint64_t size = 0;
-  struct Frame { uint64_t logical; uint64_t physical; uint32_t len; };
+  struct Frame { uint64_t logical; uint64_t physical; uint32_t len; bool more; };
   std::vector<Frame> frames;
   bool torn = false;
   // A format-1 file (AES-CTR after the header, written before format 2): read, never
   // written; its bytes are not authenticated. Rust's cipher stream, freed here.
   void* legacy = nullptr;
   ~Opened() { tde_rs_stream_free(legacy); }
+  // Logs: the frame last read, opened (readers ask for a few KiB at a time; a frame
+  // holds up to kMaxFrame bytes and is authenticated whole).
+  mutable std::mutex mu;
+  mutable size_t cached_frame = SIZE_MAX;
+  mutable std::string cached;
 };
 
 // Reads frame `k` of a log, authenticated, into `out`.
@@ -293,6 +309,28 @@ IOStatus ReadFrame(const Opened& f, size_t k, std::string* out) {
   out->erase(0, kTrailer);
   if (!f.sealer->Open(fr.logical, &(*out)[0], fr.len, &trailer[0])) {
     return corrupt(f.name, "the frame at offset " + std::to_string(fr.logical) + " does not authenticate");
+  }
+  return IOStatus::OK();
+}
+
+// Whether the bytes of a log from `at` (after its last complete frame) to `end` are what a
+// crash leaves: less than a trailer, one frame cut short, or zeros.
+IOStatus IsTornTail(FSRandomAccessFile* file, uint64_t at, uint64_t end, bool* torn) {
+  std::string buf;
+  *torn = true;
+  if (end - at < kTrailer) return IOStatus::OK();
+  IOStatus s = pread(file, at, kTrailer, &buf);
+  if (!s.ok()) return s;
+  uint32_t len = le32(buf.data()) & ~kMore;
+  if (len > 0 && len <= kMaxFrame && at + kTrailer + len > end) return IOStatus::OK();
+  for (uint64_t off = at; off < end; off += kMaxFrame) {
+    s = pread(file, off, static_cast<size_t>(std::min<uint64_t>(kMaxFrame, end - off)), &buf);
+    if (!s.ok()) return s;
+    if (buf.empty()) break;
+    if (std::any_of(buf.begin(), buf.end(), [](char c) { return c != 0; })) {
+      *torn = false;
+      return IOStatus::OK();
+    }
   }
   return IOStatus::OK();
 }
@@ -358,15 +396,21 @@ IOStatus ReadAt(const Opened& f, uint64_t offset, size_t n, Slice* result, char*
     *result = Slice(scratch, done);
     return IOStatus::OK();
   }
-  std::string buf;
+  std::lock_guard<std::mutex> lock(f.mu);
+  std::string& buf = f.cached;
   while (done < n) {
     uint64_t at = offset + done;
     auto it = std::upper_bound(f.frames.begin(), f.frames.end(), at,
                                [](uint64_t v, const Opened::Frame& fr) { return v < fr.logical; });
     if (it == f.frames.begin()) break;
     --it;
-    IOStatus s = ReadFrame(f, it - f.frames.begin(), &buf);
-    if (!s.ok()) return s;
+    size_t k = static_cast<size_t>(it - f.frames.begin());
+    if (f.cached_frame != k) {
+      f.cached_frame = SIZE_MAX;
+      IOStatus s = ReadFrame(f, k, &buf);
+      if (!s.ok()) return s;
+      f.cached_frame = k;
+    }
     uint64_t within = at - it->logical;
     if (within >= buf.size()) break;
     size_t take = static_cast<size_t>(std::min<uint64_t>(n - done, buf.size() - within));
@@ -426,17 +470,19 @@ class ChunkedWritableFile : public FSWritableFile {
     std::lock_guard<std::mutex> lock(mu_);
     const char* p = data.data();
     size_t left = data.size();
+    size_t limit = table_ ? kChunk : kMaxFrame;
     while (left > 0) {
-      size_t limit = table_ ? kChunk : kMaxFrame;
+      // A full chunk or frame goes out once more bytes follow it (a log's last frame of a
+      // flush waits for the flush, so that it is the one not marked "more").
+      if (pending_.size() == limit) {
+        IOStatus s = Emit(o, dbg, true);
+        if (!s.ok()) return s;
+      }
       size_t n = std::min(limit - pending_.size(), left);
       pending_.append(p, n);
       p += n;
       left -= n;
       size_ += n;
-      if (pending_.size() == limit) {
-        IOStatus s = Emit(o, dbg);
-        if (!s.ok()) return s;
-      }
     }
     return IOStatus::OK();
   }
@@ -481,7 +527,7 @@ class ChunkedWritableFile : public FSWritableFile {
  private:
   // Writes what is pending: for a table file the current chunk (sealed afresh, in place,
   // each time it grows; the chunk moves on once full), for a log one new frame.
-  IOStatus Emit(const IOOptions& o, IODebugContext* dbg) {
+  IOStatus Emit(const IOOptions& o, IODebugContext* dbg, bool more = false) {
     if (pending_.empty() || (table_ && written_ == pending_.size())) return WriteBatch(o, dbg);
     std::string out;
     char trailer[kTrailer];
@@ -509,7 +555,7 @@ class ChunkedWritableFile : public FSWritableFile {
     uint64_t logical = size_ - pending_.size();
     out.assign(kTrailer, '\0');
     out.append(pending_);
-    if (!sealer_->Seal(logical, &out[kTrailer], pending_.size(), trailer)) {
+    if (!sealer_->Seal(logical, &out[kTrailer], pending_.size(), trailer, more)) {
       return IOStatus::IOError("tde", name_ + ": sealing a frame failed");
     }
     memcpy(&out[0], trailer, kTrailer);
@@ -641,9 +687,11 @@ class TdeChunkedFileSystem : public FileSystemWrapper {
   Env* env_ = nullptr;
 
  private:
+  // A header that fails its checks (Rust's code 1, its message naming the file) is a
+  // failed authentication like any other damaged byte.
   static IOStatus status_of(int32_t rc, const char* err) {
+    if (rc == 1) return IOStatus::Corruption(kAuthMarker, err);
     Status s = to_status(rc, err);
-    if (s.IsCorruption()) return IOStatus::Corruption(s.ToString());
     return IOStatus::IOError(s.ToString());
   }
 
@@ -658,6 +706,19 @@ class TdeChunkedFileSystem : public FileSystemWrapper {
     f->name = fname;
     s = target()->NewRandomAccessFile(fname, plain, &f->file, dbg);
     if (!s.ok()) return s;
+    // CURRENT, IDENTITY and OPTIONS files are synced before RocksDB renames them into
+    // place: they cannot have a torn tail.
+    std::string base = fname.substr(fname.find_last_of('/') + 1);
+    bool whole = base == "CURRENT" || base == "IDENTITY" || base.rfind("OPTIONS-", 0) == 0;
+    if (physical < kHeader) {
+      // Created, then cut before its header was whole (a crash right after creation): no
+      // byte of it can be authenticated, so it holds none. Reported when not empty; a
+      // table file the MANIFEST lists with a size fails RocksDB's own size check.
+      if (whole) return corrupt(fname, "shorter than its header");
+      if (physical > 0) tde_rs_torn_tail(ctx_->ctx, fname.data(), fname.size(), physical);
+      *out = std::move(f);
+      return IOStatus::OK();
+    }
     std::string header;
     s = pread(f->file.get(), 0, kHeader, &header);
     if (!s.ok()) return s;
@@ -683,30 +744,52 @@ class TdeChunkedFileSystem : public FileSystemWrapper {
       if (rest != 0 && rest <= kTrailer) return corrupt(fname, "its last chunk is truncated");
       f->size = full * kChunk + (rest == 0 ? 0 : rest - kTrailer);
     } else {
-      // Walk the frames; a last one that is cut short or does not authenticate is a torn
-      // tail, cut here.
+      // Walk the complete frames. A crash can leave a torn tail after them: one frame cut
+      // short, a last frame that does not authenticate, or zeros. Anything else is damage.
       uint64_t at = kHeader, logical = 0;
       std::string t;
-      while (at < physical) {
-        if (physical - at < kTrailer) { f->torn = true; break; }
+      while (physical - at >= kTrailer) {
         s = pread(f->file.get(), at, kTrailer, &t);
         if (!s.ok()) return s;
-        uint32_t len = le32(t.data());
-        if (len == 0 || len > kMaxFrame || at + kTrailer + len > physical) { f->torn = true; break; }
-        f->frames.push_back({logical, at, len});
+        uint32_t word = le32(t.data());
+        uint32_t len = word & ~kMore;
+        if (len == 0 || len > kMaxFrame || at + kTrailer + len > physical) break;
+        f->frames.push_back({logical, at, len, (word & kMore) != 0});
         at += kTrailer + len;
         logical += len;
       }
-      if (!f->frames.empty()) {
-        std::string last;
-        if (!ReadFrame(*f, f->frames.size() - 1, &last).ok()) {
-          if (at != physical && !f->torn) return corrupt(fname, "a frame does not authenticate");
-          logical -= f->frames.back().len;
-          f->frames.pop_back();
-          f->torn = true;
+      std::string last;
+      if (at < physical) {
+        bool tail = false;
+        s = IsTornTail(f->file.get(), at, physical, &tail);
+        if (!s.ok()) return s;
+        if (!tail) {
+          return corrupt(fname, "the bytes at offset " + std::to_string(at) +
+                                    " are neither a frame nor a torn tail");
         }
+        f->torn = true;
+      } else if (!f->frames.empty() && !ReadFrame(*f, f->frames.size() - 1, &last).ok()) {
+        logical -= f->frames.back().len;
+        f->frames.pop_back();
+        f->torn = true;
+      }
+      // The frames of a flush that did not finish (the last kept one is marked "more") go
+      // too. Each is authenticated first, its mark included, and so is the frame that
+      // then ends the file: a forged mark fails the open rather than moving the cut.
+      bool cut_flush = !f->frames.empty() && f->frames.back().more;
+      while (!f->frames.empty() && f->frames.back().more) {
+        if (!ReadFrame(*f, f->frames.size() - 1, &last).ok()) {
+          return corrupt(fname, "a frame does not authenticate");
+        }
+        logical -= f->frames.back().len;
+        f->frames.pop_back();
+        f->torn = true;
+      }
+      if (cut_flush && !f->frames.empty() && !ReadFrame(*f, f->frames.size() - 1, &last).ok()) {
+        return corrupt(fname, "a frame does not authenticate");
       }
       f->size = logical;
+      if (f->torn && whole) return corrupt(fname, "its last frame does not authenticate");
       if (f->torn) {
         uint64_t kept = f->frames.empty() ? kHeader
                                           : f->frames.back().physical + kTrailer + f->frames.back().len;
@@ -719,6 +802,136 @@ class TdeChunkedFileSystem : public FileSystemWrapper {
 
   std::shared_ptr<Context> ctx_;
 };
+
+#ifdef TDE_TESTING
+// ---- Crash simulation (built with the `testing` feature only) ---------------------------
+//
+// Sits under tde's file system and counts the calls that change the disk: file creations,
+// writes, syncs, renames and deletions. At the armed count the process "dies": a write
+// there is torn (a seeded prefix of it reaches the disk), and that call and every later
+// change fail. `tde_shim_crash_settle` then drops what a power cut may drop: each file
+// keeps what was synced plus a seeded prefix of what was written after. (Directory
+// entries are taken as durable at once; renames and deletions are not undone.)
+struct CrashState {
+  std::mutex mu;
+  bool crashed = false;
+  uint64_t ops = 0;
+  uint64_t crash_at = UINT64_MAX;
+  uint64_t rng = 1;
+  struct Lengths { uint64_t synced = 0; uint64_t written = 0; };
+  std::map<std::string, Lengths> files;
+
+  uint64_t Next() {  // xorshift64*
+    rng ^= rng >> 12;
+    rng ^= rng << 25;
+    rng ^= rng >> 27;
+    return rng * 2685821657736338717ULL;
+  }
+  // Counts one change; false if the process is dead (or dies at this change).
+  bool Step() {
+    if (crashed) return false;
+    if (++ops == crash_at) crashed = true;
+    return !crashed;
+  }
+};
+CrashState& crash_state() {
+  static CrashState* state = new CrashState();
+  return *state;
+}
+IOStatus died() { return IOStatus::IOError("tde", "simulated crash"); }
+
+class CrashRWFile : public ROCKSDB_NAMESPACE::FSRandomRWFileOwnerWrapper {
+ public:
+  CrashRWFile(std::unique_ptr<FSRandomRWFile> t, std::string name)
+      : FSRandomRWFileOwnerWrapper(std::move(t)), name_(std::move(name)) {}
+  IOStatus Write(uint64_t offset, const Slice& data, const IOOptions& o,
+                 IODebugContext* dbg) override {
+    CrashState& c = crash_state();
+    std::lock_guard<std::mutex> lock(c.mu);
+    if (c.crashed) return died();
+    Slice part = data;
+    bool dies = !c.Step();
+    if (dies) part = Slice(data.data(), c.Next() % (data.size() + 1));
+    IOStatus s = part.empty() ? IOStatus::OK() : target()->Write(offset, part, o, dbg);
+    if (s.ok()) {
+      auto& len = c.files[name_];
+      len.written = std::max(len.written, offset + part.size());
+    }
+    return dies ? died() : s;
+  }
+  IOStatus Sync(const IOOptions& o, IODebugContext* dbg) override { return Durable(o, dbg); }
+  IOStatus Fsync(const IOOptions& o, IODebugContext* dbg) override { return Durable(o, dbg); }
+
+ private:
+  IOStatus Durable(const IOOptions& o, IODebugContext* dbg) {
+    CrashState& c = crash_state();
+    std::lock_guard<std::mutex> lock(c.mu);
+    if (!c.Step()) return died();
+    IOStatus s = target()->Fsync(o, dbg);
+    if (s.ok()) {
+      auto& len = c.files[name_];
+      len.synced = len.written;
+    }
+    return s;
+  }
+  std::string name_;
+};
+
+class CrashFileSystem : public FileSystemWrapper {
+ public:
+  explicit CrashFileSystem(const std::shared_ptr<FileSystem>& target) : FileSystemWrapper(target) {}
+  const char* Name() const override { return "TdeCrashFileSystem"; }
+
+  IOStatus NewWritableFile(const std::string& fname, const FileOptions& options,
+                           std::unique_ptr<FSWritableFile>* result, IODebugContext* dbg) override {
+    CrashState& c = crash_state();
+    std::lock_guard<std::mutex> lock(c.mu);
+    if (!c.Step()) return died();
+    IOStatus s = target()->NewWritableFile(fname, options, result, dbg);
+    if (s.ok()) c.files[fname] = CrashState::Lengths();
+    return s;
+  }
+  IOStatus NewRandomRWFile(const std::string& fname, const FileOptions& options,
+                           std::unique_ptr<FSRandomRWFile>* result, IODebugContext* dbg) override {
+    std::unique_ptr<FSRandomRWFile> file;
+    IOStatus s = target()->NewRandomRWFile(fname, options, &file, dbg);
+    if (s.ok()) result->reset(new CrashRWFile(std::move(file), fname));
+    return s;
+  }
+  IOStatus RenameFile(const std::string& src, const std::string& dst, const IOOptions& o,
+                      IODebugContext* dbg) override {
+    CrashState& c = crash_state();
+    std::lock_guard<std::mutex> lock(c.mu);
+    if (!c.Step()) return died();
+    IOStatus s = target()->RenameFile(src, dst, o, dbg);
+    if (s.ok()) {
+      auto it = c.files.find(src);
+      if (it != c.files.end()) {
+        c.files[dst] = it->second;
+        c.files.erase(src);
+      } else {
+        c.files.erase(dst);
+      }
+    }
+    return s;
+  }
+  IOStatus DeleteFile(const std::string& fname, const IOOptions& o, IODebugContext* dbg) override {
+    CrashState& c = crash_state();
+    std::lock_guard<std::mutex> lock(c.mu);
+    if (!c.Step()) return died();
+    IOStatus s = target()->DeleteFile(fname, o, dbg);
+    if (s.ok()) c.files.erase(fname);
+    return s;
+  }
+  IOStatus LinkFile(const std::string& src, const std::string& dst, const IOOptions& o,
+                    IODebugContext* dbg) override {
+    CrashState& c = crash_state();
+    std::lock_guard<std::mutex> lock(c.mu);
+    if (!c.Step()) return died();
+    return target()->LinkFile(src, dst, o, dbg);
+  }
+};
+#endif  // TDE_TESTING
 
 class TdeListener : public EventListener {
  public:
@@ -747,7 +960,8 @@ extern "C" {
 // failure.
 // `format1`: files written as the previous release wrote them (RocksDB's encrypted file
 // system, AES-CTR after tde's header); only tests of reading such stores ask for it.
-rocksdb_env_t* tde_shim_env_create(void* ctx, int32_t format1) {
+// `crash`: the crash-simulating file system sits under tde's (tests only).
+rocksdb_env_t* tde_shim_env_create(void* ctx, int32_t format1, int32_t crash) {
   // Ownership of `ctx` passes to the shim here, whatever happens: if the Context cannot
   // even be allocated, it is released at once; after that, by the Context's destructor.
   // The caller never frees it (no double free on an allocation failure half-way).
@@ -770,7 +984,13 @@ rocksdb_env_t* tde_shim_env_create(void* ctx, int32_t format1) {
       env.reset(new CompositeEnvWrapper(base, fs));
       fs->env_ = env.get();
     } else {
-      auto fs = std::make_shared<TdeChunkedFileSystem>(base->GetFileSystem(), context);
+      std::shared_ptr<FileSystem> under = base->GetFileSystem();
+#ifdef TDE_TESTING
+      if (crash != 0) under = std::make_shared<CrashFileSystem>(under);
+#else
+      if (crash != 0) return nullptr;
+#endif
+      auto fs = std::make_shared<TdeChunkedFileSystem>(under, context);
       env.reset(new CompositeEnvWrapper(base, fs));
       fs->env_ = env.get();
     }
@@ -823,5 +1043,48 @@ int32_t tde_shim_env_is_default(const rocksdb_env_t* env) {
   return env->is_default ? 1 : 0;
 }
 size_t tde_shim_prefix_length() { return kPrefixLength; }
+
+#ifdef TDE_TESTING
+// The crash simulation's controls: arm (the change numbered `at`, counting from 1, is the
+// one the process dies at; 0 never), read the count and whether it died, and settle the
+// files after the "power cut". Returns from settle the number of files cut.
+void tde_shim_crash_arm(uint64_t at, uint64_t seed) {
+  CrashState& c = crash_state();
+  std::lock_guard<std::mutex> lock(c.mu);
+  c.crashed = false;
+  c.ops = 0;
+  c.crash_at = at == 0 ? UINT64_MAX : at;
+  c.rng = seed | 1;
+  c.files.clear();
+}
+uint64_t tde_shim_crash_ops() {
+  CrashState& c = crash_state();
+  std::lock_guard<std::mutex> lock(c.mu);
+  return c.ops;
+}
+int32_t tde_shim_crash_crashed() {
+  CrashState& c = crash_state();
+  std::lock_guard<std::mutex> lock(c.mu);
+  return c.crashed ? 1 : 0;
+}
+int64_t tde_shim_crash_settle() {
+  CrashState& c = crash_state();
+  std::lock_guard<std::mutex> lock(c.mu);
+  int64_t cut = 0;
+  for (const auto& [name, len] : c.files) {
+    if (len.written <= len.synced) continue;
+    uint64_t keep = len.synced + c.Next() % (len.written - len.synced + 1);
+    std::error_code ec;
+    if (!std::filesystem::exists(name, ec)) continue;
+    std::filesystem::resize_file(name, keep, ec);
+    if (ec) return -1;
+    cut++;
+  }
+  c.files.clear();
+  c.crash_at = UINT64_MAX;
+  c.crashed = false;
+  return cut;
+}
+#endif
 
 }  // extern "C"

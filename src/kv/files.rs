@@ -1,26 +1,38 @@
-//! Encryption of every file RocksDB writes: the 4096-byte file header and the routing of
-//! files to keys (SSTs to their column family's key, everything else to the store key).
+//! Encryption of every file RocksDB writes: the 4096-byte file header, the routing of
+//! files to keys (SSTs to their column family's key, everything else to the store key),
+//! and the sealing of format 2's chunks and frames (the file system itself is in
+//! `src/ffi/rocksdb_shim.cc`).
 //!
 //! ```text
 //! file header (prefix), 4096 bytes; all integers little-endian
 //! offset  size  field
 //! 0       8     magic "TDEFILE\0"
-//! 8       2     header format version (1)
-//! 10      1     suite id (1 = AES-256, 2 = SM4; the file stream runs in CTR mode)
-//! 11      1     reserved, 0
+//! 8       2     header format version: 2 (1: AES-CTR files of earlier releases, read only)
+//! 10      1     suite id (1 = AES-256-GCM, 2 = SM4-GCM, 3 = AEGIS-256)
+//! 11      1     kind (format 2): 1 = table file (SST, blob), 2 = log (everything else)
 //! 12      16    store id
 //! 28      4     table id (0 = store-level key)
 //! 32      4     data key version
 //! 36      16    IV, random from the OS CSPRNG
 //! 52      8     key check value: HKDF(file key, "tde file kcv")[..8]
 //! 60      8     SHA-256 of bytes 0..60, first 8 bytes
-//! 68      ...   zero up to 4096 (direct I/O needs the data to start aligned)
+//! 68      ...   zero up to 4096 (checked: every byte counts)
+//!
+//! format 2, after the header
+//! table file: chunk 0 | trailer 0 | chunk 1 | trailer 1 | ...   (4096-byte chunks, the
+//!             last one shorter; logical offset L is at 4096 + (L / 4096) * 4148 + L % 4096)
+//! log:        trailer | frame | trailer | frame | ...            (frames of 1..65536 bytes)
+//! trailer, 52 bytes: word (4: length, bit 31 = "another frame of this flush follows")
+//!             | nonce (32: 12 for the GCM suites, then zeros) | tag (16)
+//! AEAD key:   HKDF(data key, salt = IV, "tde chunk key"): one key per file
+//! AAD:        "tde file\0" | store id | table id | version | IV | kind
+//!             | chunk index (table) or logical offset of the frame (log), u64 | word
 //! ```
 //!
-//! Invariant: the prefix length never changes (RocksDB subtracts it from every file
-//! size). A file whose header names another store, an unknown key version, or whose key
-//! check value does not match, is refused with an error saying which, never decrypted
-//! into garbage.
+//! Invariant: the prefix length never changes (RocksDB sees logical sizes and offsets). A
+//! file whose header names another store, an unknown key version, or whose key check
+//! value does not match, is refused with an error saying which, never decrypted into
+//! garbage.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,6 +65,8 @@ pub(crate) const TRAILER: usize = 52;
 const CHUNK: usize = 4096;
 /// The largest frame of a log.
 const MAX_FRAME: usize = 64 << 10;
+/// Bit 31 of a trailer's word: a log frame that another frame of the same flush follows.
+const MORE: u32 = 1 << 31;
 /// Associated data every chunk carries: store id, table id, key version, file IV, kind.
 const BOUND: usize = 41;
 
@@ -64,25 +78,32 @@ pub(crate) struct ChunkFile {
 }
 
 impl ChunkFile {
-    fn aad(&self, index: u64, len: usize) -> [u8; BOUND + 21] {
+    fn aad(&self, index: u64, word: u32) -> [u8; BOUND + 21] {
         let mut aad = [0u8; BOUND + 21];
         aad[..9].copy_from_slice(b"tde file\0");
         aad[9..9 + BOUND].copy_from_slice(&self.bound);
         aad[9 + BOUND..17 + BOUND].copy_from_slice(&index.to_le_bytes());
-        aad[17 + BOUND..].copy_from_slice(&(len as u32).to_le_bytes());
+        aad[17 + BOUND..].copy_from_slice(&word.to_le_bytes());
         aad
     }
 
-    /// Seals `data` (chunk or frame `index`) in place; fills `trailer`.
+    /// Seals `data` (chunk or frame `index`) in place; fills `trailer`. `more`: a log's
+    /// frame that another frame of the same flush follows.
     pub(crate) fn seal(
         &self,
         index: u64,
         data: &mut [u8],
         trailer: &mut [u8; TRAILER],
+        more: bool,
     ) -> crate::error::Result<()> {
-        let d = self.key.seal_detached(&self.aad(index, data.len()), data)?;
+        let word = u32::try_from(data.len())
+            .ok()
+            .filter(|&len| len & MORE == 0)
+            .ok_or_else(|| crate::error::Error::InvalidArgument("a chunk or frame is too long".into()))?
+            | if more { MORE } else { 0 };
+        let d = self.key.seal_detached(&self.aad(index, word), data)?;
         trailer.fill(0);
-        trailer[..4].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        trailer[..4].copy_from_slice(&word.to_le_bytes());
         let n = d.nonce.as_slice();
         trailer[4..4 + n.len()].copy_from_slice(n);
         trailer[36..].copy_from_slice(&d.tag);
@@ -90,9 +111,14 @@ impl ChunkFile {
     }
 
     /// The plaintext of a whole file whose bytes after the header are `body`: a table
-    /// file's chunks, or a log's frames (a torn last frame is left out, as the file system
-    /// leaves it out).
-    pub(crate) fn read_all(&self, body: &[u8]) -> crate::error::Result<zeroize::Zeroizing<Vec<u8>>> {
+    /// file's chunks, or a log's frames. With `may_tear`, a torn tail (a last frame cut
+    /// short or not authenticating, and an unfinished flush before it) is left out, as the
+    /// file system leaves it out; without, it is an error.
+    pub(crate) fn read_all(
+        &self,
+        body: &[u8],
+        may_tear: bool,
+    ) -> crate::error::Result<zeroize::Zeroizing<Vec<u8>>> {
         let mut out = zeroize::Zeroizing::new(Vec::with_capacity(body.len()));
         let bad = |what: String| crate::error::Error::Authentication { location: what };
         let mut at = 0usize;
@@ -114,13 +140,14 @@ impl ChunkFile {
             }
             return Ok(out);
         }
-        while at < body.len() {
-            if body.len() - at < TRAILER {
-                break;
-            }
+        // Where the flush being read began: an unfinished flush at the end is cut.
+        let mut flush_start = 0;
+        let mut more = false;
+        while body.len() - at >= TRAILER {
             let mut trailer = [0u8; TRAILER];
             trailer.copy_from_slice(&body[at..at + TRAILER]);
-            let len = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) as usize;
+            let word = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+            let len = (word & !MORE) as usize;
             if len == 0 || len > MAX_FRAME || at + TRAILER + len > body.len() {
                 break;
             }
@@ -136,7 +163,30 @@ impl ChunkFile {
                 }
                 Err(e) => return Err(e),
             }
+            more = word & MORE != 0;
+            if !more {
+                flush_start = out.len();
+            }
             at += TRAILER + len;
+        }
+        if more {
+            out.truncate(flush_start);
+        }
+        // After the frames, only what a crash leaves: less than a trailer, one frame cut
+        // short (or not authenticating), or zeros.
+        let rest = &body[at..];
+        let cut_short = rest.len() < TRAILER || {
+            let len = (u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) & !MORE) as usize;
+            (1..=MAX_FRAME).contains(&len) && TRAILER + len >= rest.len()
+        };
+        if !cut_short && rest.iter().any(|&b| b != 0) {
+            return Err(bad(format!(
+                "the bytes at offset {} are neither a frame nor a torn tail",
+                PREFIX_LEN + at
+            )));
+        }
+        if !may_tear && (at != body.len() || more) {
+            return Err(bad("its last frame does not authenticate (a torn tail)".into()));
         }
         Ok(out)
     }
@@ -146,11 +196,13 @@ impl ChunkFile {
     pub(crate) fn write_all(&self, plain: &[u8], out: &mut Vec<u8>) -> crate::error::Result<()> {
         let table = self.bound[40] == KIND_TABLE;
         let step = if table { CHUNK } else { MAX_FRAME };
+        let pieces = plain.len().div_ceil(step);
         for (i, piece) in plain.chunks(step).enumerate() {
             let index = if table { i as u64 } else { (i * step) as u64 };
             let mut trailer = [0u8; TRAILER];
             let mut sealed = piece.to_vec();
-            self.seal(index, &mut sealed, &mut trailer)?;
+            // A log is rewritten as one flush.
+            self.seal(index, &mut sealed, &mut trailer, !table && i + 1 < pieces)?;
             if table {
                 out.extend_from_slice(&sealed);
                 out.extend_from_slice(&trailer);
@@ -169,7 +221,8 @@ impl ChunkFile {
         data: &mut [u8],
         trailer: &[u8; TRAILER],
     ) -> crate::error::Result<()> {
-        let len = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) as usize;
+        let word = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+        let len = (word & !MORE) as usize;
         if len != data.len() {
             return Err(crate::error::Error::Authentication {
                 location: format!("chunk {index} (its length does not match)"),
@@ -188,7 +241,7 @@ impl ChunkFile {
             nonce: crate::cipher::Nonce::from_slice(&trailer[4..4 + nonce_len])?,
             tag,
         };
-        self.key.open_detached(&self.aad(index, len), &d, data)
+        self.key.open_detached(&self.aad(index, word), &d, data)
     }
 }
 const FORMAT_AT: usize = 8;
@@ -294,40 +347,77 @@ impl StoreFiles {
         *self.store_version.write() = version;
     }
 
+    /// The plaintext of a whole store file, every byte authenticated (a torn tail of a log
+    /// left out), and whether it is a format-1 file (AES-CTR, written by an earlier
+    /// release: decrypted, not authenticated).
+    fn plaintext(&self, path: &std::path::Path) -> crate::error::Result<(zeroize::Zeroizing<Vec<u8>>, bool)> {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path)
+            .map_err(|e| crate::error::Error::io(format!("reading {}", path.display()), e))?;
+        let corrupt = |detail: String| crate::error::Error::Corrupt {
+            what: "store file",
+            path: path.to_path_buf(),
+            detail,
+        };
+        // Logs that RocksDB appends to may end in a torn tail (a crash), even one that cuts
+        // their header; the files it syncs before renaming them into place may not.
+        let base = file_name(&name);
+        let may_tear = base.ends_with(".log") || base.starts_with("MANIFEST-") || base.starts_with("LOG");
+        if bytes.len() < PREFIX_LEN {
+            if may_tear {
+                return Ok((zeroize::Zeroizing::new(Vec::new()), false));
+            }
+            return Err(corrupt("shorter than its header".into()));
+        }
+        let (prefix, body) = bytes.split_at(PREFIX_LEN);
+        if prefix[FORMAT_AT..SUITE_AT] == HEADER_FORMAT.to_le_bytes() {
+            // Format 1, written before format 2: AES-CTR from the start of the file.
+            let old = self.open_stream(&name, prefix).map_err(|(_, d)| corrupt(d))?;
+            let mut plain = zeroize::Zeroizing::new(body.to_vec());
+            old.apply(PREFIX_LEN as u64, &mut plain)?;
+            return Ok((plain, true));
+        }
+        // A header that fails its checks: the message names the file.
+        let old = self
+            .open_chunked(&name, prefix)
+            .map_err(|(_, location)| crate::error::Error::Authentication { location })?;
+        let plain = old.read_all(body, may_tear).map_err(|e| match e {
+            crate::error::Error::Authentication { location } => crate::error::Error::Authentication {
+                location: format!("{}: {location}", path.display()),
+            },
+            e => corrupt(e.to_string()),
+        })?;
+        Ok((plain, false))
+    }
+
+    /// Reads and authenticates a whole store file; returns its plaintext length.
+    pub(crate) fn verify_file(&self, path: &std::path::Path) -> crate::error::Result<u64> {
+        let (plain, format1) = self.plaintext(path)?;
+        if format1 {
+            return Err(crate::error::Error::Corrupt {
+                what: "store file",
+                path: path.to_path_buf(),
+                detail: "format 1 (written by an earlier release: encrypted, not authenticated); \
+                         `tde upgrade` rewrites it"
+                    .into(),
+            });
+        }
+        Ok(plain.len() as u64)
+    }
+
     /// Re-encrypts a file RocksDB no longer writes (and reads only at open) under the
-    /// current store-level version: a new file with a fresh IV replaces it atomically.
+    /// current store-level version, in format 2: a new file with a fresh IV replaces it
+    /// atomically.
     pub(crate) fn rewrite_store_file(&self, path: &std::path::Path) -> crate::error::Result<()> {
         use std::io::Write;
         let io =
             |what: &str, e: std::io::Error| crate::error::Error::io(format!("{what} {}", path.display()), e);
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| io("reading", e))?;
-        if bytes.len() < PREFIX_LEN {
-            return Err(crate::error::Error::Corrupt {
-                what: "store file",
-                path: path.to_path_buf(),
-                detail: "shorter than its header".into(),
-            });
-        }
-        let (prefix, body) = bytes.split_at(PREFIX_LEN);
+        let (plain, _) = self.plaintext(path)?;
         let corrupt = |(_, detail): (i32, String)| crate::error::Error::Corrupt {
             what: "store file",
             path: path.to_path_buf(),
             detail,
-        };
-        let plain = if prefix[FORMAT_AT..SUITE_AT] == HEADER_FORMAT.to_le_bytes() {
-            // Format 1, written before format 2: AES-CTR from the start of the file.
-            let old = self.open_stream(&name, prefix).map_err(corrupt)?;
-            let mut plain = zeroize::Zeroizing::new(body.to_vec());
-            old.apply(PREFIX_LEN as u64, &mut plain)?;
-            plain
-        } else {
-            let old = self.open_chunked(&name, prefix).map_err(corrupt)?;
-            old.read_all(body).map_err(|e| crate::error::Error::Corrupt {
-                what: "store file",
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            })?
         };
         let mut out = vec![0u8; PREFIX_LEN];
         self.new_prefix(&name, &mut out).map_err(corrupt)?;
@@ -350,6 +440,12 @@ impl StoreFiles {
         let sum = Sha256::digest(&prefix[..SUM_AT]);
         if !ct_eq(&sum[..8], &prefix[SUM_AT..HEADER_END]) {
             return Err(corrupt("the file header is damaged (checksum mismatch)".into()));
+        }
+        // The rest of the header is zero: every byte of a file counts.
+        if prefix[HEADER_END..].iter().any(|&b| b != 0) {
+            return Err(corrupt(
+                "the file header is damaged (its padding is not zero)".into(),
+            ));
         }
         let u32_at =
             |at: usize| u32::from_le_bytes([prefix[at], prefix[at + 1], prefix[at + 2], prefix[at + 3]]);
@@ -409,6 +505,29 @@ impl StoreFiles {
         let sum = Sha256::digest(&out[..SUM_AT]);
         out[SUM_AT..HEADER_END].copy_from_slice(&sum[..8]);
     }
+}
+
+/// Whether `name` is one of RocksDB's files other than table files: write-ahead logs,
+/// MANIFEST, OPTIONS, CURRENT, IDENTITY and info logs.
+pub(crate) fn rocksdb_log_name(name: &str) -> bool {
+    let numbered = |rest: &str| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit());
+    matches!(name, "CURRENT" | "IDENTITY" | "LOG")
+        || name.strip_suffix(".log").is_some_and(numbered)
+        || name.strip_prefix("MANIFEST-").is_some_and(numbered)
+        || name.strip_prefix("OPTIONS-").is_some_and(numbered)
+        || name.strip_prefix("LOG.old.").is_some_and(numbered)
+}
+
+/// Whether the file at `path` is a tde file in format 1 (AES-CTR, written by an earlier
+/// release).
+pub(crate) fn is_format1(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut header = [0u8; SUITE_AT];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok()
+        && &header[..FORMAT_AT] == MAGIC
+        && header[FORMAT_AT..SUITE_AT] == HEADER_FORMAT.to_le_bytes()
 }
 
 /// The (table id, data key version) a file's header names, or `None` if it is not a tde

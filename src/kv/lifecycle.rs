@@ -12,6 +12,15 @@ use crate::keys::{
 };
 use crate::kms::Kms;
 
+/// What [`Store::upgrade`] found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UpgradeReport {
+    /// RocksDB's files in format 1 before the upgrade.
+    pub before: Vec<String>,
+    /// Those still in format 1 after it.
+    pub after: Vec<String>,
+}
+
 impl Store {
     /// Every envelope (the store-level key and each table's), with its versions, their
     /// states and their seal counts (counted live).
@@ -40,7 +49,8 @@ impl Store {
         }
     }
 
-    /// Reads and authenticates every record of every table; a table that fails is
+    /// Reads and authenticates every record of every table, then every byte of every
+    /// file RocksDB keeps ([`Store::verify_files`]); a table or file that fails is
     /// reported with its first error, and the others are still checked.
     ///
     /// # Errors
@@ -73,7 +83,110 @@ impl Store {
         Ok(IntegrityReport {
             unit: "records",
             parts,
+            files: self.verify_files()?,
         })
+    }
+
+    /// Reads and authenticates every byte of every file RocksDB keeps in the store: live
+    /// table files, write-ahead logs, MANIFEST, OPTIONS, CURRENT, IDENTITY and info logs.
+    /// A torn tail of a log (the unfinished last flush of a crash, or of a log being
+    /// written now) is left out, as the store leaves it out. A file written by an earlier
+    /// release in format 1 (not authenticated) fails, naming it; a compaction or
+    /// [`Store::upgrade`] rewrites it.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the directory cannot be listed; [`Error::Engine`].
+    pub fn verify_files(&self) -> Result<Vec<PartReport>> {
+        let live: std::collections::HashSet<String> = self
+            .inner
+            .db
+            .live_files()
+            .map_err(super::engine)?
+            .into_iter()
+            .map(|f| f.name.trim_start_matches('/').to_owned())
+            .collect();
+        let dir = &self.inner.path;
+        let listing = |e| Error::io(format!("listing {}", dir.display()), e);
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(listing)? {
+            let name = entry.map_err(listing)?.file_name().to_string_lossy().into_owned();
+            let table_file = name.ends_with(".sst") || name.ends_with(".blob");
+            // A table file that is not live is being written or deleted right now.
+            if (table_file && live.contains(&name)) || (!table_file && super::files::rocksdb_log_name(&name))
+            {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let checked = self.inner.files.verify_file(&dir.join(&name));
+                PartReport {
+                    name,
+                    checked: *checked.as_ref().unwrap_or(&0),
+                    error: checked.err().map(|e| e.to_string()),
+                }
+            })
+            .collect())
+    }
+
+    /// RocksDB's files in the store still in format 1 (written by an earlier release:
+    /// encrypted, not authenticated), by name.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the directory cannot be listed.
+    pub fn format1_files(&self) -> Result<Vec<String>> {
+        let dir = &self.inner.path;
+        let listing = |e| Error::io(format!("listing {}", dir.display()), e);
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(listing)? {
+            let entry = entry.map_err(listing)?;
+            if super::files::is_format1(&entry.path()) {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Rewrites every file still in format 1 in format 2, online: flushes every table and
+    /// compacts it (a new SST for every old one), rewrites the files RocksDB reads only at
+    /// open (IDENTITY, OPTIONS, old info logs), then reopens the store, which replaces its
+    /// MANIFEST, CURRENT, WAL and info LOG. Returns the reopened store and what it found
+    /// before and after (after: nothing, unless another process holds a file).
+    ///
+    /// # Errors
+    /// As [`Store::flush`], [`Store::compact`] and [`Store::reopen`]; [`Error::Corrupt`] or
+    /// [`Error::Authentication`] for a file that cannot be read.
+    pub fn upgrade(self) -> Result<(Store, UpgradeReport)> {
+        let before = self.format1_files()?;
+        if before.is_empty() {
+            return Ok((
+                self,
+                UpgradeReport {
+                    before,
+                    after: Vec::new(),
+                },
+            ));
+        }
+        self.inner.flush_all()?;
+        self.compact()?;
+        self.rewrite_format1_read_at_open()?;
+        let store = self.reopen()?;
+        // The reopen renamed the old info LOG to LOG.old.*.
+        store.rewrite_format1_read_at_open()?;
+        let after = store.format1_files()?;
+        Ok((store, UpgradeReport { before, after }))
+    }
+
+    fn rewrite_format1_read_at_open(&self) -> Result<()> {
+        for name in self.format1_files()? {
+            if name == "IDENTITY" || name.starts_with("OPTIONS-") || name.starts_with("LOG.old.") {
+                self.inner.files.rewrite_store_file(&self.inner.path.join(name))?;
+            }
+        }
+        Ok(())
     }
 
     /// Closes the store and opens it again with the options it was opened with (RocksDB

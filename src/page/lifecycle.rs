@@ -146,6 +146,7 @@ impl KeyLifecycle for Tablespace {
                 checked,
                 error,
             }],
+            files: Vec::new(),
         })
     }
 

@@ -172,13 +172,6 @@ pub fn keyed(key: &str) -> tde::kv::TableOptions {
     tde::kv::TableOptions::default().master_key(key)
 }
 
-/// Options for a table without value sealing.
-pub fn unsealed() -> tde::kv::TableOptions {
-    tde::kv::TableOptions::default()
-        .dangerous()
-        .without_value_sealing()
-}
-
 /// The `tde` command line against a local KMS in a temporary directory (`TDE_KMS`).
 pub struct Cli {
     pub tmp: tempfile::TempDir,

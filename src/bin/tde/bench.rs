@@ -43,9 +43,9 @@ pub(crate) struct KvArgs {
     /// Rounds (default 5; 3 with --quick).
     #[arg(long)]
     rounds: Option<usize>,
-    /// Measure tde tables without value sealing (file encryption only).
+    /// Measure tde tables that also seal each value (`TableOptions::seal_values`).
     #[arg(long)]
-    no_value_seal: bool,
+    seal_values: bool,
     /// The tde table's cipher: aes-256-gcm, sm4-gcm or aegis-256.
     #[arg(long, default_value = "aes-256-gcm")]
     cipher: tde::cipher::Suite,
@@ -188,14 +188,7 @@ fn open_tde(
         let store = Store::create(dir, options)?;
         store.create_table(
             "bench",
-            &(if value_seal {
-                TableOptions::default().suite(suite)
-            } else {
-                TableOptions::default()
-                    .suite(suite)
-                    .dangerous()
-                    .without_value_sealing()
-            }),
+            &TableOptions::default().suite(suite).seal_values(value_seal),
         )?;
         store
     };
@@ -399,7 +392,7 @@ pub(crate) fn run(cmd: BenchCommand) -> CliResult {
     let tmp = tempfile::tempdir()?;
     let kms = Arc::new(LocalKms::create(tmp.path().join("kms"))?);
     let backend = backend();
-    let sealing = if args.no_value_seal { "off" } else { "on" };
+    let sealing = if args.seal_values { "on" } else { "off" };
     let features = compiled_features();
     eprintln!(
         "tde bench kv: {keys} keys, {VALUE_LEN}-byte values, {rounds} rounds, {} ({backend}, compiled for {features}), value sealing {sealing}",
@@ -409,14 +402,7 @@ pub(crate) fn run(cmd: BenchCommand) -> CliResult {
     let speeds = crate::bench_primitive::measure_all(&[4096, 16384], args.cipher);
     let mut per_round: Vec<Round> = Vec::new();
     for r in 0..rounds {
-        let out = round(
-            tmp.path(),
-            &kms,
-            keys,
-            r % 2 == 0,
-            !args.no_value_seal,
-            args.cipher,
-        )?;
+        let out = round(tmp.path(), &kms, keys, r % 2 == 0, args.seal_values, args.cipher)?;
         eprintln!("  round {}: {}", r + 1, round_line(&WORKLOADS, &out.results));
         per_round.push(out);
     }
@@ -444,7 +430,7 @@ pub(crate) fn run(cmd: BenchCommand) -> CliResult {
                 "value_bytes": VALUE_LEN,
                 "backend": backend,
                 "compiled_features": features,
-                "value_seal": !args.no_value_seal,
+                "value_seal": args.seal_values,
                 "cipher": args.cipher.name(),
                 "workloads": workloads,
                 "ratios": ratios,

@@ -26,9 +26,9 @@ pub(crate) struct ReencryptArgs {
     /// Rounds (default 3; 2 with --quick).
     #[arg(long)]
     rounds: Option<usize>,
-    /// Measure a table without value sealing (files only).
+    /// Measure a table that also seals each value.
     #[arg(long)]
-    no_value_seal: bool,
+    seal_values: bool,
     /// Compactions the pass runs at once (default: the machine's cores, at most 4).
     #[arg(long)]
     threads: Option<usize>,
@@ -45,18 +45,11 @@ pub(crate) fn run(args: &ReencryptArgs) -> CliResult {
     let kms = Arc::new(LocalKms::create(tmp.path().join("kms"))?);
     let dir = tmp.path().join("store");
     let store = Store::create(&dir, StoreOptions::new(kms))?;
-    let table = store.create_table(
-        "bench",
-        &(if !args.no_value_seal {
-            TableOptions::default()
-        } else {
-            TableOptions::default().dangerous().without_value_sealing()
-        }),
-    )?;
+    let table = store.create_table("bench", &TableOptions::default().seal_values(args.seal_values))?;
     eprintln!(
         "tde bench reencrypt: loading a {} MiB store (value sealing {})",
         target >> 20,
-        if args.no_value_seal { "off" } else { "on" }
+        if args.seal_values { "on" } else { "off" }
     );
     let mut i = 0u64;
     loop {
@@ -130,7 +123,7 @@ pub(crate) fn run(args: &ReencryptArgs) -> CliResult {
                 "store_bytes": bytes,
                 "keys": i,
                 "rounds": rounds,
-                "value_seal": !args.no_value_seal,
+                "value_seal": args.seal_values,
                 "threads": options.thread_count(),
                 "compaction_mb_per_sec": (c * 10.0).round() / 10.0,
                 "reencrypt_mb_per_sec": (e * 10.0).round() / 10.0,

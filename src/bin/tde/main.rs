@@ -156,8 +156,14 @@ enum Command {
     /// Benchmarks: plain vs encrypted, side by side.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Read and authenticate every record of every table.
+    /// Read and authenticate every record of every table, and every byte of every file.
     Verify {
+        /// Directory of the store.
+        path: std::path::PathBuf,
+    },
+    /// Rewrite a store's files written by an earlier release (format 1: encrypted, not
+    /// authenticated) in today's format, online.
+    Upgrade {
         /// Directory of the store.
         path: std::path::PathBuf,
     },
@@ -175,6 +181,7 @@ fn main() -> ExitCode {
         Command::Scan { target, prefix } => db::scan(cli.kms.as_deref(), &target, prefix),
         Command::Load { target } => db::load(cli.kms.as_deref(), &target),
         Command::Verify { path } => db::verify(cli.kms.as_deref(), &path),
+        Command::Upgrade { path } => db::upgrade(cli.kms.as_deref(), &path),
         Command::Page(cmd) => page::run(cli.kms.as_deref(), cmd),
         Command::Rotate {
             path,
