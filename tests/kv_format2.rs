@@ -69,3 +69,87 @@ fn a_damaged_frame_before_the_last_is_an_error() {
     let err = t.open().unwrap_err();
     assert!(err.to_string().contains("authenticate"), "{err}");
 }
+
+/// Compress, then seal: compressible values take as little room as in plain RocksDB
+/// (with the same options), plus the file headers and 52 bytes per 4 KiB chunk.
+#[test]
+fn compressible_values_compress_as_in_plain_rocksdb() {
+    let t = TestStore::new();
+    let value = |i: u32| format!("{i:08} {}", "the quick brown fox ".repeat(10));
+    let store = t.create();
+    let table = store
+        .create_table("t", &tde::kv::TableOptions::default())
+        .unwrap();
+    for i in 0..20_000u32 {
+        table.put(format!("k{i:08}"), value(i)).unwrap();
+    }
+    store.flush().unwrap();
+    store.compact().unwrap();
+    drop(table);
+    drop(store);
+    let plain_dir = t.tmp.path().join("plain");
+    {
+        let mut opts = tde::kv::StoreOptions::rocksdb_options(None, true);
+        opts.create_if_missing(true);
+        let db = tde::kv::rocksdb::DB::open(&opts, &plain_dir).unwrap();
+        for i in 0..20_000u32 {
+            db.put(format!("k{i:08}"), value(i)).unwrap();
+        }
+        db.flush().unwrap();
+        db.compact_range(None::<&[u8]>, None::<&[u8]>);
+    }
+    let sst_bytes = |dir: &std::path::Path| -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sst"))
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum()
+    };
+    let (tde, plain) = (sst_bytes(&t.path()), sst_bytes(&plain_dir));
+    let raw = 20_000 * (9 + value(0).len() as u64);
+    eprintln!("{raw} bytes of records: plain RocksDB's table files {plain} bytes, tde's {tde}");
+    assert!(
+        plain * 4 < raw,
+        "plain RocksDB compresses: {plain} of {raw} bytes"
+    );
+    assert!(
+        (tde as f64) < plain as f64 * 1.03 + 8192.0,
+        "tde's table files take {tde} bytes, plain RocksDB's {plain}"
+    );
+}
+
+/// RocksDB's direct I/O options keep working (tde's file system serves them through the
+/// page cache; mmap reads stay refused).
+#[test]
+fn direct_io_options_work_and_mmap_reads_are_refused() {
+    let t = TestStore::new();
+    drop(t.create());
+    let direct = || {
+        t.options().dangerous().rocksdb_options(|o| {
+            o.set_use_direct_reads(true);
+            o.set_use_direct_io_for_flush_and_compaction(true);
+        })
+    };
+    {
+        let store = tde::kv::Store::open(t.path(), direct()).unwrap();
+        let table = store
+            .create_table("t", &tde::kv::TableOptions::default())
+            .unwrap();
+        for i in 0..5_000u32 {
+            table.put(format!("k{i:05}"), format!("value {i}")).unwrap();
+        }
+        store.flush().unwrap();
+        store.compact().unwrap();
+        assert_eq!(table.get("k01234").unwrap().unwrap(), b"value 1234");
+    }
+    let store = tde::kv::Store::open(t.path(), direct()).unwrap();
+    assert_eq!(store.table("t").unwrap().iter().unwrap().count(), 5_000);
+    assert_eq!(store.verify().unwrap().failures(), 0);
+    drop(store);
+    let mmap = t
+        .options()
+        .dangerous()
+        .rocksdb_options(|o| o.set_allow_mmap_reads(true));
+    assert!(tde::kv::Store::open(t.path(), mmap).is_err());
+}

@@ -1,5 +1,5 @@
 //! The encrypted key-value store on RocksDB: a column family per table, a data key per
-//! table, every file ciphertext, values sealed with AEAD.
+//! table, every byte of every file sealed (format 2), values optionally sealed one by one.
 //!
 //! Invariant: data keys are unwrapped once, at open (or when a table is created); reads,
 //! writes, iteration, flush and compaction never call the KMS. A table's EDK is durable
@@ -7,10 +7,10 @@
 //! Not here: the file header and routing (`files.rs`), the keyring (`keyring`), the
 //! RocksDB bridge (`ffi::rocksdb`).
 //!
-//! Security notes: with value sealing on (the default), a value is bound to its store,
-//! table and key: a flipped byte, or a value moved to another key or table, is an
-//! authentication error. With it off, values are protected by file encryption only
-//! (confidentiality, no integrity), and RocksDB's compression becomes effective again.
+//! Security notes: every byte of every file is authenticated by the file system under
+//! RocksDB (`ffi/rocksdb_shim.cc`, `files.rs`), bound to its store, table, file and
+//! position. With value sealing on (`TableOptions::seal_values`), each value is also bound
+//! to its store, table and record key above RocksDB.
 
 mod checkpoint;
 pub(crate) mod files;
