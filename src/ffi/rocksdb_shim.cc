@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -457,13 +458,40 @@ class ChunkedSequentialFile : public FSSequentialFile {
   uint64_t pos_ = 0;
 };
 
+// The files this file system has open for writing: a reader of one (RocksDB asks a live
+// WAL's size for a checkpoint) can see a frame half written, which is no torn tail.
+class Writing {
+ public:
+  void Add(const std::string& name) {
+    std::lock_guard<std::mutex> lock(mu_);
+    names_.insert(name);
+  }
+  void Remove(const std::string& name) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = names_.find(name);
+    if (it != names_.end()) names_.erase(it);
+  }
+  bool Contains(const std::string& name) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return names_.count(name) != 0;
+  }
+
+ private:
+  std::mutex mu_;
+  std::multiset<std::string> names_;
+};
+
 class ChunkedWritableFile : public FSWritableFile {
  public:
   ChunkedWritableFile(std::unique_ptr<FSRandomRWFile> file, std::shared_ptr<Sealer> sealer,
-                      bool table, std::string name)
-      : file_(std::move(file)), sealer_(std::move(sealer)), table_(table), name_(std::move(name)) {}
+                      bool table, std::string name, std::shared_ptr<Writing> writing)
+      : file_(std::move(file)), sealer_(std::move(sealer)), table_(table), name_(std::move(name)),
+        writing_(std::move(writing)) {
+    writing_->Add(name_);
+  }
   ~ChunkedWritableFile() override {
     if (!closed_) Close(IOOptions(), nullptr).PermitUncheckedError();
+    writing_->Remove(name_);
   }
 
   IOStatus Append(const Slice& data, const IOOptions& o, IODebugContext* dbg) override {
@@ -580,6 +608,7 @@ class ChunkedWritableFile : public FSWritableFile {
   std::shared_ptr<Sealer> sealer_;
   bool table_;
   std::string name_;
+  std::shared_ptr<Writing> writing_;
   std::string pending_;   // bytes not yet in a frame, or the current chunk
   size_t written_ = 0;    // table files: bytes of the current chunk already on disk
   uint64_t size_ = 0;     // logical bytes appended
@@ -640,7 +669,7 @@ class TdeChunkedFileSystem : public FileSystemWrapper {
     s = rw->Write(0, Slice(header), options.io_options, dbg);
     if (!s.ok()) return s;
     bool table = header[kKindAt] == kKindTable;
-    result->reset(new ChunkedWritableFile(std::move(rw), sealer, table, fname));
+    result->reset(new ChunkedWritableFile(std::move(rw), sealer, table, fname, writing_));
     return IOStatus::OK();
   }
   IOStatus ReopenWritableFile(const std::string& fname, const FileOptions&,
@@ -715,7 +744,7 @@ class TdeChunkedFileSystem : public FileSystemWrapper {
       // byte of it can be authenticated, so it holds none. Reported when not empty; a
       // table file the MANIFEST lists with a size fails RocksDB's own size check.
       if (whole) return corrupt(fname, "shorter than its header");
-      if (physical > 0) tde_rs_torn_tail(ctx_->ctx, fname.data(), fname.size(), physical);
+      if (physical > 0) TornTail(fname, physical);
       *out = std::move(f);
       return IOStatus::OK();
     }
@@ -793,14 +822,20 @@ class TdeChunkedFileSystem : public FileSystemWrapper {
       if (f->torn) {
         uint64_t kept = f->frames.empty() ? kHeader
                                           : f->frames.back().physical + kTrailer + f->frames.back().len;
-        tde_rs_torn_tail(ctx_->ctx, fname.data(), fname.size(), physical - kept);
+        TornTail(fname, physical - kept);
       }
     }
     *out = std::move(f);
     return IOStatus::OK();
   }
 
+  // Reports a torn tail cut from `fname`, unless this file system is writing it now.
+  void TornTail(const std::string& fname, uint64_t bytes) {
+    if (!writing_->Contains(fname)) tde_rs_torn_tail(ctx_->ctx, fname.data(), fname.size(), bytes);
+  }
+
   std::shared_ptr<Context> ctx_;
+  std::shared_ptr<Writing> writing_ = std::make_shared<Writing>();
 };
 
 #ifdef TDE_TESTING
