@@ -153,3 +153,43 @@ fn direct_io_options_work_and_mmap_reads_are_refused() {
         .rocksdb_options(|o| o.set_allow_mmap_reads(true));
     assert!(tde::kv::Store::open(t.path(), mmap).is_err());
 }
+
+/// After a log's last complete frame, zeros (space a crash left unwritten) are a torn
+/// tail; anything else that is not one frame cut short is damage, an error.
+#[test]
+fn after_the_last_frame_zeros_are_a_torn_tail_and_anything_else_is_an_error() {
+    let t = TestStore::new();
+    drop(t.create());
+    fill(&t);
+    let log = wal(&t.path());
+    let mut zeros = std::fs::read(&log).unwrap();
+    zeros.extend_from_slice(&vec![0u8; 3 << 20]);
+    std::fs::write(&log, &zeros).unwrap();
+    let store = t.open().unwrap();
+    assert_eq!(store.torn_tails(), vec![(file_name(&log), 3 << 20)]);
+    assert_eq!(store.table("t").unwrap().iter().unwrap().count(), 200);
+    drop(store);
+
+    // A frame header that claims less than what follows, then non-zero bytes (in a
+    // store of its own: the open above retired that WAL).
+    let t = TestStore::new();
+    drop(t.create());
+    fill(&t);
+    let log = wal(&t.path());
+    let mut garbage = std::fs::read(&log).unwrap();
+    let mut header = vec![0u8; 52];
+    header[..4].copy_from_slice(&10u32.to_le_bytes());
+    garbage.extend_from_slice(&header);
+    garbage.extend_from_slice(&[0x5a; 10]);
+    garbage.extend_from_slice(&[0x01; 400]);
+    std::fs::write(&log, &garbage).unwrap();
+    let err = t.open().unwrap_err();
+    assert!(
+        matches!(&err, tde::Error::Authentication { location } if location.contains("neither a frame nor a torn tail")),
+        "{err:?}"
+    );
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name().unwrap().to_string_lossy().into_owned()
+}

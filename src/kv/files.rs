@@ -65,6 +65,14 @@ pub(crate) const TRAILER: usize = 52;
 const CHUNK: usize = 4096;
 /// The largest frame of a log.
 const MAX_FRAME: usize = 64 << 10;
+/// What [`ChunkFile::read_each`] hands on.
+pub(crate) enum Piece<'a> {
+    /// Authenticated plaintext, in order.
+    Data(&'a [u8]),
+    /// What came before may be kept: a whole chunk, or the end of a log's flush.
+    Whole,
+}
+
 /// Bit 31 of a trailer's word: a log frame that another frame of the same flush follows.
 const MORE: u32 = 1 << 31;
 /// Associated data every chunk carries: store id, table id, key version, file IV, kind.
@@ -110,85 +118,100 @@ impl ChunkFile {
         Ok(())
     }
 
-    /// The plaintext of a whole file whose bytes after the header are `body`: a table
-    /// file's chunks, or a log's frames. With `may_tear`, a torn tail (a last frame cut
-    /// short or not authenticating, and an unfinished flush before it) is left out, as the
-    /// file system leaves it out; without, it is an error.
-    pub(crate) fn read_all(
+    /// Reads the `len` bytes after a file's header from `body`, authenticating them as it
+    /// goes, and hands on the plaintext: a table file's chunks, or a log's frames, each
+    /// followed by [`Piece::Whole`] where what came before can be kept (after every chunk;
+    /// at the end of every flush of a log). With `may_tear`, a torn tail (a last frame cut
+    /// short or not authenticating, zeros, and an unfinished flush before them) ends the
+    /// file, as the file system cuts it; without, it is an error. Memory stays bounded by
+    /// one frame, whatever `len` is.
+    pub(crate) fn read_each(
         &self,
-        body: &[u8],
+        body: &mut dyn std::io::Read,
+        len: u64,
         may_tear: bool,
-    ) -> crate::error::Result<zeroize::Zeroizing<Vec<u8>>> {
-        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(body.len()));
+        sink: &mut dyn FnMut(Piece<'_>),
+    ) -> crate::error::Result<()> {
         let bad = |what: String| crate::error::Error::Authentication { location: what };
-        let mut at = 0usize;
+        let read = |body: &mut dyn std::io::Read, buf: &mut [u8]| {
+            body.read_exact(buf)
+                .map_err(|e| crate::error::Error::io("reading a store file", e))
+        };
+        let mut at = 0u64;
         if self.bound[40] == KIND_TABLE {
+            let mut buf = [0u8; CHUNK + TRAILER];
             let mut index = 0u64;
-            while at < body.len() {
-                let slot = (body.len() - at).min(CHUNK + TRAILER);
-                if slot <= TRAILER || (slot < CHUNK + TRAILER && at + slot != body.len()) {
+            while at < len {
+                let slot = (len - at).min((CHUNK + TRAILER) as u64) as usize;
+                if slot <= TRAILER {
                     return Err(bad(format!("chunk {index} is truncated")));
                 }
-                let len = slot - TRAILER;
-                let start = out.len();
-                out.extend_from_slice(&body[at..at + len]);
-                let mut trailer = [0u8; TRAILER];
-                trailer.copy_from_slice(&body[at + len..at + slot]);
-                self.open(index, &mut out[start..], &trailer)?;
-                at += slot;
+                read(body, &mut buf[..slot])?;
+                let (data, trailer) = buf[..slot].split_at_mut(slot - TRAILER);
+                let trailer: &[u8; TRAILER] = (&*trailer).try_into().unwrap_or(&[0; TRAILER]);
+                self.open(index, data, trailer)?;
+                sink(Piece::Data(data));
+                sink(Piece::Whole);
+                at += slot as u64;
                 index += 1;
             }
-            return Ok(out);
+            return Ok(());
         }
-        // Where the flush being read began: an unfinished flush at the end is cut.
-        let mut flush_start = 0;
-        let mut more = false;
-        while body.len() - at >= TRAILER {
-            let mut trailer = [0u8; TRAILER];
-            trailer.copy_from_slice(&body[at..at + TRAILER]);
-            let word = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
-            let len = (word & !MORE) as usize;
-            if len == 0 || len > MAX_FRAME || at + TRAILER + len > body.len() {
+        let mut buf = vec![0u8; TRAILER + MAX_FRAME];
+        let (mut logical, mut more, mut head_read) = (0u64, false, false);
+        while len - at >= TRAILER as u64 {
+            let rest = len - at;
+            read(body, &mut buf[..TRAILER])?;
+            let word = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            let flen = (word & !MORE) as usize;
+            if flen == 0 || flen > MAX_FRAME || (TRAILER + flen) as u64 > rest {
+                head_read = true;
                 break;
             }
-            let start = out.len();
-            out.extend_from_slice(&body[at + TRAILER..at + TRAILER + len]);
-            let last = at + TRAILER + len == body.len();
-            match self.open(start as u64, &mut out[start..], &trailer) {
+            read(body, &mut buf[TRAILER..TRAILER + flen])?;
+            let (trailer, data) = buf.split_at_mut(TRAILER);
+            let trailer: &[u8; TRAILER] = (&*trailer).try_into().unwrap_or(&[0; TRAILER]);
+            match self.open(logical, &mut data[..flen], trailer) {
                 Ok(()) => {}
                 // A torn last frame.
-                Err(_) if last => {
-                    out.truncate(start);
-                    break;
-                }
+                Err(_) if (TRAILER + flen) as u64 == rest => break,
                 Err(e) => return Err(e),
             }
+            sink(Piece::Data(&data[..flen]));
             more = word & MORE != 0;
             if !more {
-                flush_start = out.len();
+                sink(Piece::Whole);
             }
-            at += TRAILER + len;
-        }
-        if more {
-            out.truncate(flush_start);
+            at += (TRAILER + flen) as u64;
+            logical += flen as u64;
         }
         // After the frames, only what a crash leaves: less than a trailer, one frame cut
         // short (or not authenticating), or zeros.
-        let rest = &body[at..];
-        let cut_short = rest.len() < TRAILER || {
-            let len = (u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) & !MORE) as usize;
-            (1..=MAX_FRAME).contains(&len) && TRAILER + len >= rest.len()
+        let rest = len - at;
+        let cut_short = rest < TRAILER as u64 || !head_read || {
+            let flen = (u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) & !MORE) as u64;
+            (1..=MAX_FRAME as u64).contains(&flen) && TRAILER as u64 + flen >= rest
         };
-        if !cut_short && rest.iter().any(|&b| b != 0) {
-            return Err(bad(format!(
-                "the bytes at offset {} are neither a frame nor a torn tail",
-                PREFIX_LEN + at
-            )));
+        if !cut_short {
+            let mut zeros = buf[..TRAILER].iter().all(|&b| b == 0);
+            let mut left = rest - TRAILER as u64;
+            while zeros && left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                read(body, &mut buf[..n])?;
+                zeros = buf[..n].iter().all(|&b| b == 0);
+                left -= n as u64;
+            }
+            if !zeros {
+                return Err(bad(format!(
+                    "the bytes at offset {} are neither a frame nor a torn tail",
+                    PREFIX_LEN as u64 + at
+                )));
+            }
         }
-        if !may_tear && (at != body.len() || more) {
+        if !may_tear && (at != len || more) {
             return Err(bad("its last frame does not authenticate (a torn tail)".into()));
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Appends `plain`, sealed, to `out` (which holds the file's header): a log's frames or
@@ -347,53 +370,76 @@ impl StoreFiles {
         *self.store_version.write() = version;
     }
 
-    /// The plaintext of a whole store file, every byte authenticated (a torn tail of a log
-    /// left out), and whether it is a format-1 file (AES-CTR, written by an earlier
-    /// release: decrypted, not authenticated).
-    fn plaintext(&self, path: &std::path::Path) -> crate::error::Result<(zeroize::Zeroizing<Vec<u8>>, bool)> {
+    /// Opens a store file and checks its header.
+    fn open_file(&self, path: &std::path::Path) -> crate::error::Result<StoreFile> {
+        use std::io::Read;
         let name = path.display().to_string();
-        let bytes = std::fs::read(path)
-            .map_err(|e| crate::error::Error::io(format!("reading {}", path.display()), e))?;
-        let corrupt = |detail: String| crate::error::Error::Corrupt {
-            what: "store file",
-            path: path.to_path_buf(),
-            detail,
-        };
+        let io = |e| crate::error::Error::io(format!("reading {}", path.display()), e);
+        let mut file = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(path).map_err(io)?);
+        let len = file.get_ref().metadata().map_err(io)?.len();
         // Logs that RocksDB appends to may end in a torn tail (a crash), even one that cuts
         // their header; the files it syncs before renaming them into place may not.
         let base = file_name(&name);
         let may_tear = base.ends_with(".log") || base.starts_with("MANIFEST-") || base.starts_with("LOG");
-        if bytes.len() < PREFIX_LEN {
+        if len < PREFIX_LEN as u64 {
             if may_tear {
-                return Ok((zeroize::Zeroizing::new(Vec::new()), false));
+                return Ok(StoreFile::Empty);
             }
-            return Err(corrupt("shorter than its header".into()));
+            return Err(crate::error::Error::Authentication {
+                location: format!("{name}: shorter than its header"),
+            });
         }
-        let (prefix, body) = bytes.split_at(PREFIX_LEN);
-        if prefix[FORMAT_AT..SUITE_AT] == HEADER_FORMAT.to_le_bytes() {
-            // Format 1, written before format 2: AES-CTR from the start of the file.
-            let old = self.open_stream(&name, prefix).map_err(|(_, d)| corrupt(d))?;
-            let mut plain = zeroize::Zeroizing::new(body.to_vec());
-            old.apply(PREFIX_LEN as u64, &mut plain)?;
-            return Ok((plain, true));
-        }
+        let mut prefix = vec![0u8; PREFIX_LEN];
+        file.read_exact(&mut prefix).map_err(io)?;
+        let len = len - PREFIX_LEN as u64;
         // A header that fails its checks: the message names the file.
-        let old = self
-            .open_chunked(&name, prefix)
-            .map_err(|(_, location)| crate::error::Error::Authentication { location })?;
-        let plain = old.read_all(body, may_tear).map_err(|e| match e {
-            crate::error::Error::Authentication { location } => crate::error::Error::Authentication {
-                location: format!("{}: {location}", path.display()),
-            },
-            e => corrupt(e.to_string()),
-        })?;
-        Ok((plain, false))
+        let authentication = |(_, location): (i32, String)| crate::error::Error::Authentication { location };
+        if prefix[FORMAT_AT..SUITE_AT] == HEADER_FORMAT.to_le_bytes() {
+            let stream = self.open_stream(&name, &prefix).map_err(authentication)?;
+            return Ok(StoreFile::Format1 { stream, file });
+        }
+        let chunks = self.open_chunked(&name, &prefix).map_err(authentication)?;
+        Ok(StoreFile::Format2 {
+            chunks,
+            file,
+            len,
+            may_tear,
+        })
     }
 
-    /// Reads and authenticates a whole store file; returns its plaintext length.
+    /// Reads a format-2 file through `sink`; an authentication failure names the file.
+    fn read_format2(
+        path: &std::path::Path,
+        file: StoreFile,
+        sink: &mut dyn FnMut(Piece<'_>),
+    ) -> crate::error::Result<()> {
+        let StoreFile::Format2 {
+            chunks,
+            mut file,
+            len,
+            may_tear,
+        } = file
+        else {
+            return Ok(());
+        };
+        chunks
+            .read_each(&mut file, len, may_tear, sink)
+            .map_err(|e| match e {
+                crate::error::Error::Authentication { location } => crate::error::Error::Authentication {
+                    location: format!("{}: {location}", path.display()),
+                },
+                crate::error::Error::Io { source, .. } => {
+                    crate::error::Error::io(format!("reading {}", path.display()), source)
+                }
+                e => e,
+            })
+    }
+
+    /// Reads and authenticates a whole store file, in pieces of at most one frame;
+    /// returns its plaintext length.
     pub(crate) fn verify_file(&self, path: &std::path::Path) -> crate::error::Result<u64> {
-        let (plain, format1) = self.plaintext(path)?;
-        if format1 {
+        let file = self.open_file(path)?;
+        if let StoreFile::Format1 { .. } = file {
             return Err(crate::error::Error::Corrupt {
                 what: "store file",
                 path: path.to_path_buf(),
@@ -402,7 +448,12 @@ impl StoreFiles {
                     .into(),
             });
         }
-        Ok(plain.len() as u64)
+        let (mut read, mut whole) = (0u64, 0u64);
+        StoreFiles::read_format2(path, file, &mut |piece| match piece {
+            Piece::Data(data) => read += data.len() as u64,
+            Piece::Whole => whole = read,
+        })?;
+        Ok(whole)
     }
 
     /// Re-encrypts a file RocksDB no longer writes (and reads only at open) under the
@@ -412,8 +463,25 @@ impl StoreFiles {
         use std::io::Write;
         let io =
             |what: &str, e: std::io::Error| crate::error::Error::io(format!("{what} {}", path.display()), e);
+        use std::io::Read;
         let name = path.display().to_string();
-        let (plain, _) = self.plaintext(path)?;
+        // Files RocksDB reads only at open: small (IDENTITY, OPTIONS, old info logs).
+        let mut plain = zeroize::Zeroizing::new(Vec::new());
+        match self.open_file(path)? {
+            StoreFile::Empty => {}
+            StoreFile::Format1 { stream, mut file } => {
+                file.read_to_end(&mut plain).map_err(|e| io("reading", e))?;
+                stream.apply(PREFIX_LEN as u64, &mut plain)?;
+            }
+            file => {
+                let mut whole = 0;
+                StoreFiles::read_format2(path, file, &mut |piece| match piece {
+                    Piece::Data(data) => plain.extend_from_slice(data),
+                    Piece::Whole => whole = plain.len(),
+                })?;
+                plain.truncate(whole);
+            }
+        }
         let corrupt = |(_, detail): (i32, String)| crate::error::Error::Corrupt {
             what: "store file",
             path: path.to_path_buf(),
@@ -505,6 +573,24 @@ impl StoreFiles {
         let sum = Sha256::digest(&out[..SUM_AT]);
         out[SUM_AT..HEADER_END].copy_from_slice(&sum[..8]);
     }
+}
+
+/// A store file opened for reading, its header checked.
+enum StoreFile {
+    /// A log cut before its header was whole (a crash): no bytes.
+    Empty,
+    /// Format 1 (AES-CTR, written by an earlier release): decrypted, not authenticated.
+    Format1 {
+        stream: FileStream,
+        file: std::io::BufReader<std::fs::File>,
+    },
+    /// Format 2: every byte authenticated.
+    Format2 {
+        chunks: ChunkFile,
+        file: std::io::BufReader<std::fs::File>,
+        len: u64,
+        may_tear: bool,
+    },
 }
 
 /// Whether `name` is one of RocksDB's files other than table files: write-ahead logs,
