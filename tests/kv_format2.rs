@@ -26,12 +26,18 @@ fn fill(t: &TestStore) {
     drop(store);
 }
 
-#[test]
-fn a_torn_last_frame_is_cut_and_reported_and_synced_writes_survive() {
+/// A store with 200 records, all in its WAL, and that WAL.
+fn filled() -> (TestStore, std::path::PathBuf) {
     let t = TestStore::new();
     drop(t.create());
     fill(&t);
     let log = wal(&t.path());
+    (t, log)
+}
+
+#[test]
+fn a_torn_last_frame_is_cut_and_reported_and_synced_writes_survive() {
+    let (t, log) = filled();
     // A crash mid-append: a frame header whose data never reached the disk.
     let mut bytes = std::fs::read(&log).unwrap();
     let mut torn = vec![0u8; 52];
@@ -58,10 +64,7 @@ fn a_torn_last_frame_is_cut_and_reported_and_synced_writes_survive() {
 
 #[test]
 fn a_damaged_frame_before_the_last_is_an_error() {
-    let t = TestStore::new();
-    drop(t.create());
-    fill(&t);
-    let log = wal(&t.path());
+    let (t, log) = filled();
     let mut bytes = std::fs::read(&log).unwrap();
     let at = 4096 + 52 + 10;
     bytes[at] ^= 0x01;
@@ -158,10 +161,7 @@ fn direct_io_options_work_and_mmap_reads_are_refused() {
 /// tail; anything else that is not one frame cut short is damage, an error.
 #[test]
 fn after_the_last_frame_zeros_are_a_torn_tail_and_anything_else_is_an_error() {
-    let t = TestStore::new();
-    drop(t.create());
-    fill(&t);
-    let log = wal(&t.path());
+    let (t, log) = filled();
     let mut zeros = std::fs::read(&log).unwrap();
     zeros.extend_from_slice(&vec![0u8; 3 << 20]);
     std::fs::write(&log, &zeros).unwrap();
@@ -172,10 +172,7 @@ fn after_the_last_frame_zeros_are_a_torn_tail_and_anything_else_is_an_error() {
 
     // A frame header that claims less than what follows, then non-zero bytes (in a
     // store of its own: the open above retired that WAL).
-    let t = TestStore::new();
-    drop(t.create());
-    fill(&t);
-    let log = wal(&t.path());
+    let (t, log) = filled();
     let mut garbage = std::fs::read(&log).unwrap();
     let mut header = vec![0u8; 52];
     header[..4].copy_from_slice(&10u32.to_le_bytes());
