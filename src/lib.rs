@@ -75,6 +75,8 @@ pub mod page;
 pub mod secret;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
 

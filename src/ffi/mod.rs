@@ -7,6 +7,8 @@
 
 mod fork;
 pub(crate) mod rocksdb;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite_vfs;
 
 pub(crate) use fork::generation as fork_generation;
 
