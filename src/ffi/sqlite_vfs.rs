@@ -10,19 +10,33 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 use rusqlite::ffi;
 
-/// What the VFS asks of a database's keys.
-pub(crate) trait PageCrypto: Send + Sync {
-    /// The page size, fixed at creation.
-    fn page_size(&self) -> usize;
-    /// Bytes SQLite must reserve at the end of each page.
-    fn reserve(&self) -> usize;
-    /// Seals page `pgno` (from 1) in place; false on failure.
-    fn seal(&self, pgno: u32, page: &mut [u8]) -> bool;
-    /// Opens page `pgno` in place; false if it does not authenticate.
-    fn open(&self, pgno: u32, page: &mut [u8]) -> bool;
+/// The file as the root VFS has it: what a [`SealedFile`] reads and writes through.
+pub(crate) trait RealFile {
+    /// Reads `buf.len()` bytes at `off`; SQLite's result code (a short read zero-fills).
+    fn read(&mut self, off: i64, buf: &mut [u8]) -> c_int;
+    /// Writes `data` at `off`; SQLite's result code.
+    fn write(&mut self, off: i64, data: &[u8]) -> c_int;
 }
 
-type PageCipher = dyn PageCrypto;
+/// A file whose bytes tde seals: SQLite's reads and writes, mapped onto the real file.
+pub(crate) trait SealedFile: Send {
+    /// SQLite reads `out.len()` bytes at `off`.
+    fn read(&mut self, off: i64, out: &mut [u8], real: &mut dyn RealFile) -> c_int;
+    /// SQLite writes `data` at `off`.
+    fn write(&mut self, off: i64, data: &[u8], real: &mut dyn RealFile) -> c_int;
+    /// SQLite truncated the file to `size` bytes.
+    fn truncated(&mut self, _size: i64) {}
+}
+
+/// A database's keys, as the VFS asks for them: the files it opens.
+pub(crate) trait Database: Send + Sync {
+    /// The main database file.
+    fn main(self: Arc<Self>) -> Box<dyn SealedFile>;
+    /// Its rollback journal.
+    fn journal(self: Arc<Self>) -> Box<dyn SealedFile>;
+}
+
+type PageCipher = dyn Database;
 
 fn keys() -> &'static Mutex<HashMap<String, Arc<PageCipher>>> {
     #[allow(clippy::type_complexity)]
@@ -35,11 +49,34 @@ pub(crate) fn register(path: String, cipher: Arc<PageCipher>) {
     keys().lock().insert(path, cipher);
 }
 
+macro_rules! real_call {
+    ($real:expr, $method:ident $(, $arg:expr)*) => {
+        match (*(*$real).pMethods).$method {
+            Some(m) => m($real $(, $arg)*),
+            None => ffi::SQLITE_OK,
+        }
+    };
+}
+
 #[repr(C)]
 struct TdeFile {
     base: ffi::sqlite3_file,
     real: *mut ffi::sqlite3_file,
-    cipher: *const Arc<PageCipher>,
+    sealed: *mut Box<dyn SealedFile>,
+}
+
+/// The root VFS's file, for a [`SealedFile`].
+struct Real(*mut ffi::sqlite3_file);
+
+impl RealFile for Real {
+    fn read(&mut self, off: i64, buf: &mut [u8]) -> c_int {
+        // SAFETY: `self.0` is an open file of the root VFS; `buf` is ours.
+        unsafe { real_call!(self.0, xRead, buf.as_mut_ptr().cast(), buf.len() as c_int, off) }
+    }
+    fn write(&mut self, off: i64, data: &[u8]) -> c_int {
+        // SAFETY: as above.
+        unsafe { real_call!(self.0, xWrite, data.as_ptr().cast(), data.len() as c_int, off) }
+    }
 }
 
 fn root() -> *mut ffi::sqlite3_vfs {
@@ -145,7 +182,7 @@ unsafe extern "C" fn x_open(
     unsafe {
         let f = file.cast::<TdeFile>();
         (*f).base.pMethods = std::ptr::null();
-        (*f).cipher = std::ptr::null();
+        (*f).sealed = std::ptr::null_mut();
         let size = (*root()).szOsFile;
         let real = ffi::sqlite3_malloc(size).cast::<ffi::sqlite3_file>();
         if real.is_null() {
@@ -158,10 +195,19 @@ unsafe extern "C" fn x_open(
             return rc;
         }
         (*f).real = real;
-        if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 && !name.is_null() {
-            let path = CStr::from_ptr(name).to_string_lossy().into_owned();
-            match keys().lock().get(&path) {
-                Some(cipher) => (*f).cipher = Box::into_raw(Box::new(Arc::clone(cipher))),
+        let main = flags & ffi::SQLITE_OPEN_MAIN_DB != 0;
+        let journal = flags & ffi::SQLITE_OPEN_MAIN_JOURNAL != 0;
+        if (main || journal) && !name.is_null() {
+            let mut path = CStr::from_ptr(name).to_string_lossy().into_owned();
+            if journal {
+                path.truncate(path.len().saturating_sub("-journal".len()));
+            }
+            let db = keys().lock().get(&path).cloned();
+            match db {
+                Some(db) => {
+                    let sealed = if main { db.main() } else { db.journal() };
+                    (*f).sealed = Box::into_raw(Box::new(sealed));
+                }
                 None => {
                     if let Some(close) = (*(*real).pMethods).xClose {
                         close(real);
@@ -176,34 +222,28 @@ unsafe extern "C" fn x_open(
     }
 }
 
-/// The real file and the cipher of a TdeFile.
-unsafe fn parts<'a>(file: *mut ffi::sqlite3_file) -> (*mut ffi::sqlite3_file, Option<&'a PageCipher>) {
-    // SAFETY: `file` is a TdeFile opened by x_open.
+/// The real file and the sealing of a TdeFile.
+unsafe fn parts<'a>(
+    file: *mut ffi::sqlite3_file,
+) -> (*mut ffi::sqlite3_file, Option<&'a mut Box<dyn SealedFile>>) {
+    // SAFETY: `file` is a TdeFile opened by x_open; SQLite calls one method of a file at
+    // a time.
     unsafe {
         let f = file.cast::<TdeFile>();
-        ((*f).real, (*f).cipher.as_ref().map(|c| &**c))
+        ((*f).real, (*f).sealed.as_mut())
     }
 }
 
-macro_rules! real_call {
-    ($real:expr, $method:ident $(, $arg:expr)*) => {
-        match (*(*$real).pMethods).$method {
-            Some(m) => m($real $(, $arg)*),
-            None => ffi::SQLITE_OK,
-        }
-    };
-}
-
 unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: closes and frees the real file, and releases the cipher, once.
+    // SAFETY: closes and frees the real file, and drops its sealing, once.
     unsafe {
         let f = file.cast::<TdeFile>();
         let real = (*f).real;
         let rc = real_call!(real, xClose);
         ffi::sqlite3_free(real.cast());
-        if !(*f).cipher.is_null() {
-            drop(Box::from_raw((*f).cipher.cast_mut()));
-            (*f).cipher = std::ptr::null();
+        if !(*f).sealed.is_null() {
+            drop(Box::from_raw((*f).sealed));
+            (*f).sealed = std::ptr::null_mut();
         }
         rc
     }
@@ -212,35 +252,15 @@ unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
 unsafe extern "C" fn x_read(file: *mut ffi::sqlite3_file, buf: *mut c_void, amt: c_int, off: i64) -> c_int {
     // SAFETY: `buf` has `amt` bytes (SQLite's contract).
     unsafe {
-        let (real, cipher) = parts(file);
-        let Some(c) = cipher else {
-            return real_call!(real, xRead, buf, amt, off);
-        };
-        let out = std::slice::from_raw_parts_mut(buf.cast::<u8>(), amt as usize);
-        let p = c.page_size() as i64;
-        let mut page = vec![0u8; c.page_size()];
-        let mut at = off;
-        let end = off + i64::from(amt);
-        while at < end {
-            let pgno = at / p;
-            let rc = real_call!(real, xRead, page.as_mut_ptr().cast(), p as c_int, pgno * p);
-            if rc == ffi::SQLITE_IOERR_SHORT_READ {
-                // Past the end: SQLite expects zeros.
-                out[(at - off) as usize..].fill(0);
-                return rc;
-            }
-            if rc != ffi::SQLITE_OK {
-                return rc;
-            }
-            if !c.open((pgno + 1) as u32, &mut page) {
-                return ffi::SQLITE_IOERR_DATA;
-            }
-            let from = (at - pgno * p) as usize;
-            let take = ((end - at) as usize).min(c.page_size() - from);
-            out[(at - off) as usize..(at - off) as usize + take].copy_from_slice(&page[from..from + take]);
-            at += take as i64;
+        let (real, sealed) = parts(file);
+        match sealed {
+            None => real_call!(real, xRead, buf, amt, off),
+            Some(s) => s.read(
+                off,
+                std::slice::from_raw_parts_mut(buf.cast::<u8>(), amt as usize),
+                &mut Real(real),
+            ),
         }
-        ffi::SQLITE_OK
     }
 }
 
@@ -252,42 +272,27 @@ unsafe extern "C" fn x_write(
 ) -> c_int {
     // SAFETY: `buf` has `amt` bytes (SQLite's contract).
     unsafe {
-        let (real, cipher) = parts(file);
-        let Some(c) = cipher else {
-            return real_call!(real, xWrite, buf, amt, off);
-        };
-        let p = c.page_size() as i64;
-        if off % p != 0 || i64::from(amt) % p != 0 {
-            return ffi::SQLITE_IOERR_WRITE;
+        let (real, sealed) = parts(file);
+        match sealed {
+            None => real_call!(real, xWrite, buf, amt, off),
+            Some(s) => s.write(
+                off,
+                std::slice::from_raw_parts(buf.cast::<u8>(), amt as usize),
+                &mut Real(real),
+            ),
         }
-        let data = std::slice::from_raw_parts(buf.cast::<u8>(), amt as usize);
-        let mut page = vec![0u8; c.page_size()];
-        for (k, chunk) in data.chunks(c.page_size()).enumerate() {
-            let pgno = off / p + k as i64;
-            page.copy_from_slice(chunk);
-            if pgno == 0 {
-                // Page 1's header: the page size and reserve are fixed at creation.
-                let size = u32::from(u16::from_be_bytes([page[16], page[17]]));
-                let size = if size == 1 { 65536 } else { size as usize };
-                if size != c.page_size() || usize::from(page[20]) != c.reserve() {
-                    return ffi::SQLITE_IOERR_WRITE;
-                }
-            }
-            if !c.seal((pgno + 1) as u32, &mut page) {
-                return ffi::SQLITE_IOERR_WRITE;
-            }
-            let rc = real_call!(real, xWrite, page.as_ptr().cast(), p as c_int, pgno * p);
-            if rc != ffi::SQLITE_OK {
-                return rc;
-            }
-        }
-        ffi::SQLITE_OK
     }
 }
 
 unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
     // SAFETY: delegates.
-    unsafe { real_call!(parts(file).0, xTruncate, size) }
+    unsafe {
+        let (real, sealed) = parts(file);
+        if let Some(s) = sealed {
+            s.truncated(size);
+        }
+        real_call!(real, xTruncate, size)
+    }
 }
 unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
     // SAFETY: delegates.

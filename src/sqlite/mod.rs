@@ -9,6 +9,8 @@ use crate::error::{Error, Result};
 use crate::ffi::sqlite_vfs as vfs;
 use crate::secret::DataKey;
 
+mod files;
+
 /// Page layout (P = page size, R = reserve):
 ///
 /// ```text
@@ -17,38 +19,44 @@ use crate::secret::DataKey;
 ///                 | key version (4, LE) | zeros
 /// AAD             "tde sqlite page\0" | database id (16) | page number (u32 LE)
 /// ```
-struct PageCipher {
+///
+/// A rollback journal record (page number, page, checksum: 8 + P bytes) is sealed whole,
+/// so that neither the page nor SQLite's checksum of its plaintext is readable: the
+/// page number, the page's content and the checksum are one AEAD message, whose nonce,
+/// tag and key version go into the journaled page's reserved bytes; its AAD is
+/// "tde sqlite journal\0" | database id | the journal header's random salt | the
+/// record's offset (u64 LE).
+pub(crate) struct PageCipher {
     key: AeadKey,
     db_id: [u8; 16],
     page_size: usize,
 }
 
 impl PageCipher {
-    fn aad(&self, pgno: u32) -> [u8; 36] {
-        let mut aad = [0u8; 36];
-        aad[..16].copy_from_slice(b"tde sqlite page\0");
-        aad[16..32].copy_from_slice(&self.db_id);
-        aad[32..].copy_from_slice(&pgno.to_le_bytes());
-        aad
-    }
-}
-
-impl vfs::PageCrypto for PageCipher {
-    fn page_size(&self) -> usize {
-        self.page_size
-    }
-
     fn reserve(&self) -> usize {
         self.key.suite().nonce_len() + TAG_LEN + 4
     }
 
-    fn seal(&self, pgno: u32, page: &mut [u8]) -> bool {
-        let body = page.len() - self.reserve();
-        let Ok(d) = self.key.seal_detached(&self.aad(pgno), &mut page[..body]) else {
+    fn page_aad(&self, pgno: u32) -> Vec<u8> {
+        [b"tde sqlite page\0".as_slice(), &self.db_id, &pgno.to_le_bytes()].concat()
+    }
+
+    fn record_aad(&self, salt: u32, at: u64) -> Vec<u8> {
+        [
+            b"tde sqlite journal\0".as_slice(),
+            &self.db_id,
+            &salt.to_le_bytes(),
+            &at.to_le_bytes(),
+        ]
+        .concat()
+    }
+
+    /// Seals `msg` in place; writes nonce, tag and version into `tail` (the reserve).
+    fn seal(&self, aad: &[u8], msg: &mut [u8], tail: &mut [u8]) -> bool {
+        let Ok(d) = self.key.seal_detached(aad, msg) else {
             return false;
         };
         let n = d.nonce.as_slice().len();
-        let tail = &mut page[body..];
         tail.fill(0);
         tail[..n].copy_from_slice(d.nonce.as_slice());
         tail[n..n + TAG_LEN].copy_from_slice(&d.tag);
@@ -56,21 +64,26 @@ impl vfs::PageCrypto for PageCipher {
         true
     }
 
-    fn open(&self, pgno: u32, page: &mut [u8]) -> bool {
-        let body = page.len() - self.reserve();
+    /// Opens `msg` in place against the nonce and tag in `tail`, then zeroes `tail`.
+    fn open(&self, aad: &[u8], msg: &mut [u8], tail: &mut [u8]) -> bool {
         let n = self.key.suite().nonce_len();
-        let (data, tail) = page.split_at_mut(body);
         let Ok(nonce) = Nonce::from_slice(&tail[..n]) else {
             return false;
         };
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&tail[n..n + TAG_LEN]);
-        let ok = self
-            .key
-            .open_detached(&self.aad(pgno), &Detached { nonce, tag }, data)
-            .is_ok();
+        let ok = self.key.open_detached(aad, &Detached { nonce, tag }, msg).is_ok();
         tail.fill(0);
         ok
+    }
+}
+
+impl vfs::Database for PageCipher {
+    fn main(self: Arc<Self>) -> Box<dyn vfs::SealedFile> {
+        Box::new(files::MainFile::new(self))
+    }
+    fn journal(self: Arc<Self>) -> Box<dyn vfs::SealedFile> {
+        Box::new(files::Journal::new(self))
     }
 }
 
@@ -89,7 +102,7 @@ pub fn open_with_key(path: &Path, key: &DataKey, db_id: [u8; 16]) -> Result<rusq
         db_id,
         page_size,
     });
-    let reserve = vfs::PageCrypto::reserve(&*cipher);
+    let reserve = cipher.reserve();
     let full =
         std::path::absolute(path).map_err(|e| Error::io(format!("resolving {}", path.display()), e))?;
     vfs::register(full.to_string_lossy().into_owned(), cipher);
@@ -164,5 +177,60 @@ mod tests {
             conn.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
                 .is_err()
         );
+    }
+
+    fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn the_rollback_journal_is_sealed_and_rolls_back_in_process_and_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let journal = dir.path().join("db.sqlite-journal");
+        let conn = open_with_key(&path, &key(), [2; 16]).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = PERSIST; PRAGMA cache_size = 10;
+             CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);",
+        )
+        .unwrap();
+        let tx = conn.unchecked_transaction().unwrap();
+        for i in 0..3000 {
+            tx.execute(
+                "INSERT INTO t VALUES (?1, ?2)",
+                (i, format!("ORIGINAL-MARKER-{i}")),
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+
+        // ROLLBACK plays the journal back.
+        conn.execute_batch("BEGIN; UPDATE t SET v = 'CHANGED-MARKER'; ")
+            .unwrap();
+        let raw = std::fs::read(&journal).unwrap();
+        assert!(raw.len() > 4096 * 10, "the transaction spilled into the journal");
+        assert!(!raw.windows(15).any(|w| w == b"ORIGINAL-MARKER"));
+
+        // A crash now: the database file and its hot journal as they are.
+        let crashed = dir.path().join("crashed.sqlite");
+        std::fs::copy(&path, &crashed).unwrap();
+        std::fs::copy(&journal, dir.path().join("crashed.sqlite-journal")).unwrap();
+
+        conn.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM t WHERE v LIKE 'ORIGINAL-MARKER-%'"),
+            3000
+        );
+        drop(conn);
+
+        let conn = open_with_key(&crashed, &key(), [2; 16]).unwrap();
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM t WHERE v LIKE 'ORIGINAL-MARKER-%'"),
+            3000
+        );
+        let ok: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
     }
 }
