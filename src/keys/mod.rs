@@ -80,6 +80,9 @@ pub(crate) enum Scope {
     Store(String),
     /// A page-store tablespace.
     Tablespace([u8; 16]),
+    /// A SQLite database.
+    #[cfg(feature = "sqlite")]
+    Sqlite([u8; 16]),
 }
 
 impl Scope {
@@ -89,6 +92,10 @@ impl Scope {
             Scope::Store(store_id) => crate::keyring::context(store_id, id.table_id(), version),
             Scope::Tablespace(ts) => EncryptionContext::new()
                 .with("tde:tablespace", crate::hex::encode(ts))
+                .with("tde:dk-version", version.to_string()),
+            #[cfg(feature = "sqlite")]
+            Scope::Sqlite(db) => EncryptionContext::new()
+                .with("tde:sqlite-db", crate::hex::encode(db))
                 .with("tde:dk-version", version.to_string()),
         }
     }

@@ -4,10 +4,18 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::audit::{AuditLog, Reason};
 use crate::cipher::{AeadKey, Detached, Nonce, Suite, TAG_LEN};
+use crate::durable::{FsStorage, Replicated};
 use crate::error::{Error, Result};
 use crate::ffi::sqlite_vfs as vfs;
+use crate::keyring::Envelope;
+use crate::keys::{EnvelopeId, KeyService, Named, RetryPolicy, Scope};
+use crate::kms::Kms;
 use crate::secret::DataKey;
+
+/// The master key a database's data key is wrapped under unless told otherwise.
+const DEFAULT_MASTER_KEY: &str = crate::kv::DEFAULT_MASTER_KEY;
 
 mod files;
 
@@ -87,60 +95,305 @@ impl vfs::Database for PageCipher {
     }
 }
 
-/// Opens (creating it if needed) the database at `path` with pages sealed under `key`.
-///
-/// # Errors
-/// [`Error::InvalidArgument`] if the VFS cannot be installed or SQLite refuses the file.
-pub fn open_with_key(path: &Path, key: &DataKey, db_id: [u8; 16]) -> Result<rusqlite::Connection> {
-    if !vfs::install() {
-        return Err(Error::InvalidArgument("SQLite refused the tde VFS".into()));
+/// Options for a SQLite database on tde.
+#[derive(Clone)]
+pub struct SqliteOptions {
+    kms: Arc<dyn Kms>,
+    kms_uri: Option<String>,
+    master_key: Option<String>,
+    suite: Suite,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for SqliteOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteOptions")
+            .field("kms", &self.kms.describe())
+            .field("master_key", &self.master_key)
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
     }
-    let sql = |e: rusqlite::Error| Error::InvalidArgument(format!("SQLite: {e}"));
-    let page_size = 4096;
-    let cipher = Arc::new(PageCipher {
-        key: AeadKey::new(Suite::Aes256Gcm, 1, key)?,
-        db_id,
-        page_size,
-    });
-    let reserve = cipher.reserve();
-    let full =
-        std::path::absolute(path).map_err(|e| Error::io(format!("resolving {}", path.display()), e))?;
-    vfs::register(full.to_string_lossy().into_owned(), cipher);
-    let conn = rusqlite::Connection::open_with_flags_and_vfs(
-        &full,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
-            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
-            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        c"tde",
-    )
-    .map_err(sql)?;
-    conn.execute_batch(&format!(
-        "PRAGMA page_size = {page_size}; PRAGMA temp_store = MEMORY;"
+}
+
+impl SqliteOptions {
+    /// Defaults: the default master key, AES-256-GCM, the default retry policy.
+    pub fn new(kms: Arc<dyn Kms>) -> SqliteOptions {
+        SqliteOptions {
+            kms,
+            kms_uri: None,
+            master_key: None,
+            suite: Suite::Aes256Gcm,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// The master key that wraps the database's data key.
+    #[must_use]
+    pub fn master_key(mut self, key: impl Into<String>) -> SqliteOptions {
+        self.master_key = Some(key.into());
+        self
+    }
+
+    /// The suite.
+    #[must_use]
+    pub fn suite(mut self, suite: Suite) -> SqliteOptions {
+        self.suite = suite;
+        self
+    }
+
+    /// The KMS URI to record with the database.
+    #[must_use]
+    pub fn kms_uri(mut self, uri: impl Into<String>) -> SqliteOptions {
+        self.kms_uri = Some(uri.into());
+        self
+    }
+}
+
+/// What the envelope file beside a database holds (public: the data key is wrapped).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Meta {
+    db_id: String,
+    page_size: usize,
+    kms: String,
+    envelope: Envelope,
+}
+
+const ENVELOPE_MAGIC: [u8; 8] = *b"TDESQLT\0";
+const PAGE_SIZE: usize = 4096;
+const MAC_LABEL: &[u8] = b"tde sqlite envelope\0";
+
+/// A SQLite database on tde: its keys, unwrapped once at open; connections on it seal
+/// every page and journal record.
+pub struct Database {
+    path: std::path::PathBuf,
+    cipher: Arc<PageCipher>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn envelope_file(path: &Path) -> Result<(FsStorage, Replicated)> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::InvalidArgument(format!("{} names no file", path.display())))?
+        .to_string_lossy()
+        .into_owned();
+    Ok((
+        FsStorage::new(dir),
+        Replicated::new(&format!("{name}-tde"), "SQLite envelope", ENVELOPE_MAGIC),
     ))
-    .map_err(sql)?;
-    let rc = vfs::set_reserve(&conn, reserve);
-    if rc != rusqlite::ffi::SQLITE_OK {
-        return Err(Error::InvalidArgument(format!(
-            "SQLite refused {reserve} reserved bytes ({rc})"
-        )));
+}
+
+fn key_service(path: &Path, id: &[u8; 16], options: &SqliteOptions) -> Result<KeyService> {
+    let mut audit = path.as_os_str().to_owned();
+    audit.push("-audit");
+    let audit = Arc::new(AuditLog::open_at(audit.into(), &crate::hex::encode(id))?);
+    Ok(KeyService::new(
+        Scope::Sqlite(*id),
+        options.kms.clone(),
+        audit,
+        options.retry,
+    ))
+}
+
+/// The MAC of the envelope file's payload, under a key derived from the data key.
+fn envelope_mac(dk: &DataKey, id: &[u8; 16], payload: &[u8]) -> [u8; 32] {
+    use hmac::{KeyInit, Mac};
+    let key = crate::cipher::kdf::derive_key(dk, id, MAC_LABEL, 32);
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key.expose())
+        .unwrap_or_else(|_| unreachable!());
+    mac.update(payload);
+    mac.finalize().into_bytes().into()
+}
+
+impl Database {
+    /// Creates a database at `path` (which must not exist): a new data key (one KMS
+    /// call), recorded wrapped in the envelope file beside it (`PATH-tde.a`, `.b`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the file exists; [`Error::Kms`]; [`Error::Io`].
+    pub fn create(path: impl AsRef<Path>, options: &SqliteOptions) -> Result<Database> {
+        let path = std::path::absolute(path.as_ref())
+            .map_err(|e| Error::io(format!("resolving {}", path.as_ref().display()), e))?;
+        let (storage, file) = envelope_file(&path)?;
+        if path.exists() || file.exists(&storage)? {
+            return Err(Error::InvalidArgument(format!(
+                "{} already exists",
+                path.display()
+            )));
+        }
+        let mut id = [0u8; 16];
+        crate::error::os_random(&mut id)?;
+        let cmk = options
+            .master_key
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MASTER_KEY.to_owned());
+        let keys = key_service(&path, &id, options)?;
+        let name = Named {
+            id: EnvelopeId::Store,
+            label: path.display().to_string(),
+        };
+        let generated = keys.generate(&name, &cmk, options.suite, 1, Reason::Create)?;
+        let meta = Meta {
+            db_id: crate::hex::encode(&id),
+            page_size: PAGE_SIZE,
+            kms: options.kms_uri.clone().unwrap_or_else(|| options.kms.describe()),
+            envelope: Envelope {
+                table_id: 1,
+                cmk,
+                suite: options.suite,
+                versions: vec![generated.record],
+                current: 1,
+                retired: Vec::new(),
+                reencrypt: None,
+            },
+        };
+        let mut payload = serde_json::to_vec(&meta).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let mac = envelope_mac(&generated.key, &id, &payload);
+        payload.extend_from_slice(&mac);
+        file.write(&storage, 1, &payload)?;
+        Database::assemble(path, id, options.suite, 1, &generated.key)
     }
-    Ok(conn)
+
+    /// Opens the database at `path`: reads its envelope file, unwraps its data key (the
+    /// only KMS call) and checks the envelope's MAC.
+    ///
+    /// # Errors
+    /// [`Error::KeysUnavailable`]; [`Error::Authentication`] for an edited envelope;
+    /// [`Error::Format`] if there is none; [`Error::Io`].
+    pub fn open(path: impl AsRef<Path>, options: &SqliteOptions) -> Result<Database> {
+        let path = std::path::absolute(path.as_ref())
+            .map_err(|e| Error::io(format!("resolving {}", path.as_ref().display()), e))?;
+        let (storage, file) = envelope_file(&path)?;
+        let loaded = file.read(&storage)?.ok_or_else(|| Error::Format {
+            what: "SQLite envelope",
+            detail: format!("{} has no envelope file beside it", path.display()),
+        })?;
+        let payload = &loaded.payload;
+        if payload.len() < 32 {
+            return Err(Error::Format {
+                what: "SQLite envelope",
+                detail: "too short".into(),
+            });
+        }
+        let (body, mac) = payload.split_at(payload.len() - 32);
+        let meta: Meta = serde_json::from_slice(body).map_err(|e| Error::Format {
+            what: "SQLite envelope",
+            detail: e.to_string(),
+        })?;
+        if meta.page_size != PAGE_SIZE {
+            return Err(Error::Format {
+                what: "SQLite envelope",
+                detail: format!("page size {}", meta.page_size),
+            });
+        }
+        let id: [u8; 16] = crate::hex::decode(&meta.db_id)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| Error::Format {
+                what: "SQLite envelope",
+                detail: "a malformed database id".into(),
+            })?;
+        let keys = key_service(&path, &id, options)?;
+        let name = Named {
+            id: EnvelopeId::Store,
+            label: path.display().to_string(),
+        };
+        let unwrapped = keys.unwrap_envelope(&name, &meta.envelope, Reason::Open)?;
+        let current = unwrapped
+            .iter()
+            .find(|k| k.version == meta.envelope.current)
+            .ok_or_else(|| Error::Format {
+                what: "SQLite envelope",
+                detail: "no current data key".into(),
+            })?;
+        if !crate::secret::ct_eq(&envelope_mac(&current.key, &id, body), mac) {
+            return Err(Error::Authentication {
+                location: format!("the envelope of {}", path.display()),
+            });
+        }
+        Database::assemble(path, id, meta.envelope.suite, current.version, &current.key)
+    }
+
+    fn assemble(
+        path: std::path::PathBuf,
+        db_id: [u8; 16],
+        suite: Suite,
+        version: u32,
+        dk: &DataKey,
+    ) -> Result<Database> {
+        let key = crate::cipher::kdf::derive_key(dk, &db_id, b"tde sqlite page key\0", suite.key_len());
+        let cipher = Arc::new(PageCipher {
+            key: AeadKey::new(suite, version, &key)?,
+            db_id,
+            page_size: PAGE_SIZE,
+        });
+        Ok(Database { path, cipher })
+    }
+
+    /// A new connection on the database (created empty with its reserve on first use).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if SQLite refuses the file or the VFS.
+    pub fn connection(&self) -> Result<rusqlite::Connection> {
+        if !vfs::install() {
+            return Err(Error::InvalidArgument("SQLite refused the tde VFS".into()));
+        }
+        let sql = |e: rusqlite::Error| Error::InvalidArgument(format!("SQLite: {e}"));
+        vfs::register(self.path.to_string_lossy().into_owned(), self.cipher.clone());
+        let conn = rusqlite::Connection::open_with_flags_and_vfs(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            c"tde",
+        )
+        .map_err(sql)?;
+        conn.execute_batch(&format!(
+            "PRAGMA page_size = {PAGE_SIZE}; PRAGMA temp_store = MEMORY;"
+        ))
+        .map_err(sql)?;
+        let reserve = self.cipher.reserve();
+        let rc = vfs::set_reserve(&conn, reserve);
+        if rc != rusqlite::ffi::SQLITE_OK {
+            return Err(Error::InvalidArgument(format!(
+                "SQLite refused {reserve} reserved bytes ({rc})"
+            )));
+        }
+        Ok(conn)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kms::local::LocalKms;
 
-    fn key() -> DataKey {
-        DataKey::from_slice(&[7u8; 32])
+    fn options(dir: &Path) -> SqliteOptions {
+        let kms = match LocalKms::open(dir.join("kms")) {
+            Ok(kms) => kms,
+            Err(_) => LocalKms::create(dir.join("kms")).unwrap(),
+        };
+        SqliteOptions::new(Arc::new(kms))
+    }
+
+    fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
     #[test]
-    fn pages_are_sealed_and_read_back() {
+    fn pages_are_sealed_and_read_back_and_the_envelope_is_authenticated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         {
-            let conn = open_with_key(&path, &key(), [1; 16]).unwrap();
+            let db = Database::create(&path, &options(dir.path())).unwrap();
+            let conn = db.connection().unwrap();
             conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);")
                 .unwrap();
             let tx = conn.unchecked_transaction().unwrap();
@@ -153,11 +406,9 @@ mod tests {
         let raw = std::fs::read(&path).unwrap();
         assert!(!raw.windows(13).any(|w| w == b"SECRET-MARKER"));
         assert!(!raw.starts_with(b"SQLite format 3"));
-        let conn = open_with_key(&path, &key(), [1; 16]).unwrap();
-        let n: i64 = conn
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 2000);
+        let db = Database::open(&path, &options(dir.path())).unwrap();
+        let conn = db.connection().unwrap();
+        assert_eq!(count(&conn, "SELECT count(*) FROM t"), 2000);
         let v: String = conn
             .query_row("SELECT v FROM t WHERE k = 1234", [], |r| r.get(0))
             .unwrap();
@@ -166,21 +417,34 @@ mod tests {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(ok, "ok");
-        drop(conn);
+        drop((conn, db));
 
         // A flipped bit in page 3 is an error, never rows.
         let mut raw = raw;
         raw[2 * 4096 + 100] ^= 1;
         std::fs::write(&path, &raw).unwrap();
-        let conn = open_with_key(&path, &key(), [1; 16]).unwrap();
+        let db = Database::open(&path, &options(dir.path())).unwrap();
+        let conn = db.connection().unwrap();
         assert!(
             conn.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
                 .is_err()
         );
-    }
+        drop((conn, db));
 
-    fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
-        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+        // Another database's file under this envelope: its pages do not authenticate.
+        let other = dir.path().join("other.sqlite");
+        {
+            let db = Database::create(&other, &options(dir.path())).unwrap();
+            let conn = db.connection().unwrap();
+            conn.execute_batch("CREATE TABLE u (x);").unwrap();
+        }
+        std::fs::copy(&other, &path).unwrap();
+        let db = Database::open(&path, &options(dir.path())).unwrap();
+        let refused = db.connection().and_then(|conn| {
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
+                .map_err(|e| Error::InvalidArgument(e.to_string()))
+        });
+        assert!(refused.is_err());
     }
 
     #[test]
@@ -188,7 +452,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         let journal = dir.path().join("db.sqlite-journal");
-        let conn = open_with_key(&path, &key(), [2; 16]).unwrap();
+        let db = Database::create(&path, &options(dir.path())).unwrap();
+        let conn = db.connection().unwrap();
         conn.execute_batch(
             "PRAGMA journal_mode = PERSIST; PRAGMA cache_size = 10;
              CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);",
@@ -211,19 +476,33 @@ mod tests {
         assert!(raw.len() > 4096 * 10, "the transaction spilled into the journal");
         assert!(!raw.windows(15).any(|w| w == b"ORIGINAL-MARKER"));
 
-        // A crash now: the database file and its hot journal as they are.
+        // A crash now: the database file and its hot journal as they are, with the
+        // envelope.
         let crashed = dir.path().join("crashed.sqlite");
-        std::fs::copy(&path, &crashed).unwrap();
-        std::fs::copy(&journal, dir.path().join("crashed.sqlite-journal")).unwrap();
+        for (from, to) in [
+            ("db.sqlite", "crashed.sqlite"),
+            ("db.sqlite-journal", "crashed.sqlite-journal"),
+        ] {
+            std::fs::copy(dir.path().join(from), dir.path().join(to)).unwrap();
+        }
+        for copy in ["a", "b"] {
+            let from = dir.path().join(format!("db.sqlite-tde.{copy}"));
+            if from.exists() {
+                std::fs::copy(from, dir.path().join(format!("crashed.sqlite-tde.{copy}"))).unwrap();
+            }
+        }
 
         conn.execute_batch("ROLLBACK").unwrap();
         assert_eq!(
             count(&conn, "SELECT count(*) FROM t WHERE v LIKE 'ORIGINAL-MARKER-%'"),
             3000
         );
-        drop(conn);
+        drop((conn, db));
 
-        let conn = open_with_key(&crashed, &key(), [2; 16]).unwrap();
+        let db = Database::open(&crashed, &options(dir.path()));
+        // The copied envelope names the same database id, so its pages authenticate.
+        let db = db.unwrap();
+        let conn = db.connection().unwrap();
         assert_eq!(
             count(&conn, "SELECT count(*) FROM t WHERE v LIKE 'ORIGINAL-MARKER-%'"),
             3000
