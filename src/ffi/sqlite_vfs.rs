@@ -177,11 +177,23 @@ unsafe extern "C" fn x_open(
     flags: c_int,
     out_flags: *mut c_int,
 ) -> c_int {
+    // Files tde does not seal yet would hold plaintext: temporary databases and journals,
+    // statement journals, super-journals and the WAL are refused (`temp_store = MEMORY`
+    // keeps SQLite's temporary data in memory).
+    let unsealed = ffi::SQLITE_OPEN_TEMP_DB
+        | ffi::SQLITE_OPEN_TEMP_JOURNAL
+        | ffi::SQLITE_OPEN_SUBJOURNAL
+        | ffi::SQLITE_OPEN_TRANSIENT_DB
+        | ffi::SQLITE_OPEN_SUPER_JOURNAL
+        | ffi::SQLITE_OPEN_WAL;
     // SAFETY: `file` has room for a TdeFile (szOsFile); the real file is allocated with
     // the root VFS's size and opened by it.
     unsafe {
         let f = file.cast::<TdeFile>();
         (*f).base.pMethods = std::ptr::null();
+        if flags & unsealed != 0 {
+            return ffi::SQLITE_CANTOPEN;
+        }
         (*f).sealed = std::ptr::null_mut();
         let size = (*root()).szOsFile;
         let real = ffi::sqlite3_malloc(size).cast::<ffi::sqlite3_file>();

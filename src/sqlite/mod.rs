@@ -512,4 +512,31 @@ mod tests {
             .unwrap();
         assert_eq!(ok, "ok");
     }
+
+    #[test]
+    fn temporary_files_and_a_changed_page_layout_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let db = Database::create(&path, &options(dir.path())).unwrap();
+        let conn = db.connection().unwrap();
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');")
+            .unwrap();
+        // Temporary tables on disk would be plaintext.
+        let temp = conn.execute_batch(
+            "PRAGMA temp_store = FILE; CREATE TEMP TABLE x (a); PRAGMA temp.cache_size = 2;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+             INSERT INTO x SELECT randomblob(9000) FROM n;",
+        );
+        assert!(temp.is_err());
+        conn.execute_batch("PRAGMA temp_store = MEMORY;").unwrap();
+        // VACUUM works (its temporary database in memory), but page 1 may not change the
+        // page size or the reserve.
+        conn.execute_batch("VACUUM;").unwrap();
+        assert!(conn.execute_batch("PRAGMA page_size = 8192; VACUUM;").is_err());
+        assert_eq!(count(&conn, "SELECT count(*) FROM t"), 1);
+        let ok: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+    }
 }
