@@ -7,6 +7,23 @@ use std::sync::Arc;
 use rusqlite::ffi::{SQLITE_IOERR_DATA, SQLITE_IOERR_SHORT_READ, SQLITE_IOERR_WRITE, SQLITE_OK};
 
 use super::PageCipher;
+
+thread_local! {
+    /// The last page that failed authentication on this thread (SQLite calls the VFS on
+    /// the thread that runs the statement), for [`super::explain`].
+    static FAILED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Records a failed authentication and returns SQLite's code for it.
+fn failed(location: String) -> c_int {
+    FAILED.with(|f| *f.borrow_mut() = Some(location));
+    SQLITE_IOERR_DATA
+}
+
+/// The failed authentication recorded on this thread, if any (taken).
+pub(crate) fn take_failure() -> Option<String> {
+    FAILED.with(|f| f.borrow_mut().take())
+}
 use crate::ffi::sqlite_vfs::{RealFile, SealedFile};
 
 /// The main database file: whole pages, sealed.
@@ -41,7 +58,7 @@ impl SealedFile for MainFile {
             let aad = self.c.page_aad((index + 1) as u32);
             let (msg, tail) = self.page.split_at_mut(body);
             if !self.c.open(&aad, msg, tail) {
-                return SQLITE_IOERR_DATA;
+                return failed(format!("{}: page {}", self.c.label, index + 1));
             }
             let from = (at - index * p) as usize;
             let take = ((end - at) as usize).min(self.c.page_size - from);

@@ -35,6 +35,8 @@ mod files;
 /// "tde sqlite journal\0" | database id | the journal header's random salt | the
 /// record's offset (u64 LE).
 pub(crate) struct PageCipher {
+    /// The database's path, for messages.
+    label: String,
     key: AeadKey,
     db_id: [u8; 16],
     page_size: usize,
@@ -146,6 +148,32 @@ impl SqliteOptions {
     pub fn kms_uri(mut self, uri: impl Into<String>) -> SqliteOptions {
         self.kms_uri = Some(uri.into());
         self
+    }
+}
+
+/// tde's error for a SQLite error: a page that failed authentication is
+/// [`Error::Authentication`] naming the database and the page; anything else is
+/// [`Error::Engine`] with SQLite's message.
+pub fn explain(e: rusqlite::Error) -> Error {
+    let ours = matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_IOERR_DATA);
+    match files::take_failure() {
+        Some(location) if ours => Error::Authentication { location },
+        _ => {
+            let kind = match &e {
+                rusqlite::Error::SqliteFailure(f, _) => match f.code {
+                    rusqlite::ErrorCode::DatabaseCorrupt => crate::EngineErrorKind::Corruption,
+                    rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::DiskFull => {
+                        crate::EngineErrorKind::Io
+                    }
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => {
+                        crate::EngineErrorKind::Busy
+                    }
+                    _ => crate::EngineErrorKind::Other,
+                },
+                _ => crate::EngineErrorKind::Other,
+            };
+            Error::engine(kind, format!("SQLite: {e}"))
+        }
     }
 }
 
@@ -330,6 +358,7 @@ impl Database {
     ) -> Result<Database> {
         let key = crate::cipher::kdf::derive_key(dk, &db_id, b"tde sqlite page key\0", suite.key_len());
         let cipher = Arc::new(PageCipher {
+            label: path.display().to_string(),
             key: AeadKey::new(suite, version, &key)?,
             db_id,
             page_size: PAGE_SIZE,
@@ -345,7 +374,7 @@ impl Database {
         if !vfs::install() {
             return Err(Error::InvalidArgument("SQLite refused the tde VFS".into()));
         }
-        let sql = |e: rusqlite::Error| Error::InvalidArgument(format!("SQLite: {e}"));
+        let sql = explain;
         vfs::register(self.path.to_string_lossy().into_owned(), self.cipher.clone());
         let conn = rusqlite::Connection::open_with_flags_and_vfs(
             &self.path,
@@ -425,9 +454,13 @@ mod tests {
         std::fs::write(&path, &raw).unwrap();
         let db = Database::open(&path, &options(dir.path())).unwrap();
         let conn = db.connection().unwrap();
+        let err = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+            .map_err(explain)
+            .unwrap_err();
         assert!(
-            conn.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
-                .is_err()
+            matches!(&err, Error::Authentication { location } if location.ends_with("db.sqlite: page 3")),
+            "{err:?}"
         );
         drop((conn, db));
 
