@@ -240,6 +240,34 @@ fn envelope_mac(dk: &DataKey, id: &[u8; 16], payload: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+/// The KMS recorded in the envelope of the database at `path` (read before anything is
+/// authenticated: pass `--kms` where the directory is not trusted).
+///
+/// # Errors
+/// [`Error::Format`] if there is no envelope; [`Error::Io`].
+pub fn recorded_kms(path: impl AsRef<Path>) -> Result<String> {
+    let (storage, file) = envelope_file(path.as_ref())?;
+    let loaded = file.read(&storage)?.ok_or_else(|| Error::Format {
+        what: "SQLite envelope",
+        detail: format!("{} has no envelope file beside it", path.as_ref().display()),
+    })?;
+    let body = &loaded.payload[..loaded.payload.len().saturating_sub(32)];
+    let meta: Meta = serde_json::from_slice(body).map_err(|e| Error::Format {
+        what: "SQLite envelope",
+        detail: e.to_string(),
+    })?;
+    Ok(meta.kms)
+}
+
+/// Whether a database on tde (its envelope) exists at `path`.
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn exists(path: impl AsRef<Path>) -> Result<bool> {
+    let (storage, file) = envelope_file(path.as_ref())?;
+    file.exists(&storage)
+}
+
 impl Database {
     /// Creates a database at `path` (which must not exist): a new data key (one KMS
     /// call), recorded wrapped in the envelope file beside it (`PATH-tde.a`, `.b`).

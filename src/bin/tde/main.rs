@@ -17,6 +17,8 @@ mod kms_provider;
 mod page;
 mod progress;
 mod reencrypt;
+#[cfg(feature = "sqlite")]
+mod sql;
 
 use std::process::ExitCode;
 
@@ -161,6 +163,19 @@ enum Command {
         /// Directory of the store.
         path: std::path::PathBuf,
     },
+    /// Run SQL on an encrypted SQLite database (created if it does not exist); rows are
+    /// printed with columns separated by `|`. Without SQL, statements are read from
+    /// standard input.
+    #[cfg(feature = "sqlite")]
+    Sql {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// Statements to run.
+        sql: Option<String>,
+        /// Master key for a new database (default: the KMS's service key).
+        #[arg(long)]
+        key: Option<String>,
+    },
     /// Rewrite a store's files written by an earlier release (format 1: encrypted, not
     /// authenticated) in today's format, online.
     Upgrade {
@@ -182,6 +197,8 @@ fn main() -> ExitCode {
         Command::Load { target } => db::load(cli.kms.as_deref(), &target),
         Command::Verify { path } => db::verify(cli.kms.as_deref(), &path),
         Command::Upgrade { path } => db::upgrade(cli.kms.as_deref(), &path),
+        #[cfg(feature = "sqlite")]
+        Command::Sql { path, sql, key } => sql::run(cli.kms.as_deref(), &path, sql, key),
         Command::Page(cmd) => page::run(cli.kms.as_deref(), cmd),
         Command::Rotate {
             path,
