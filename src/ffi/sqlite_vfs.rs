@@ -1,7 +1,9 @@
-//! PROTOTYPE (branch only): a VFS named `tde` layered on the operating system's VFS,
-//! which keeps locking and everything else; the pages of a main database file go through
-//! the [`PageCrypto`] registered for its path (sealed in SQLite's reserved bytes, see
-//! `crate::sqlite`). Not yet: the rollback journal, the WAL, temporary files.
+//! The `tde` VFS for SQLite (feature `sqlite`): layered on the operating system's VFS,
+//! which keeps locking, syncing and everything else; reads and writes of a main database
+//! file and of its rollback journal go through the [`SealedFile`]s of the [`Database`]
+//! registered for its path (`crate::sqlite` seals them). Files it does not seal yet
+//! (temporary files, statement and super-journals, the WAL) are refused, and memory-mapped
+//! I/O is declined.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, c_char, c_int, c_void};
@@ -47,6 +49,15 @@ fn keys() -> &'static Mutex<HashMap<String, Arc<PageCipher>>> {
 /// Makes `cipher` the keys of the database whose main file SQLite names `path`.
 pub(crate) fn register(path: String, cipher: Arc<PageCipher>) {
     keys().lock().insert(path, cipher);
+}
+
+/// Forgets the keys registered for `path` if they are `cipher` (the files SQLite has open
+/// keep theirs).
+pub(crate) fn unregister(path: &str, cipher: &Arc<PageCipher>) {
+    let mut keys = keys().lock();
+    if keys.get(path).is_some_and(|c| Arc::ptr_eq(c, cipher)) {
+        keys.remove(path);
+    }
 }
 
 macro_rules! real_call {

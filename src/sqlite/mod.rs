@@ -1,5 +1,13 @@
-//! PROTOTYPE (branch only): SQLite databases on tde through the `tde` VFS. Today: page
-//! sealing of the main file under a caller-given key. See `vfs.rs` for what is missing.
+//! SQLite databases on tde (feature `sqlite`): the `tde` VFS (`ffi::sqlite_vfs`) seals
+//! every page of the database file in SQLite's reserved bytes and every record of its
+//! rollback journal; the envelope (KMS, master key, wrapped data key) lives beside the
+//! database, and the keys come from the shared key lifecycle (`keys`).
+//!
+//! Invariant: the data key is unwrapped once, at open; reads and writes never call the
+//! KMS. A page is bound to its database and number; a journal record to its database, its
+//! journal header and its offset.
+//! Not yet: the WAL (refused: SQLite stays in rollback-journal mode), rotation and the
+//! other lifecycle verbs, temporary files on disk (refused; `temp_store = MEMORY`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -193,14 +201,55 @@ const MAC_LABEL: &[u8] = b"tde sqlite envelope\0";
 /// A SQLite database on tde: its keys, unwrapped once at open; connections on it seal
 /// every page and journal record.
 pub struct Database {
+    inner: Arc<Registered>,
+}
+
+/// A database's keys registered with the VFS while a [`Database`] or one of its
+/// [`Connection`]s is alive.
+struct Registered {
     path: std::path::PathBuf,
     cipher: Arc<PageCipher>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let cipher: Arc<dyn vfs::Database> = self.cipher.clone();
+        vfs::unregister(&self.path.to_string_lossy(), &cipher);
+    }
+}
+
+/// A connection on a [`Database`]: a `rusqlite::Connection` (through `Deref`) that keeps
+/// the database's keys registered while it lives.
+pub struct Connection {
+    conn: rusqlite::Connection,
+    _keys: Arc<Registered>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("path", &self._keys.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for Connection {
+    type Target = rusqlite::Connection;
+    fn deref(&self) -> &rusqlite::Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut rusqlite::Connection {
+        &mut self.conn
+    }
 }
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Database")
-            .field("path", &self.path)
+            .field("path", &self.inner.path)
             .finish_non_exhaustive()
     }
 }
@@ -391,39 +440,43 @@ impl Database {
             db_id,
             page_size: PAGE_SIZE,
         });
-        Ok(Database { path, cipher })
+        let inner = Arc::new(Registered { path, cipher });
+        let cipher: Arc<dyn vfs::Database> = inner.cipher.clone();
+        vfs::register(inner.path.to_string_lossy().into_owned(), cipher);
+        Ok(Database { inner })
     }
 
     /// A new connection on the database (created empty with its reserve on first use).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if SQLite refuses the file or the VFS.
-    pub fn connection(&self) -> Result<rusqlite::Connection> {
+    pub fn connection(&self) -> Result<Connection> {
         if !vfs::install() {
             return Err(Error::InvalidArgument("SQLite refused the tde VFS".into()));
         }
-        let sql = explain;
-        vfs::register(self.path.to_string_lossy().into_owned(), self.cipher.clone());
         let conn = rusqlite::Connection::open_with_flags_and_vfs(
-            &self.path,
+            &self.inner.path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
                 | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
                 | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
             c"tde",
         )
-        .map_err(sql)?;
+        .map_err(explain)?;
         conn.execute_batch(&format!(
             "PRAGMA page_size = {PAGE_SIZE}; PRAGMA temp_store = MEMORY;"
         ))
-        .map_err(sql)?;
-        let reserve = self.cipher.reserve();
+        .map_err(explain)?;
+        let reserve = self.inner.cipher.reserve();
         let rc = vfs::set_reserve(&conn, reserve);
         if rc != rusqlite::ffi::SQLITE_OK {
             return Err(Error::InvalidArgument(format!(
                 "SQLite refused {reserve} reserved bytes ({rc})"
             )));
         }
-        Ok(conn)
+        Ok(Connection {
+            conn,
+            _keys: self.inner.clone(),
+        })
     }
 }
 
@@ -599,5 +652,28 @@ mod tests {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(ok, "ok");
+    }
+
+    #[test]
+    fn an_aegis_256_database_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aegis.sqlite");
+        let options = options(dir.path()).suite(Suite::Aegis256);
+        {
+            let db = Database::create(&path, &options).unwrap();
+            let conn = db.connection().unwrap();
+            conn.execute_batch("CREATE TABLE t (v); INSERT INTO t VALUES ('AEGIS-MARKER');")
+                .unwrap();
+        }
+        assert!(
+            !std::fs::read(&path)
+                .unwrap()
+                .windows(12)
+                .any(|w| w == b"AEGIS-MARKER")
+        );
+        let db = Database::open(&path, &options).unwrap();
+        let conn = db.connection().unwrap();
+        let v: String = conn.query_row("SELECT v FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, "AEGIS-MARKER");
     }
 }
