@@ -159,34 +159,26 @@ impl Journal {
         self.headers.sort_by_key(|h| h.at);
     }
 
-    /// Seals a whole record (8 + P bytes) for offset `at` in place.
-    fn seal_record(&self, salt: u32, at: i64, rec: &mut [u8]) -> bool {
+    /// Seals (`seal`) or opens a whole record (8 + P bytes) for offset `at` in place: the
+    /// page number, the page's content and the checksum are one AEAD message, its nonce
+    /// and tag in the page's reserved bytes. False if it fails (to authenticate).
+    fn apply_record(&self, seal: bool, salt: u32, at: i64, rec: &mut [u8]) -> bool {
         let (p, body) = (self.c.page_size, self.c.page_size - self.c.reserve());
         let mut msg = Vec::with_capacity(body + 8);
         msg.extend_from_slice(&rec[..4 + body]);
         msg.extend_from_slice(&rec[4 + p..]);
         let aad = self.c.record_aad(salt, at as u64);
-        if !self.c.seal(&aad, &mut msg, &mut rec[4 + body..4 + p]) {
-            return false;
+        let tail = &mut rec[4 + body..4 + p];
+        let done = if seal {
+            self.c.seal(&aad, &mut msg, tail)
+        } else {
+            self.c.open(&aad, &mut msg, tail)
+        };
+        if done {
+            rec[..4 + body].copy_from_slice(&msg[..4 + body]);
+            rec[4 + p..].copy_from_slice(&msg[4 + body..]);
         }
-        rec[..4 + body].copy_from_slice(&msg[..4 + body]);
-        rec[4 + p..].copy_from_slice(&msg[4 + body..]);
-        true
-    }
-
-    /// Opens a whole record in place; false if it does not authenticate.
-    fn open_record(&self, salt: u32, at: i64, rec: &mut [u8]) -> bool {
-        let (p, body) = (self.c.page_size, self.c.page_size - self.c.reserve());
-        let mut msg = Vec::with_capacity(body + 8);
-        msg.extend_from_slice(&rec[..4 + body]);
-        msg.extend_from_slice(&rec[4 + p..]);
-        let aad = self.c.record_aad(salt, at as u64);
-        if !self.c.open(&aad, &mut msg, &mut rec[4 + body..4 + p]) {
-            return false;
-        }
-        rec[..4 + body].copy_from_slice(&msg[..4 + body]);
-        rec[4 + p..].copy_from_slice(&msg[4 + body..]);
-        true
+        done
     }
 }
 
@@ -224,7 +216,7 @@ impl SealedFile for Journal {
             {
                 rec.extend_from_slice(data);
                 if rec.len() as i64 == n {
-                    if !self.seal_record(h.salt, at, &mut rec) {
+                    if !self.apply_record(true, h.salt, at, &mut rec) {
                         return SQLITE_IOERR_WRITE;
                     }
                     return real.write(at, &rec);
@@ -274,7 +266,7 @@ impl SealedFile for Journal {
             }
             // A record that does not authenticate (torn by a crash, or damaged) reads as
             // zeros: page number 0 ends SQLite's playback there.
-            if rc == SQLITE_IOERR_SHORT_READ || !self.open_record(h.salt, at, &mut rec) {
+            if rc == SQLITE_IOERR_SHORT_READ || !self.apply_record(false, h.salt, at, &mut rec) {
                 rec.fill(0);
             }
             self.cached = Some((at, rec));
