@@ -279,6 +279,44 @@ extern "C" fn tde_rs_new_prefix(
     .unwrap_or(IO_ERROR)
 }
 
+/// Opens what a file's header describes with `open`, boxes it into `*out` (C++ frees it
+/// through the matching `tde_rs_*_free` exactly once) and reports failure in `err`.
+///
+/// # Safety
+/// `ctx` is a live context, `fname` and `header` point to `fname_len` and `header_len`
+/// readable bytes, `out` is a valid out-pointer and `err` has `err_cap` bytes (the shim's
+/// contract for every caller).
+#[allow(clippy::too_many_arguments)]
+unsafe fn open_boxed<T>(
+    ctx: *mut c_void,
+    fname: *const c_char,
+    fname_len: usize,
+    header: *const c_char,
+    header_len: usize,
+    out: *mut *mut c_void,
+    err: *mut c_char,
+    err_cap: usize,
+    open: impl Fn(&Ctx, &str, &[u8]) -> std::result::Result<T, (i32, String)>,
+) -> i32 {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the caller's contract; `header` is read-only here.
+        let (crypto, name, bytes) = unsafe {
+            (
+                &*ctx.cast::<Ctx>(),
+                str_from(fname, fname_len),
+                std::slice::from_raw_parts(header.cast::<u8>(), header_len),
+            )
+        };
+        let opened = open(crypto, name, bytes).map(|v| {
+            // SAFETY: `out` is a valid out-pointer (the caller's contract).
+            unsafe { *out = Box::into_raw(Box::new(v)).cast() };
+        });
+        // SAFETY: `err` has `err_cap` bytes (the caller's contract).
+        unsafe { report(opened, err, err_cap) }
+    }))
+    .unwrap_or(IO_ERROR)
+}
+
 #[unsafe(no_mangle)]
 extern "C" fn tde_rs_open_stream(
     ctx: *mut c_void,
@@ -290,24 +328,22 @@ extern "C" fn tde_rs_open_stream(
     err: *mut c_char,
     err_cap: usize,
 ) -> i32 {
-    catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: as in `tde_rs_new_prefix`; `prefix` is read-only here.
-        let (crypto, name, bytes) = unsafe {
-            (
-                &*ctx.cast::<Ctx>(),
-                str_from(fname, fname_len),
-                std::slice::from_raw_parts(prefix.cast::<u8>(), prefix_len),
-            )
-        };
-        let opened = crypto.open_stream(name, bytes).map(|s| {
-            // SAFETY: `stream` is a valid out-pointer; C++ frees it through
-            // `tde_rs_stream_free` exactly once.
-            unsafe { *stream = Box::into_raw(Box::new(s)).cast() };
-        });
-        // SAFETY: `err` has `err_cap` bytes (shim contract).
-        unsafe { report(opened, err, err_cap) }
-    }))
-    .unwrap_or(IO_ERROR)
+    // SAFETY: the shim passes a live context, RocksDB's file name, the file's prefix, an
+    // out-pointer and an error buffer of `err_cap` bytes; C++ frees the stream through
+    // `tde_rs_stream_free`.
+    unsafe {
+        open_boxed(
+            ctx,
+            fname,
+            fname_len,
+            prefix,
+            prefix_len,
+            stream,
+            err,
+            err_cap,
+            |c, n, b| c.open_stream(n, b),
+        )
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -344,24 +380,21 @@ extern "C" fn tde_rs_open_chunked(
     err: *mut c_char,
     err_cap: usize,
 ) -> i32 {
-    catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: as in `tde_rs_open_stream`.
-        let (crypto, name, bytes) = unsafe {
-            (
-                &*ctx.cast::<Ctx>(),
-                str_from(fname, fname_len),
-                std::slice::from_raw_parts(header.cast::<u8>(), header_len),
-            )
-        };
-        let opened = crypto.open_chunked(name, bytes).map(|f| {
-            // SAFETY: `file` is a valid out-pointer; C++ frees it through
-            // `tde_rs_chunked_free` exactly once.
-            unsafe { *file = Box::into_raw(Box::new(f)).cast() };
-        });
-        // SAFETY: `err` has `err_cap` bytes (shim contract).
-        unsafe { report(opened, err, err_cap) }
-    }))
-    .unwrap_or(IO_ERROR)
+    // SAFETY: as in `tde_rs_open_stream`; C++ frees the file through
+    // `tde_rs_chunked_free`.
+    unsafe {
+        open_boxed(
+            ctx,
+            fname,
+            fname_len,
+            header,
+            header_len,
+            file,
+            err,
+            err_cap,
+            |c, n, b| c.open_chunked(n, b),
+        )
+    }
 }
 
 /// Seals (`seal` true) or opens chunk or frame `index` of `file` in place: `data` holds
